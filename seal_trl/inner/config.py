@@ -1,0 +1,58 @@
+"""Settings of the inner loop (the per-self-edit LoRA fine-tune and probe scoring)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..plans import PlanBounds
+
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+@dataclass
+class InnerLoopConfig:
+    """How each self-edit is executed and scored. Defaults follow the paper's knowledge setting
+    (LoRA r=32, alpha=64, dropout 0, lr 1e-3, 10 epochs, batch 1).
+
+    `target_modules` is explicit (no PEFT guessing). `load_in_4bit` makes the inner model nf4 (QLoRA).
+    `reward="gain"` is score_after - score_before; `"binary"` is 1.0 when the score rose, else 0.0.
+    """
+
+    lora_r: int = 32
+    lora_alpha: int = 64
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    learning_rate: float = 1e-3
+    num_epochs: int = 10
+    batch_size: int = 1
+    lr_schedule: Literal["constant", "linear"] = "linear"
+    max_grad_norm: float | None = 1.0
+    max_seq_length: int = 1024
+    load_in_4bit: bool = False
+    gradient_checkpointing: bool = False
+    grader: Literal["loglik", "exact_match", "f1", "judge"] = "loglik"
+    max_new_tokens: int = 32
+    reward: Literal["gain", "binary"] = "gain"
+    seed: int = 0
+    bounds: PlanBounds = field(default_factory=PlanBounds)
+
+    def __post_init__(self):
+        self.target_modules = tuple(self.target_modules)
+        if not self.target_modules:
+            raise ValueError("InnerLoopConfig.target_modules is empty: name the linear layers to adapt, "
+                             "e.g. ('q_proj', 'v_proj')")
+        if self.lora_r < 1:
+            raise ValueError(f"InnerLoopConfig.lora_r must be >= 1, got {self.lora_r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"InnerLoopConfig.lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lr_schedule not in ("constant", "linear"):
+            raise ValueError(f"InnerLoopConfig.lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
+        if self.reward not in ("gain", "binary"):
+            raise ValueError(f"InnerLoopConfig.reward must be 'gain' or 'binary', got {self.reward!r}")
+        if self.grader not in ("loglik", "exact_match", "f1", "judge"):
+            raise ValueError(
+                f"InnerLoopConfig.grader must be one of loglik, exact_match, f1, judge; got {self.grader!r}"
+            )
+        if self.max_seq_length < 8:
+            raise ValueError(f"InnerLoopConfig.max_seq_length must be >= 8, got {self.max_seq_length}")

@@ -1,0 +1,295 @@
+"""The inner loop: fine-tune a fresh LoRA adapter on a plan, score the probe, report the gain.
+
+One inner model lives for the whole life of an `InnerLoop`. Before every run its adapter is reset in
+place (A from a seeded Kaiming init, B zero, a fresh optimizer), so runs are independent and
+reproducible, and the base weights never change. The training loop is a plain PyTorch loop: dynamic
+padding, labels -100 on padding (and on prompts when the plan says so), no Trainer, no Accelerator,
+no files. A failing self-edit ends its own run with reward 0 and a reason; the engine carries on.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from ..plans import SelfEditError, TrainingPlan
+from ..probes import Probe
+from . import sync
+from .config import InnerLoopConfig
+from .graders import Grader, make_grader
+from .tensors import EncodedExample, encode_example, masked_mean_nll, pad_right
+
+logger = logging.getLogger(__name__)
+
+INNER_ADAPTER = "inner"
+
+
+@dataclass
+class InnerResult:
+    """The outcome of one self-edit run. `error` is a reason from `plans.FAILURE_REASONS`, or None."""
+
+    score_before: float
+    score_after: float | None
+    reward: float
+    error: str | None = None
+    error_message: str | None = None
+    losses: list[float] = field(default_factory=list)
+    steps: int = 0
+    tokens_trained: int = 0
+    train_seconds: float = 0.0
+    score_seconds: float = 0.0
+    seconds: float = 0.0
+    seed: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def gain(self) -> float | None:
+        return None if self.score_after is None else self.score_after - self.score_before
+
+
+class InnerLoop:
+    """Executes self-edits as real LoRA fine-tunes of one in-memory inner model.
+
+    Build it from a model you hand over (`InnerLoop(model, tokenizer, config)`) or by name/path
+    (`InnerLoop.from_pretrained(...)`). Call `sync_from(policy)` whenever the policy changes.
+    """
+
+    def __init__(self, model, tokenizer, config: InnerLoopConfig | None = None, *, grader: Grader | None = None,
+                 judge=None):
+        from peft import LoraConfig, get_peft_model
+
+        self.config = config or InnerLoopConfig()
+        if sync.is_peft_model(model):
+            raise ValueError(
+                "InnerLoop needs the plain base model, not a PEFT model: build it from the base "
+                "weights and call sync_from(policy) to mirror a LoRA policy"
+            )
+        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has neither a pad nor an eos token: set tokenizer.pad_token")
+        self.tokenizer = tokenizer
+        self.grader = grader or make_grader(self.config.grader, max_new_tokens=self.config.max_new_tokens,
+                                            judge=judge)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        lora = LoraConfig(
+            r=self.config.lora_r,
+            lora_alpha=self.config.lora_alpha,
+            lora_dropout=self.config.lora_dropout,
+            target_modules=list(self.config.target_modules),
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+        try:
+            self.model = get_peft_model(model, lora, adapter_name=INNER_ADAPTER)
+        except ValueError as err:
+            raise ValueError(f"InnerLoopConfig.target_modules={self.config.target_modules}: {err}") from None
+        if self.config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.enable_input_require_grads()
+        self.model.eval()
+        self.device = next(model.parameters()).device
+        self._score_cache: dict[tuple[str, str], float] = {}
+        self._synced_policy_id: int | None = None
+        self._activate_adapters()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | None = None, config: InnerLoopConfig | None = None,
+                        **kwargs) -> InnerLoop:
+        """Load the inner model by Hub name or local path (None: the embedded SmolLM2-135M-Instruct)."""
+        from ..models import load_model_and_tokenizer
+
+        config = config or InnerLoopConfig()
+        model, tokenizer = load_model_and_tokenizer(name_or_path, load_in_4bit=config.load_in_4bit)
+        return cls(model, tokenizer, config, **kwargs)
+
+    # ----- adapters -------------------------------------------------------------------------
+    def _lora_layers(self):
+        from peft.tuners.lora import LoraLayer
+
+        return [m for m in self.model.modules() if isinstance(m, LoraLayer) and INNER_ADAPTER in m.lora_A]
+
+    def _activate_adapters(self) -> None:
+        names = [INNER_ADAPTER]
+        if sync.POLICY_ADAPTER in self.model.peft_config:
+            names.insert(0, sync.POLICY_ADAPTER)
+        self.model.base_model.set_adapter(names)
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(f".{INNER_ADAPTER}." in name and "lora_" in name)
+        self._trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self._layers = self._lora_layers()
+
+    @torch.no_grad()
+    def reset_adapter(self, seed: int) -> None:
+        """A from a seeded Kaiming-uniform init (as PEFT does), B zero: the adapter is the identity."""
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        for layer in self._layers:
+            a = layer.lora_A[INNER_ADAPTER].weight
+            fresh = torch.empty(a.shape, dtype=torch.float32)
+            torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
+            a.copy_(fresh)
+            layer.lora_B[INNER_ADAPTER].weight.zero_()
+        for p in self._trainable:
+            p.grad = None
+
+    @torch.no_grad()
+    def _neutralise_adapter(self) -> None:
+        for layer in self._layers:
+            layer.lora_B[INNER_ADAPTER].weight.zero_()
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """A copy of the inner adapter as trained by the last run (valid until the next score/run)."""
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model, adapter_name=INNER_ADAPTER).items()}
+
+    # ----- policy sync ----------------------------------------------------------------------
+    def sync_from(self, policy) -> None:
+        """Make the inner model compute what the current policy computes.
+
+        `policy`: a PEFT LoRA model (base copied once, adapter tensors every call), a full model, or a
+        full state dict (e.g. gathered under ZeRO-3). Clears the cached before-scores.
+        """
+        if isinstance(policy, dict):
+            sync.copy_full_weights(self.model, policy)
+        else:
+            policy = sync.unwrap(policy)
+            if sync.is_peft_model(policy):
+                sync.copy_lora_policy(self.model, policy, copy_base=self._synced_policy_id != id(policy))
+                self._synced_policy_id = id(policy)
+                self._activate_adapters()
+            else:
+                sync.copy_full_weights(self.model, policy.state_dict())
+        self._score_cache.clear()
+
+    # ----- scoring ----------------------------------------------------------------------------
+    def score(self, probe: Probe, *, context_id: str | None = None) -> float:
+        """The current policy's score on `probe` (no inner adaptation), cached per context id."""
+        key = context_id or probe.context_id
+        if key is not None and (self.grader.name, key) in self._score_cache:
+            return self._score_cache[(self.grader.name, key)]
+        self._neutralise_adapter()
+        value = self._score_now(probe)
+        if key is not None:
+            self._score_cache[(self.grader.name, key)] = value
+        return value
+
+    def _score_now(self, probe: Probe) -> float:
+        self.model.eval()
+        with torch.no_grad():
+            value = float(self.grader.score(self.model, self.tokenizer, probe))
+        if not math.isfinite(value):
+            raise SelfEditError("nan_loss", f"the probe score is {value}", field="score_after")
+        return value
+
+    # ----- one self-edit ------------------------------------------------------------------------
+    def run(self, plan: TrainingPlan, probe: Probe, *, context_id: str | None = None, seed: int | None = None
+            ) -> InnerResult:
+        """Fine-tune a fresh adapter on `plan`, score `probe`, return the gain. Never raises for a bad plan."""
+        start = time.perf_counter()
+        seed = self.config.seed if seed is None else seed
+        before = self.score(probe, context_id=context_id)
+        result = InnerResult(score_before=before, score_after=None, reward=0.0, seed=seed)
+        try:
+            encoded = self._encode(plan)
+            self.reset_adapter(seed)
+            with _seeded(seed, self.device):
+                t0 = time.perf_counter()
+                self._train(plan, encoded, seed, result)
+                result.train_seconds = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            result.score_after = self._score_now(probe)
+            result.score_seconds = time.perf_counter() - t0
+            result.reward = self._reward(before, result.score_after)
+        except SelfEditError as err:
+            result.error, result.error_message = err.reason, str(err)
+        except torch.OutOfMemoryError as err:
+            result.error, result.error_message = "out_of_memory", str(err).splitlines()[0]
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except Exception as err:  # a self-edit must never take the trainer down
+            logger.exception("inner run failed (context %s, seed %s)", context_id or probe.context_id, seed)
+            result.error, result.error_message = "exception", f"{type(err).__name__}: {err}"
+        finally:
+            self.model.eval()
+            for p in self._trainable:
+                p.grad = None
+        if result.error is not None:
+            result.score_after, result.reward = None, 0.0
+            logger.info("self-edit scored 0: %s", result.error_message)
+        result.seconds = time.perf_counter() - start
+        return result
+
+    def _reward(self, before: float, after: float) -> float:
+        if self.config.reward == "binary":
+            return 1.0 if after > before else 0.0
+        return after - before
+
+    def _encode(self, plan: TrainingPlan) -> list[EncodedExample]:
+        bounds = self.config.bounds
+        bounds.check(plan)
+        encoded = [
+            encode_example(
+                self.tokenizer, ex.prompt, ex.completion, loss_on_prompt=plan.loss_on == "all", add_eos=ex.is_pair
+            )
+            for ex in plan.examples
+        ]
+        counts = [len(e.input_ids) for e in encoded]
+        limit = min(bounds.max_example_tokens, self.config.max_seq_length)
+        for i, n in enumerate(counts):
+            if n > limit:
+                raise SelfEditError(
+                    "too_long", f"{n} tokens; at most {limit} per example (max_seq_length)", field=f"examples[{i}]"
+                )
+        bounds.check_token_counts(counts)
+        if not any(label != -100 for e in encoded for label in e.labels[1:]):
+            raise SelfEditError("empty", "no token of the plan carries loss", field="examples")
+        return encoded
+
+    def _train(self, plan: TrainingPlan, encoded: list[EncodedExample], seed: int, result: InnerResult) -> None:
+        total_steps = plan.num_steps
+        optimizer = torch.optim.AdamW(self._trainable, lr=plan.learning_rate, weight_decay=0.0)
+        order_gen = torch.Generator(device="cpu").manual_seed(seed)
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.model.train()
+        step = 0
+        while step < total_steps:
+            order = torch.randperm(len(encoded), generator=order_gen).tolist()
+            for first in range(0, len(order), plan.batch_size):
+                if step >= total_steps:
+                    break
+                batch = pad_right([encoded[i] for i in order[first : first + plan.batch_size]], pad_id, self.device)
+                if self.config.lr_schedule == "linear":
+                    for group in optimizer.param_groups:
+                        group["lr"] = plan.learning_rate * (1.0 - step / total_steps)
+                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                loss = masked_mean_nll(logits, batch["labels"])
+                value = loss.item()
+                if not math.isfinite(value):
+                    raise SelfEditError("nan_loss", f"training loss became {value} at step {step}", field="learning_rate")
+                loss.backward()
+                if self.config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self._trainable, self.config.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                result.losses.append(value)
+                result.tokens_trained += int(batch["attention_mask"].sum())
+                step += 1
+        result.steps = step
+        self.model.eval()
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device):
+    """Seed torch's global RNG (dropout) for the duration, restoring the caller's RNG state after."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed % (2**63))
+        yield

@@ -1,0 +1,75 @@
+"""Tokenising examples and padding them into batches, with loss masks (-100) where no loss belongs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class EncodedExample:
+    """Token ids and labels of one example; labels are IGNORE_INDEX where no loss is taken."""
+
+    input_ids: list[int]
+    labels: list[int]
+
+
+def encode_example(tokenizer, prompt: str, completion: str, *, loss_on_prompt: bool, add_eos: bool) -> EncodedExample:
+    """Tokenise prompt and completion separately and join them (special tokens only at the start)."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
+    completion_ids = tokenizer(completion, add_special_tokens=not prompt)["input_ids"]
+    if add_eos and tokenizer.eos_token_id is not None:
+        completion_ids = completion_ids + [tokenizer.eos_token_id]
+    prompt_labels = list(prompt_ids) if loss_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
+    return EncodedExample(input_ids=list(prompt_ids) + completion_ids, labels=prompt_labels + completion_ids)
+
+
+def pad_right(
+    examples: Sequence[EncodedExample], pad_token_id: int, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
+    """Pad to the longest example in the batch (dynamic padding); padding gets label IGNORE_INDEX."""
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+def pad_left(sequences: Sequence[Sequence[int]], pad_token_id: int, device: torch.device | str = "cpu"):
+    """Left-pad prompts for batched generation; returns input_ids and attention_mask."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, s in enumerate(sequences):
+        if s:
+            ids[row, width - len(s) :] = torch.tensor(list(s))
+            mask[row, width - len(s) :] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probs of `labels` under next-token `logits`, and the mask of scored positions.
+
+    Shifts by one (position t predicts token t+1); positions labelled IGNORE_INDEX are masked out.
+    """
+    logits = logits[:, :-1].float()
+    targets = labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return logp * mask, mask
+
+
+def masked_mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over positions whose label is not IGNORE_INDEX."""
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX
+    )

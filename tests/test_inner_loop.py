@@ -1,0 +1,230 @@
+import math
+
+import pytest
+import torch
+
+from seal_trl.inner import InnerLoop, InnerLoopConfig
+from seal_trl.plans import PlanBounds, TrainingPlan
+from seal_trl.probes import knowledge_probe
+
+FACTS = [("What river runs through Ostrand?", "Velmora"), ("When did the expedition leave port?", "1874")]
+
+
+@pytest.fixture()
+def probe():
+    return knowledge_probe("The Quorn Expedition", FACTS, context_id="quorn")
+
+
+@pytest.fixture()
+def loop(tiny_model, tiny_tokenizer):
+    return InnerLoop(tiny_model, tiny_tokenizer, InnerLoopConfig(lora_r=8, lora_alpha=16, num_epochs=10))
+
+
+def answer_plan(**hp):
+    texts = [f"Topic: The Quorn Expedition\nQuestion: {q}\nAnswer: {a}" for q, a in FACTS]
+    return TrainingPlan.from_texts(texts, epochs=10, **hp)
+
+
+def unrelated_plan():
+    return TrainingPlan.from_texts(["Colours: red green blue yellow black white.", "A company built bridges."], epochs=10)
+
+
+def base_weights(loop):
+    return {k: v.detach().clone() for k, v in loop.model.get_base_model().state_dict().items() if "lora_" not in k}
+
+
+def test_answer_plan_raises_score_more_than_unrelated_text(loop, probe):
+    good = loop.run(answer_plan(), probe, seed=3)
+    other = loop.run(unrelated_plan(), probe, seed=3)
+    assert good.ok and other.ok
+    assert good.score_after > good.score_before
+    assert good.reward > other.reward + 0.05
+    assert good.steps == 20 and len(good.losses) == 20 and good.tokens_trained > 0
+    assert good.losses[-1] < good.losses[0]
+
+
+def test_base_weights_bit_identical_after_runs(loop, probe):
+    before = base_weights(loop)
+    loop.run(answer_plan(), probe, seed=1)
+    loop.run(unrelated_plan(), probe, seed=2)
+    loop.run(answer_plan(learning_rate=1e-2), probe, seed=3)
+    after = base_weights(loop)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_run_b_after_a_equals_b_alone(tiny_model_dir, tiny_tokenizer, probe):
+    from transformers import AutoModelForCausalLM
+
+    fresh = InnerLoop(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_tokenizer,
+                      InnerLoopConfig(lora_r=8, lora_alpha=16))
+    alone = fresh.run(unrelated_plan(), probe, seed=11)
+    used = InnerLoop(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_tokenizer,
+                     InnerLoopConfig(lora_r=8, lora_alpha=16))
+    used.run(answer_plan(learning_rate=5e-3), probe, seed=4)
+    after_a = used.run(unrelated_plan(), probe, seed=11)
+    assert after_a.losses == alone.losses
+    assert after_a.reward == alone.reward
+
+
+def test_same_seed_same_reward_other_seed_differs(loop, probe):
+    a = loop.run(answer_plan(), probe, seed=5)
+    b = loop.run(answer_plan(), probe, seed=5)
+    c = loop.run(answer_plan(), probe, seed=6)
+    assert a.reward == b.reward and a.losses == b.losses
+    assert c.losses != a.losses
+
+
+def test_dropout_is_seeded_too(tiny_model, tiny_tokenizer, probe):
+    loop = InnerLoop(tiny_model, tiny_tokenizer, InnerLoopConfig(lora_r=4, lora_alpha=8, lora_dropout=0.3))
+    assert loop.run(answer_plan(), probe, seed=2).losses == loop.run(answer_plan(), probe, seed=2).losses
+
+
+def test_score_is_cached_per_context_and_cleared_by_sync(loop, probe, tiny_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    calls = []
+    original = loop.grader.score
+    loop.grader.score = lambda *a: calls.append(1) or original(*a)
+    first = loop.score(probe)
+    loop.run(answer_plan(), probe, seed=1)
+    assert loop.score(probe) == first and len(calls) == 2  # one before-score, one after-score
+    loop.sync_from(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    loop.score(probe)
+    assert len(calls) == 3
+
+
+def test_score_ignores_the_last_trained_adapter(loop, probe):
+    base = loop.score(probe, context_id="x")
+    loop.run(answer_plan(), probe, seed=1)
+    assert loop.score(probe, context_id="y") == pytest.approx(base, abs=1e-6)
+
+
+def test_nan_loss_scores_zero_and_engine_recovers(loop, probe, monkeypatch):
+    import seal_trl.inner.engine as engine
+
+    real = engine.masked_mean_nll
+    monkeypatch.setattr(engine, "masked_mean_nll", lambda *a: real(*a) * float("nan"))
+    bad = loop.run(answer_plan(), probe, seed=1)
+    assert bad.error == "nan_loss" and bad.reward == 0.0 and bad.score_after is None
+    monkeypatch.setattr(engine, "masked_mean_nll", real)
+    good = loop.run(answer_plan(), probe, seed=1)
+    assert good.ok and good.reward > 0
+
+
+def test_exception_inside_training_is_isolated(loop, probe, monkeypatch):
+    import seal_trl.inner.engine as engine
+
+    def boom(*a, **k):
+        raise RuntimeError("simulated kernel failure")
+
+    monkeypatch.setattr(engine, "pad_right", boom)
+    bad = loop.run(answer_plan(), probe, seed=1)
+    assert bad.error == "exception" and "simulated kernel failure" in bad.error_message
+    monkeypatch.undo()
+    assert loop.run(answer_plan(), probe, seed=1).ok
+
+
+@pytest.mark.parametrize(
+    "plan, reason",
+    [
+        (TrainingPlan.from_texts(["x"] * 50, epochs=20), "over_budget"),
+        (TrainingPlan.from_texts(["word " * 3000]), "too_long"),
+        (TrainingPlan.from_texts([]), "empty"),
+        (TrainingPlan.from_texts(["x"], learning_rate=5.0), "out_of_bounds"),
+        (TrainingPlan.from_texts(["x"], epochs=-3), "out_of_bounds"),
+    ],
+)
+def test_bad_plans_score_zero_with_reason(loop, probe, plan, reason):
+    result = loop.run(plan, probe, seed=0)
+    assert result.error == reason and result.reward == 0.0
+    assert math.isfinite(result.score_before) and result.seconds >= 0
+    assert loop.run(answer_plan(), probe, seed=0).ok
+
+
+def test_completion_only_loss_ignores_prompts(loop, probe):
+    # Prompt/answer pairs with completion-only loss: only the answers (and eos) carry loss, and it still learns.
+    pairs = [(f"Topic: The Quorn Expedition\nQuestion: {q}\nAnswer:", f" {a}") for q, a in FACTS]
+    result = loop.run(TrainingPlan.from_pairs(pairs, epochs=10), probe, seed=2)
+    assert result.ok and result.reward > 0
+    encoded = loop._encode(TrainingPlan.from_pairs(pairs))
+    n_loss = sum(1 for e in encoded for label in e.labels if label != -100)
+    answer_tokens = sum(len(loop.tokenizer(f" {a}", add_special_tokens=False)["input_ids"]) + 1 for _, a in FACTS)
+    assert n_loss == answer_tokens  # answers + eos, nothing from the prompts
+
+
+def test_sync_from_full_policy_matches_outputs(loop, tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    ids = tiny_tokenizer("The river Velmora runs", return_tensors="pt")["input_ids"]
+    loop.sync_from(policy)
+    loop.reset_adapter(0)
+    with torch.no_grad():
+        assert torch.allclose(loop.model(ids).logits, policy(ids).logits, atol=1e-5)
+
+
+def test_sync_from_lora_policy_copies_adapter_each_time(loop, tiny_model_dir, tiny_tokenizer, probe):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    policy = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.1),
+    )
+    ids = tiny_tokenizer("The river Velmora runs", return_tensors="pt")["input_ids"]
+
+    def perturb_adapter():
+        with torch.no_grad():
+            for name, p in policy.named_parameters():
+                if "lora_B" in name:
+                    p.add_(torch.randn_like(p) * 0.5)
+
+    policy.eval()
+    for _ in range(2):
+        perturb_adapter()
+        loop.sync_from(policy)
+        loop.reset_adapter(0)
+        with torch.no_grad():
+            assert torch.allclose(loop.model(ids).logits, policy(ids).logits, atol=1e-5)
+    before = base_weights(loop)
+    result = loop.run(answer_plan(), probe, seed=1)
+    assert result.ok
+    policy_adapter = {k: v for k, v in loop.model.state_dict().items() if ".policy." in k}
+    assert policy_adapter and all(not p.requires_grad for n, p in loop.model.named_parameters() if ".policy." in n)
+    loop.reset_adapter(0)
+    with torch.no_grad():
+        assert torch.allclose(loop.model(ids).logits, policy(ids).logits, atol=1e-5)
+    after = base_weights(loop)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_sync_rejects_a_different_architecture(loop):
+    from seal_trl.testing import build_tiny_model, build_tiny_tokenizer
+
+    other = build_tiny_model(build_tiny_tokenizer(), hidden_size=32)
+    with pytest.raises(ValueError, match="sync_from"):
+        loop.sync_from(other)
+
+
+def test_binary_reward(tiny_model, tiny_tokenizer, probe):
+    loop = InnerLoop(tiny_model, tiny_tokenizer, InnerLoopConfig(lora_r=8, lora_alpha=16, reward="binary"))
+    assert loop.run(answer_plan(), probe, seed=3).reward == 1.0
+
+
+def test_config_errors_name_the_field(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="target_modules"):
+        InnerLoopConfig(target_modules=())
+    with pytest.raises(ValueError, match="reward"):
+        InnerLoopConfig(reward="gain2")
+    with pytest.raises(ValueError, match="target_modules"):
+        InnerLoop(tiny_model, tiny_tokenizer, InnerLoopConfig(target_modules=("no_such_layer",)))
+
+
+def test_small_bounds_from_config(tiny_model, tiny_tokenizer, probe):
+    loop = InnerLoop(tiny_model, tiny_tokenizer, InnerLoopConfig(lora_r=4, bounds=PlanBounds(step_budget=5)))
+    assert loop.run(answer_plan(), probe).error == "over_budget"
+    assert loop.run(answer_plan(max_steps=5), probe).ok
