@@ -228,3 +228,23 @@ def test_small_bounds_from_config(tiny_model, tiny_tokenizer, probe):
     loop = InnerLoop(tiny_model, tiny_tokenizer, InnerLoopConfig(lora_r=4, bounds=PlanBounds(step_budget=5)))
     assert loop.run(answer_plan(), probe).error == "over_budget"
     assert loop.run(answer_plan(max_steps=5), probe).ok
+
+
+def test_four_bit_inner_loop_runs_and_syncs_on_cpu(tiny_model_dir, probe):
+    import bitsandbytes as bnb
+    from transformers import AutoModelForCausalLM
+
+    loop = InnerLoop.from_pretrained(str(tiny_model_dir), InnerLoopConfig(lora_r=8, lora_alpha=16, load_in_4bit=True))
+    assert any(type(m).__name__ == "Linear4bit" for m in loop.model.modules())
+    result = loop.run(answer_plan(), probe, seed=1)
+    assert result.ok and result.reward > 0
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.mul_(-1.0)
+    loop.sync_from(policy)
+    layer = loop.model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+    dequantized = bnb.functional.dequantize_4bit(layer.weight.data, layer.weight.quant_state)
+    source = policy.model.layers[0].self_attn.q_proj.weight
+    assert (dequantized - source).norm() / source.norm() < 0.2  # nf4 error, not the old (sign-flipped) weights
+    assert loop.run(answer_plan(), probe, seed=1).ok

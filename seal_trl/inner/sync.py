@@ -36,11 +36,13 @@ def _base_key(key: str) -> str:
 
 
 def base_parameters(peft_model) -> dict[str, torch.Tensor]:
-    """The non-adapter tensors of a PEFT model, keyed as in the plain model's state dict."""
+    """The non-adapter parameters and buffers of a PEFT model, keyed as in the plain model's state dict.
+
+    Built from named parameters (not the state dict) so 4-bit quantisation state is not listed as weights.
+    """
     base = peft_model.get_base_model()
-    return {
-        _base_key(k): v for k, v in base.state_dict(keep_vars=True).items() if "lora_" not in k
-    }
+    tensors = list(base.named_parameters(remove_duplicate=False)) + list(base.named_buffers(remove_duplicate=False))
+    return {_base_key(k): v for k, v in tensors if "lora_" not in k}
 
 
 def _requantize_into(module_param: torch.nn.Parameter, source: torch.Tensor):
@@ -63,6 +65,8 @@ def copy_full_weights(inner_peft_model, source: Mapping[str, torch.Tensor]) -> i
     """Copy a full state dict into the inner model's base weights; returns the number of tensors copied."""
     targets = base_parameters(inner_peft_model)
     source_keys = set(source)
+    # non-persistent buffers (rotary tables) are absent from a state dict and need no copy
+    targets = {k: v for k, v in targets.items() if k in source_keys or isinstance(v, torch.nn.Parameter)}
     missing = sorted(set(targets) - source_keys)
     unknown = sorted(source_keys - set(targets))
     if missing or unknown:

@@ -1,0 +1,132 @@
+"""SEALConfig: GRPOConfig plus the algorithm choice, the ReST-EM keep rule and the inner-loop settings.
+
+Every field is flat with `help` metadata, so `TrlParser` reads it from YAML and the command line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import GRPOConfig
+
+from .inner.config import DEFAULT_TARGET_MODULES, InnerLoopConfig
+from .plans import PlanBounds
+from .tasks.knowledge import STYLES
+from .variants import VARIANTS
+
+
+@dataclass
+class SEALConfig(GRPOConfig):
+    """Configuration for `SEALTrainer`.
+
+    Differences from `GRPOConfig`'s defaults: `bf16` is on only where a CUDA GPU supports it (fp32 on CPU),
+    `gradient_checkpointing` is off, `logging_steps=1`, `num_generations=4`, `max_completion_length=256`,
+    `beta=0` and, for ReST-EM, `learning_rate=3e-4` (the paper's M-step).
+
+    ReST-EM maps onto TRL's batching like this: one *round* is one generation batch
+    (`generation_batch_size` = contexts per round x `num_generations`) and the M-step is `num_iterations`
+    epochs over it.
+    """
+
+    algorithm: str = field(
+        default="rest_em",
+        metadata={"help": "RL variant: 'rest_em' (the paper's filtered SFT, default) or 'grpo'.",
+                  "choices": sorted(VARIANTS)},
+    )
+    rest_em_top_k: int | None = field(
+        default=1, metadata={"help": "ReST-EM keeps at most this many self-edits per context (None: no limit)."}
+    )
+    rest_em_margin: float | None = field(
+        default=0.0,
+        metadata={"help": "ReST-EM keeps only self-edits whose reward exceeds this (None: no threshold)."},
+    )
+    reward_repeats: int = field(
+        default=1, metadata={"help": "Inner-loop runs per self-edit, averaged (the paper uses 3)."}
+    )
+    self_edit_style: str = field(
+        default="implications",
+        metadata={"help": "Knowledge self-edit prompt: implications, rewrite or self_qa.", "choices": list(STYLES)},
+    )
+    inner_lora_r: int = field(default=32, metadata={"help": "Inner-loop LoRA rank."})
+    inner_lora_alpha: int = field(default=64, metadata={"help": "Inner-loop LoRA alpha."})
+    inner_lora_dropout: float = field(default=0.0, metadata={"help": "Inner-loop LoRA dropout."})
+    inner_target_modules: list[str] = field(
+        default_factory=lambda: list(DEFAULT_TARGET_MODULES),
+        metadata={"help": "Modules the inner LoRA adapts (explicit; no guessing)."},
+    )
+    inner_learning_rate: float = field(default=1e-3, metadata={"help": "Inner-loop learning rate."})
+    inner_epochs: int = field(default=10, metadata={"help": "Inner-loop epochs over a self-edit's examples."})
+    inner_batch_size: int = field(default=1, metadata={"help": "Inner-loop batch size."})
+    inner_max_seq_length: int = field(default=1024, metadata={"help": "Longest inner training example (tokens)."})
+    inner_step_budget: int = field(default=400, metadata={"help": "Plans needing more optimizer steps fail."})
+    inner_max_examples: int = field(default=64, metadata={"help": "Plans with more examples fail."})
+    inner_load_in_4bit: bool = field(
+        default=False, metadata={"help": "Load the inner model in 4-bit nf4 (QLoRA; needs bitsandbytes)."}
+    )
+    inner_grader: str = field(
+        default="loglik",
+        metadata={"help": "How the probe is scored: loglik, exact_match, f1.",
+                  "choices": ["loglik", "exact_match", "f1"]},
+    )
+    inner_reward: str = field(
+        default="gain", metadata={"help": "'gain' (after - before) or 'binary' (1 if improved).",
+                                  "choices": ["gain", "binary"]}
+    )
+    inner_max_new_tokens: int = field(default=32, metadata={"help": "Answer length for generative graders."})
+
+    # GRPOConfig defaults changed for SEAL
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 mixed precision; default: on for CUDA GPUs that "
+                                                              "support it, off (fp32) on CPU."})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "Gradient checkpointing for the policy."})
+    logging_steps: float = field(default=1, metadata={"help": "Log every N steps."})
+    num_generations: int | None = field(default=4, metadata={"help": "Self-edits sampled per context."})
+    max_completion_length: int | None = field(default=256, metadata={"help": "Longest self-edit (tokens)."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Policy learning rate; default 3e-4 for rest_em (paper), 1e-6 for grpo."}
+    )
+
+    def __post_init__(self):
+        if self.algorithm not in VARIANTS:
+            raise ValueError(f"algorithm={self.algorithm!r} is not known; set algorithm to one of {sorted(VARIANTS)}")
+        if self.learning_rate is None:
+            self.learning_rate = 3e-4 if self.algorithm == "rest_em" else 1e-6
+        if self.bf16 is None:
+            import torch
+
+            self.bf16 = bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()) and not self.fp16
+        if self.algorithm == "rest_em":
+            if self.rest_em_top_k is None and self.rest_em_margin is None:
+                raise ValueError("rest_em needs rest_em_top_k and/or rest_em_margin; with neither it keeps everything")
+            if self.rest_em_top_k is not None and self.rest_em_top_k < 1:
+                raise ValueError(f"rest_em_top_k must be >= 1 (or None), got {self.rest_em_top_k}")
+            if self.beta != 0.0:
+                raise ValueError(f"beta={self.beta}: ReST-EM has no KL term; set beta=0.0 or algorithm='grpo'")
+        elif self.scale_rewards == "batch":
+            raise ValueError("SEAL's grpo variant normalises rewards per context group: set scale_rewards to "
+                             "'group' or 'none'")
+        if self.reward_repeats < 1:
+            raise ValueError(f"reward_repeats must be >= 1, got {self.reward_repeats}")
+        if self.self_edit_style not in STYLES:
+            raise ValueError(f"self_edit_style={self.self_edit_style!r}; choose one of {STYLES}")
+        super().__post_init__()
+        # Builds (and so validates) the inner-loop settings now, not at the first training step.
+        self.inner_loop_config()
+
+    def inner_loop_config(self) -> InnerLoopConfig:
+        return InnerLoopConfig(
+            lora_r=self.inner_lora_r,
+            lora_alpha=self.inner_lora_alpha,
+            lora_dropout=self.inner_lora_dropout,
+            target_modules=tuple(self.inner_target_modules),
+            learning_rate=self.inner_learning_rate,
+            num_epochs=self.inner_epochs,
+            batch_size=self.inner_batch_size,
+            max_seq_length=self.inner_max_seq_length,
+            load_in_4bit=self.inner_load_in_4bit,
+            grader=self.inner_grader,
+            max_new_tokens=self.inner_max_new_tokens,
+            reward=self.inner_reward,
+            seed=self.seed,
+            bounds=PlanBounds(step_budget=self.inner_step_budget, max_examples=self.inner_max_examples,
+                              max_example_tokens=self.inner_max_seq_length),
+        )

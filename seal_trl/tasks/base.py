@@ -1,0 +1,44 @@
+"""The task protocol: what a domain (knowledge passages, ARC puzzles) must provide to SEAL."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
+
+from ..plans import TrainingPlan
+from ..probes import Probe
+
+Prompt = str | list[dict[str, str]]
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A SEAL task. A *context* is one dataset row (a mapping with at least `context_id`).
+
+    - `prompt(context)`: what the policy sees (plain text, or chat messages that TRL renders with the
+      tokenizer's chat template);
+    - `plan(context, self_edit, **hyperparameters)`: parse the self-edit into a `TrainingPlan`, raising
+      `SelfEditError` for anything unusable (never executes text);
+    - `probe(context)`: the held-out check;
+    - `context_fields`: the dataset columns the reward needs to rebuild a context.
+    """
+
+    name: str
+    context_fields: Sequence[str]
+
+    def prompt(self, context: Mapping[str, Any]) -> Prompt: ...
+
+    def plan(self, context: Mapping[str, Any], self_edit: str, **hyperparameters) -> TrainingPlan: ...
+
+    def probe(self, context: Mapping[str, Any]) -> Probe: ...
+
+
+def completion_text(completion: Any) -> str:
+    """The text of a TRL completion: a string, or the last message's content for conversational data."""
+    if isinstance(completion, str):
+        return completion
+    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
+        return str(completion[-1].get("content", ""))
+    if isinstance(completion, Mapping):
+        return str(completion.get("content", ""))
+    return "" if completion is None else str(completion)

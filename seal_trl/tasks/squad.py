@@ -1,0 +1,140 @@
+"""Reading SQuAD v1.1-format data into knowledge contexts.
+
+A context is a plain dict: `context_id`, `title`, `context` (the passage) and `questions`, a list of
+`{"question": str, "answers": [str, ...]}`. Sources: a SQuAD JSON file, a `datasets` dataset (or name) with
+the flat SQuAD columns, or the bundled invented-entity set (`"bundled"`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+BUNDLED_SPLITS = ("train", "validation")
+
+
+class DatasetFormatError(ValueError):
+    """Data that is not in the SQuAD v1.1 shape; the message names the missing or wrong field."""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "untitled"
+
+
+def _answers(qa: Mapping, where: str) -> list[str]:
+    raw = qa.get("answers")
+    if raw is None:
+        raise DatasetFormatError(f"{where}: missing field `answers` (a list of {{'text', 'answer_start'}})")
+    if isinstance(raw, Mapping):  # flat `datasets` layout: {"text": [...], "answer_start": [...]}
+        texts = raw.get("text", [])
+    else:
+        texts = [a.get("text") if isinstance(a, Mapping) else a for a in raw]
+    texts = [t.strip() for t in texts if isinstance(t, str) and t.strip()]
+    if not texts:
+        raise DatasetFormatError(f"{where}: `answers` has no non-empty `text`")
+    return list(dict.fromkeys(texts))
+
+
+def contexts_from_squad(data: Mapping[str, Any], *, source: str = "data") -> list[dict]:
+    """Contexts from a parsed SQuAD v1.1 document (`{"data": [{"title", "paragraphs": [...]}]}`)."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("data"), list):
+        raise DatasetFormatError(
+            f"{source}: not SQuAD v1.1 format: expected a top-level object with a `data` list of articles "
+            "({'title', 'paragraphs': [{'context', 'qas': [{'id', 'question', 'answers'}]}]})"
+        )
+    contexts = []
+    for a, article in enumerate(data["data"]):
+        where = f"{source}: data[{a}]"
+        title = article.get("title") if isinstance(article, Mapping) else None
+        if not isinstance(title, str) or not title.strip():
+            raise DatasetFormatError(f"{where}: missing field `title`")
+        paragraphs = article.get("paragraphs")
+        if not isinstance(paragraphs, list) or not paragraphs:
+            raise DatasetFormatError(f"{where} ({title!r}): missing or empty field `paragraphs`")
+        for p, paragraph in enumerate(paragraphs):
+            pwhere = f"{where}.paragraphs[{p}]"
+            passage = paragraph.get("context") if isinstance(paragraph, Mapping) else None
+            if not isinstance(passage, str) or not passage.strip():
+                raise DatasetFormatError(f"{pwhere}: missing field `context` (the passage text)")
+            qas = paragraph.get("qas")
+            if not isinstance(qas, list) or not qas:
+                raise DatasetFormatError(f"{pwhere}: missing or empty field `qas`: every passage needs questions")
+            questions = []
+            for q, qa in enumerate(qas):
+                qwhere = f"{pwhere}.qas[{q}]"
+                question = qa.get("question") if isinstance(qa, Mapping) else None
+                if not isinstance(question, str) or not question.strip():
+                    raise DatasetFormatError(f"{qwhere}: missing field `question`")
+                questions.append({"question": question.strip(), "answers": _answers(qa, qwhere)})
+            contexts.append({
+                "context_id": f"{_slug(title)}-{p}",
+                "title": title.strip(),
+                "context": passage.strip(),
+                "questions": questions,
+            })
+    if not contexts:
+        raise DatasetFormatError(f"{source}: no passages found")
+    return contexts
+
+
+def load_squad_json(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist; pass a SQuAD v1.1 JSON file or 'bundled'")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DatasetFormatError(f"{path}: not a JSON file ({err}); expected SQuAD v1.1 JSON") from None
+    return contexts_from_squad(data, source=str(path))
+
+
+def load_bundled(split: str = "train") -> list[dict]:
+    """The bundled invented-entity passages (`train` or `validation`)."""
+    if split not in BUNDLED_SPLITS:
+        raise ValueError(f"bundled split must be one of {BUNDLED_SPLITS}, got {split!r}")
+    text = resources.files("seal_trl.data").joinpath(f"knowledge_{split}.json").read_text(encoding="utf-8")
+    return contexts_from_squad(json.loads(text), source=f"bundled:{split}")
+
+
+def contexts_from_rows(rows: Iterable[Mapping[str, Any]], *, source: str = "dataset") -> list[dict]:
+    """Contexts from flat SQuAD rows (`title`, `context`, `question`, `answers`), grouped by passage."""
+    grouped: dict[tuple[str, str], dict] = {}
+    for i, row in enumerate(rows):
+        for name in ("title", "context", "question", "answers"):
+            if name not in row:
+                raise DatasetFormatError(f"{source}: row {i} is missing field `{name}` (SQuAD columns: "
+                                         "id, title, context, question, answers)")
+        key = (str(row["title"]), str(row["context"]))
+        if key not in grouped:
+            grouped[key] = {"context_id": f"{_slug(key[0])}-{len(grouped)}", "title": key[0].strip(),
+                            "context": key[1].strip(), "questions": []}
+        grouped[key]["questions"].append(
+            {"question": str(row["question"]).strip(), "answers": _answers(row, f"{source}: row {i}")}
+        )
+    if not grouped:
+        raise DatasetFormatError(f"{source}: no rows")
+    return list(grouped.values())
+
+
+def load_contexts(source: str, *, split: str = "train", limit: int | None = None) -> list[dict]:
+    """`"bundled"`, a path to a SQuAD JSON file, or a `datasets` name/path (needs network for Hub names)."""
+    if source == "bundled":
+        contexts = load_bundled(split)
+    elif source.endswith(".json") or Path(source).is_file():
+        contexts = load_squad_json(source)
+    else:
+        from datasets import load_dataset
+
+        try:
+            rows = load_dataset(source, split=split)
+        except Exception as err:  # datasets raises many types for a missing/unreachable dataset
+            raise DatasetFormatError(
+                f"could not load dataset {source!r} (split {split!r}): {err}. Pass 'bundled', a SQuAD JSON "
+                "file, or a datasets name that is reachable"
+            ) from None
+        contexts = contexts_from_rows(rows, source=source)
+    return contexts[:limit] if limit else contexts

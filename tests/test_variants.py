@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+
+from seal_trl.variants import get_variant, grpo_advantages, rest_em_keep_mask, rest_em_loss
+
+
+def test_grpo_advantages_are_group_normalised():
+    rewards = torch.tensor([1.0, 2.0, 3.0, 5.0, 5.0, 5.0])
+    adv = grpo_advantages(rewards, 3)
+    assert torch.allclose(adv[:3], torch.tensor([-1.0, 0.0, 1.0]) / (1.0 + 1e-4), atol=1e-6)
+    assert torch.all(adv[3:] == 0)  # no spread: no signal
+    unscaled = grpo_advantages(rewards, 3, scale=False)
+    assert torch.allclose(unscaled[:3], torch.tensor([-1.0, 0.0, 1.0]))
+
+
+def test_grpo_matches_trl_math_and_ignores_nan():
+    g = torch.Generator().manual_seed(0)
+    rewards = torch.randn(12, generator=g)
+    grouped = rewards.view(3, 4)
+    expected = (grouped - grouped.mean(1, keepdim=True)) / (grouped.std(1, keepdim=True) + 1e-4)
+    assert torch.allclose(grpo_advantages(rewards, 4), expected.reshape(-1), atol=1e-5)
+    with_nan = torch.tensor([1.0, float("nan"), 3.0])
+    adv = grpo_advantages(with_nan, 3)
+    assert adv[1] == 0 and adv[0] < 0 < adv[2] and not torch.isnan(adv).any()
+
+
+def test_rest_em_keeps_best_positive_per_context():
+    rewards = torch.tensor([0.1, 0.5, 0.3, -0.2, -0.1, -0.3, 0.0, 0.0, 0.2])
+    keep = rest_em_keep_mask(rewards, 3, top_k=1, margin=0.0)
+    assert keep.tolist() == [0, 1, 0, 0, 0, 0, 0, 0, 1]
+
+
+def test_rest_em_margin_only_and_top_k_only():
+    rewards = torch.tensor([0.1, 0.5, 0.3, 0.05])
+    assert rest_em_keep_mask(rewards, 4, top_k=None, margin=0.2).tolist() == [0, 1, 1, 0]
+    assert rest_em_keep_mask(rewards, 4, top_k=2, margin=None).tolist() == [0, 1, 1, 0]
+    assert rest_em_keep_mask(torch.tensor([0.3, 0.3, 0.1]), 3, top_k=1, margin=None).tolist() == [1, 0, 0]
+
+
+def test_rest_em_never_keeps_nan_and_validates():
+    assert rest_em_keep_mask(torch.tensor([float("nan"), 0.2]), 2).tolist() == [0, 1]
+    with pytest.raises(ValueError, match="top_k and/or margin"):
+        rest_em_keep_mask(torch.tensor([1.0]), 1, top_k=None, margin=None)
+    with pytest.raises(ValueError, match="groups of 4"):
+        rest_em_keep_mask(torch.ones(6), 4)
+
+
+def test_rest_em_loss_is_masked_nll_on_kept_tokens():
+    logps = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.1, 0.1, 0.1]], requires_grad=False))
+    logps.requires_grad_(True)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    loss = rest_em_loss(logps, mask, torch.tensor([1.0, 0.0]))
+    assert loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.25)) / 2)
+    loss.backward()
+    assert logps.grad[1].abs().sum() == 0 and logps.grad[0, 2] == 0 and logps.grad[0, 0] < 0
+    empty = rest_em_loss(logps, mask, torch.zeros(2))
+    assert empty.item() == 0 and empty.requires_grad
+
+
+def test_registry():
+    assert get_variant("grpo").uses_grpo_loss and not get_variant("rest_em").uses_grpo_loss
+    with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
+        get_variant("ppo")
