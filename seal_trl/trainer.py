@@ -11,9 +11,7 @@ What it adds to GRPOTrainer, and nothing more:
 
 from __future__ import annotations
 
-import copy
 import logging
-import os
 import textwrap
 
 import torch
@@ -89,13 +87,19 @@ class SEALTrainer(GRPOTrainer):
         plain = policy.get_base_model() if sync.is_peft_model(policy) else policy
         path = getattr(plain.config, "_name_or_path", None)
         dtype = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else torch.float32)
-        if path and os.path.isdir(path) or config.load_in_4bit or sync.is_peft_model(policy) or self.is_deepspeed_enabled:
-            # A fresh copy of the weights from where the policy came from; sync_from then makes it current.
+        if path:
+            # Its own copy of the weights the policy came from (never a deepcopy: trainers patch methods on the
+            # policy instance that a copy would share); sync_from then makes it current.
             from .models import load_model_and_tokenizer
 
             inner_model, _ = load_model_and_tokenizer(path, dtype=dtype, load_in_4bit=config.load_in_4bit)
+        elif config.load_in_4bit:
+            raise ValueError("inner_load_in_4bit=True needs a policy loaded from a path or Hub name (its config "
+                             "has no _name_or_path); pass the model by name, or set inner_load_in_4bit=False")
         else:
-            inner_model = copy.deepcopy(policy)
+            from transformers import AutoModelForCausalLM
+
+            inner_model = AutoModelForCausalLM.from_config(plain.config, dtype=dtype)
         if not config.load_in_4bit:
             inner_model.to(self.accelerator.device, dtype=dtype)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)

@@ -1,0 +1,213 @@
+"""SEALTrainer and SelfEditReward on the tiny offline model (CPU, fp32)."""
+
+import os
+
+import pytest
+import torch
+
+from seal_trl.config import SEALConfig
+from seal_trl.inner import InnerLoop, InnerLoopConfig
+from seal_trl.reward import SelfEditReward
+from seal_trl.tasks.knowledge import KnowledgeTask
+from seal_trl.trainer import SEALTrainer
+from seal_trl.variants import grpo_advantages
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+CONTEXTS = [
+    {"context_id": "velmora", "title": "Velmora", "context": "The river Velmora runs through the valley of Ostrand "
+     "and feeds three lakes.", "questions": [{"question": "Which valley does the Velmora cross?",
+                                               "answers": ["Ostrand"]}]},
+    {"context_id": "quorn", "title": "Quorn Expedition", "context": "The Quorn expedition left port in 1874 with "
+     "forty sailors.", "questions": [{"question": "When did the expedition leave?", "answers": ["1874"]},
+                                     {"question": "How many sailors went?", "answers": ["forty"]}]},
+]
+
+TINY_INNER = dict(inner_epochs=2, inner_lora_r=4, inner_lora_alpha=8, inner_target_modules=["q_proj", "v_proj"])
+
+
+def tiny_args(tmp_path, **overrides):
+    settings = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, num_generations=2,
+                    max_completion_length=12, use_cpu=True, report_to=[], save_strategy="no", seed=0,
+                    learning_rate=1e-3, **TINY_INNER)
+    settings.update(overrides)
+    return SEALConfig(**settings)
+
+
+@pytest.fixture()
+def dataset(tiny_tokenizer):
+    return KnowledgeTask().build_dataset(CONTEXTS, tiny_tokenizer)
+
+
+def test_dataset_rows_carry_prompt_and_context(dataset):
+    assert set(dataset.column_names) >= {"prompt", "context_id", "title", "context", "questions"}
+    assert dataset[0]["prompt"][0]["role"] == "user"  # the tiny tokenizer has a chat template
+    assert "The river Velmora" in dataset[0]["prompt"][0]["content"]
+
+
+def test_rest_em_moves_policy_toward_kept_self_edits(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    # One ReST-EM round: 2 contexts x 4 self-edits, then an M-step of 4 epochs over the kept ones.
+    args = tiny_args(tmp_path, max_steps=4, num_iterations=4, num_generations=4, per_device_train_batch_size=8,
+                     learning_rate=5e-3, max_completion_length=10)
+    trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer)
+    # a fresh load, not a deepcopy: TRL patches methods on the policy instance that a copy would still share
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    captured = []
+    original = trainer._apply_variant
+    trainer._apply_variant = lambda output: captured.append(original(output)) or captured[-1]
+    trainer.train()
+    assert len(captured) == 1  # one generation batch = one round
+    batch = captured[0]
+    keep = batch["advantages"] > 0
+    assert 0 < keep.sum() < len(keep)
+    rewards = torch.tensor([r[0].reward for r in trainer.seal_reward.last_results])
+    assert torch.equal(keep, torch.tensor([bool(k) for k in (rewards.view(-1, 4) == rewards.view(-1, 4).max(1,
+                       keepdim=True).values).view(-1) & (rewards > 0)]))
+
+    def mean_logp(model):
+        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+        with torch.no_grad():
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, -batch["completion_ids"].shape[1] - 1:-1]
+        logp = torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+        m = batch["completion_mask"].float()
+        return (logp * m).sum(1) / m.sum(1)
+
+    before, after = mean_logp(start), mean_logp(trainer.model.eval())
+    rise = after - before
+    assert rise[keep].mean() > 0.5  # the kept self-edits became much more likely
+    assert rise[keep].mean() > rise[~keep].mean() + 0.3
+    # the inner model mirrors the policy as of the last generation boundary; a sync makes it current
+    ids = batch["completion_ids"][:2]
+    trainer._sync_inner_loop()
+    trainer.inner_loop.reset_adapter(0)
+    with torch.no_grad():
+        assert torch.allclose(trainer.inner_loop.model(input_ids=ids).logits, trainer.model(input_ids=ids).logits,
+                              atol=1e-5)
+    metrics = trainer.state.log_history[0]
+    assert metrics["seal/keep_fraction"] == pytest.approx(keep.float().mean().item())
+    assert metrics["inner/failure_rate"] == 0.0
+
+
+def test_grpo_variant_uses_group_normalised_inner_rewards(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    args = tiny_args(tmp_path, algorithm="grpo", max_steps=1, num_generations=2)
+    trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer)
+    captured = []
+    original = trainer._apply_variant
+    trainer._apply_variant = lambda output: captured.append(original(output)) or captured[-1]
+    trainer.train()
+    rewards = torch.tensor([r[0].reward for r in trainer.seal_reward.last_results])
+    assert torch.allclose(captured[0]["advantages"], grpo_advantages(rewards, 2), atol=1e-5)
+    assert "grpo" in trainer._tag_names and "seal" in trainer._tag_names
+
+
+def test_lora_policy_trains_and_pushes_adapter_with_seal_card(tiny_model_dir, tiny_tokenizer, dataset, tmp_path,
+                                                              monkeypatch):
+    from peft import LoraConfig
+
+    args = tiny_args(tmp_path, max_steps=1, hub_model_id="someone/seal-tiny")
+    trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer,
+                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainer.train()
+    # the inner model mirrors the LoRA policy through a frozen "policy" adapter
+    assert "policy" in trainer.inner_loop.model.peft_config
+    uploads = {}
+
+    class FakeHub:
+        def create_repo(self, repo_id, **kwargs):
+            return type("Repo", (), {"repo_id": repo_id})()
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            uploads["repo"] = repo_id
+            uploads["files"] = sorted(os.listdir(folder_path))
+            uploads["card"] = open(os.path.join(folder_path, "README.md")).read()
+            return "https://hub.example/commit"
+
+    import transformers.trainer
+
+    monkeypatch.setattr(transformers.trainer, "hf_api", lambda: FakeHub())
+    trainer.push_to_hub()
+    assert uploads["repo"] == "someone/seal-tiny"
+    assert {"adapter_config.json", "adapter_model.safetensors", "README.md"} <= set(uploads["files"])
+    assert "seal" in uploads["card"] and "rest-em" in uploads["card"]
+    assert "Self-Adapting Language Models" in uploads["card"] and "2506.10943" in uploads["card"]
+
+
+@pytest.mark.parametrize("trainer_name", ["GRPOTrainer", "RLOOTrainer"])
+def test_self_edit_reward_drops_into_stock_trl_trainers(trainer_name, tiny_model_dir, tiny_tokenizer, dataset,
+                                                        tmp_path):
+    import trl
+    from transformers import AutoModelForCausalLM
+
+    inner = InnerLoop(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_tokenizer,
+                      InnerLoopConfig(lora_r=4, lora_alpha=8, target_modules=("q_proj", "v_proj"), num_epochs=2))
+    reward = SelfEditReward(KnowledgeTask(), inner)
+    config_cls = getattr(trl, trainer_name.replace("Trainer", "Config"))
+    args = config_cls(output_dir=str(tmp_path / "out"), max_steps=1, per_device_train_batch_size=2,
+                      num_generations=2, max_completion_length=8, use_cpu=True, bf16=False, report_to=[],
+                      save_strategy="no", gradient_checkpointing=False, logging_steps=1)
+    trainer = getattr(trl, trainer_name)(model=str(tiny_model_dir), reward_funcs=[reward], args=args,
+                                         train_dataset=dataset, processing_class=tiny_tokenizer)
+    trainer.train()
+    assert reward.last_results and all(runs[0].ok for runs in reward.last_results)
+    assert any("rewards/seal_inner_loop/mean" in h for h in trainer.state.log_history)
+
+
+def test_bad_self_edits_score_zero_and_training_continues(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    inner = InnerLoop(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_tokenizer,
+                      InnerLoopConfig(lora_r=4, lora_alpha=8, target_modules=("q_proj", "v_proj"), num_epochs=2))
+    reward = SelfEditReward(KnowledgeTask(style="self_qa"), inner, repeats=2)
+    logged, metrics = {}, {}
+    columns = {k: [dataset[0][k]] * 3 for k in ("context_id", "title", "context", "questions")}
+    values = reward(["p"] * 3, ["", "no pairs here", "Question: Which valley?\nAnswer: Ostrand"],
+                    log_extra=lambda c, v: logged.__setitem__(c, v),
+                    log_metric=lambda n, v: metrics.__setitem__(n, v), **columns)
+    assert values[0] == 0.0 and values[1] == 0.0 and values[2] != 0.0
+    assert logged["inner_error"] == ["empty", "unparseable", ""]
+    assert metrics["inner/failure_rate"] == pytest.approx(2 / 3)
+    assert len(reward.last_results[2]) == 2  # repeats
+    with pytest.raises(KeyError, match="missing column"):
+        reward(["p"], ["x"], context_id=["a"])
+
+
+def test_config_rejects_inconsistent_settings(tmp_path):
+    with pytest.raises(ValueError, match="algorithm"):
+        SEALConfig(output_dir=str(tmp_path), algorithm="ppo")
+    with pytest.raises(ValueError, match="beta"):
+        SEALConfig(output_dir=str(tmp_path), beta=0.1)
+    with pytest.raises(ValueError, match="rest_em_top_k and/or rest_em_margin"):
+        SEALConfig(output_dir=str(tmp_path), rest_em_top_k=None, rest_em_margin=None)
+    with pytest.raises(ValueError, match="scale_rewards"):
+        SEALConfig(output_dir=str(tmp_path), algorithm="grpo", scale_rewards="batch")
+    with pytest.raises(ValueError, match="target_modules"):
+        SEALConfig(output_dir=str(tmp_path), inner_target_modules=[])
+    config = SEALConfig(output_dir=str(tmp_path), use_cpu=True)
+    assert config.bf16 is False and config.learning_rate == 3e-4 and config.gradient_checkpointing is False
+
+
+def test_in_memory_policy_without_a_path(tiny_tokenizer, dataset, tmp_path):
+    from seal_trl.testing import build_tiny_model
+
+    policy = build_tiny_model(tiny_tokenizer, seed=3)
+    policy.config._name_or_path = ""
+    trainer = SEALTrainer(policy, args=tiny_args(tmp_path, max_steps=1), train_dataset=dataset,
+                          processing_class=tiny_tokenizer)
+    trainer.train()
+    ids = torch.tensor([[5, 6, 7, 8]])
+    trainer._sync_inner_loop()
+    trainer.inner_loop.reset_adapter(0)
+    with torch.no_grad():
+        assert torch.allclose(trainer.inner_loop.model(input_ids=ids).logits, policy(input_ids=ids).logits, atol=1e-5)
+
+
+def test_four_bit_inner_model_in_trainer(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path, max_steps=1, inner_load_in_4bit=True),
+                          train_dataset=dataset, processing_class=tiny_tokenizer)
+    assert any(type(m).__name__ == "Linear4bit" for m in trainer.inner_loop.model.modules())
+    trainer.train()
+    assert all(runs[0].ok for runs in trainer.seal_reward.last_results)
