@@ -1,0 +1,57 @@
+"""Run by tests/test_multiprocess.py under `accelerate launch --num_processes 2` (CPU, gloo).
+
+Each rank trains SEALTrainer on the tiny model for two steps and writes what it did to OUT/rank-N.json.
+"""
+
+import hashlib
+import json
+import os
+import sys
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from transformers import AutoTokenizer  # noqa: E402
+
+from seal_trl.config import SEALConfig  # noqa: E402
+from seal_trl.tasks.knowledge import KnowledgeTask  # noqa: E402
+from seal_trl.trainer import SEALTrainer  # noqa: E402
+
+CONTEXTS = [
+    {"context_id": f"c{i}", "title": f"Place {i}", "context": f"The river Velmora {i} runs through Ostrand {i}.",
+     "questions": [{"question": f"Which valley does river {i} cross?", "answers": [f"Ostrand {i}"]}]}
+    for i in range(4)
+]
+
+
+def main(model_dir: str, out_dir: str) -> None:
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    dataset = KnowledgeTask().build_dataset(CONTEXTS, tokenizer)
+    args = SEALConfig(output_dir=os.path.join(out_dir, "run"), max_steps=2, per_device_train_batch_size=2,
+                      num_generations=2, max_completion_length=8, report_to=[], save_strategy="no", seed=0,
+                      learning_rate=1e-3, use_cpu=True, inner_epochs=2, inner_lora_r=4, inner_lora_alpha=8,
+                      inner_target_modules=["q_proj", "v_proj"])
+    trainer = SEALTrainer(model_dir, args=args, train_dataset=dataset, processing_class=tokenizer)
+    runs = []
+    original = trainer.seal_reward.score_one
+
+    def counting(context, self_edit):
+        reward, results, reason = original(context, self_edit)
+        runs.append({"context_id": context["context_id"], "reward": reward, "error": reason})
+        return reward, results, reason
+
+    trainer.seal_reward.score_one = counting
+    trainer.train()
+    trainer.save_model()
+    digest = hashlib.sha256()
+    for name, param in sorted(trainer.model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(param.detach().float().cpu().numpy().tobytes())
+    rank = trainer.accelerator.process_index
+    with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as fh:
+        json.dump({"rank": rank, "world": trainer.accelerator.num_processes, "runs": runs,
+                   "param_sha": digest.hexdigest()}, fh)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,37 @@
+"""SEALTrainer under `accelerate launch` with 2 CPU processes (gloo): both ranks run inner loops."""
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_two_processes_score_their_own_completions_and_save_one_checkpoint(tiny_model_dir, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "accelerate_configs" / "multi_cpu.yaml"), "--main_process_port", "29533",
+           str(ROOT / "tests" / "scripts" / "multiprocess_seal.py"), str(tiny_model_dir), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["world"] == 2 for r in ranks)
+    # each rank ran the inner loop on its own share of the completions
+    assert all(len(r["runs"]) > 0 for r in ranks)
+    assert all(run["error"] is None for r in ranks for run in r["runs"])
+    # DDP keeps the replicas identical, and the one saved checkpoint is that model
+    assert ranks[0]["param_sha"] == ranks[1]["param_sha"]
+    from transformers import AutoModelForCausalLM
+
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run").state_dict()
+    digest = hashlib.sha256()
+    for name, tensor in sorted(saved.items()):
+        digest.update(name.encode())
+        digest.update(tensor.float().numpy().tobytes())
+    assert digest.hexdigest() == ranks[0]["param_sha"]
