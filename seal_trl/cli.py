@@ -1,10 +1,15 @@
-"""The `seal-trl` command line."""
+"""The `seal-trl` command line: info, embedded, train, evaluate, demo."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -24,31 +29,118 @@ def _info(_: argparse.Namespace) -> int:
 
 
 def _embedded(_: argparse.Namespace) -> int:
-    from .models import ModelLoadError, embedded_model_path
+    from .models import embedded_model_path
 
-    try:
-        print(embedded_model_path())
-    except ModelLoadError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    print(embedded_model_path())
     return 0
+
+
+def accelerate_config_path(name: str) -> Path:
+    """A file path, or a name from accelerate_configs/ (single_gpu, multi_gpu, zero2, zero3, multi_cpu)."""
+    candidate = Path(name)
+    if candidate.is_file():
+        return candidate
+    shipped = REPO_ROOT / "accelerate_configs" / f"{name.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in (REPO_ROOT / "accelerate_configs").glob("*.yaml"))
+    raise SystemExit(f"error: --accelerate-config {name!r} is neither a file nor one of {names}")
+
+
+def _train(args: argparse.Namespace, extra: list[str]) -> int:
+    if not Path(args.config).is_file():
+        raise SystemExit(f"error: --config {args.config!r} does not exist (try recipes/cpu_demo.yaml)")
+    recipe_args = ["--config", args.config, *extra]
+    if args.accelerate_config:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+               str(accelerate_config_path(args.accelerate_config)), "-m", "seal_trl.recipe", *recipe_args]
+        return subprocess.call(cmd)
+    from .recipe import cli
+
+    cli(recipe_args)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate_cli import run_evaluate
+
+    return run_evaluate(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", default=None, help="a PEFT adapter directory for the policy (e.g. a SEAL run)")
+    p.add_argument("--data", default="bundled", help="'bundled', a SQuAD v1.1 JSON file, or a datasets name")
+    p.add_argument("--split", default="validation", help="split of the data to evaluate on")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on at most this many passages")
+    p.add_argument("--methods", nargs="+", default=["none", "passage", "self-edit"],
+                   help="any of: none passage self-edit teacher")
+    p.add_argument("--style", default="implications", help="self-edit prompt: implications, rewrite, self_qa")
+    p.add_argument("--teacher", default=None, help="model name/path whose self-edits are the 'teacher' method")
+    p.add_argument("--grader", default="loglik", choices=["loglik", "exact_match", "f1"])
+    p.add_argument("--inner-epochs", type=int, default=10)
+    p.add_argument("--inner-lr", type=float, default=1e-3)
+    p.add_argument("--inner-lora-r", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=int, default=256, help="longest self-edit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output-dir", default="runs", help="a new run directory is created inside it")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="seal-trl", description="SEAL (Self-Adapting Language Models) for TRL.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions of seal-trl and its libraries, and the cache directory").set_defaults(
-        func=_info
-    )
-    sub.add_parser(
-        "embedded", help="convert the embedded SmolLM2-135M-Instruct GGUF once and print its cached directory"
-    ).set_defaults(func=_embedded)
+        func=_info)
+    sub.add_parser("embedded", help="convert the embedded SmolLM2-135M-Instruct GGUF once and print its "
+                                    "cached directory").set_defaults(func=_embedded)
+    train = sub.add_parser(
+        "train", help="run a recipe (YAML); extra --flags override it",
+        description="Run recipes/seal.py's recipe. Any further --flag value pairs override the YAML "
+                    "(SEALConfig, ModelConfig and data fields).")
+    train.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/cpu_demo.yaml")
+    train.add_argument("--accelerate-config", default=None,
+                       help="launch through accelerate with this config: a file or one of single_gpu, multi_gpu, "
+                            "zero2, zero3, multi_cpu")
+    train.set_defaults(func=_train, takes_extra=True)
+    evaluate = sub.add_parser("evaluate", help="the paper's table: adapt to held-out passages with each method")
+    add_evaluate_arguments(evaluate)
+    evaluate.set_defaults(func=_evaluate)
+    demo = sub.add_parser("demo", help="one ReST-EM round on the bundled passages with the embedded model, then "
+                                       "the evaluation table (CPU, no network)")
+    demo.add_argument("--train-contexts", type=int, default=6)
+    demo.add_argument("--generations", type=int, default=3)
+    demo.add_argument("--validation", type=int, default=12)
+    demo.add_argument("--inner-epochs", type=int, default=5)
+    demo.add_argument("--max-new-tokens", type=int, default=128)
+    demo.add_argument("--output-dir", default="runs")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from .models import ModelLoadError
+    from .tasks.squad import DatasetFormatError
+
+    try:
+        return args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
+    except (ModelLoadError, DatasetFormatError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished results are in the run directory; rerun to continue", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

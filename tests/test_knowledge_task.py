@@ -100,6 +100,8 @@ def test_contexts_without_questions_or_fields_fail_clearly():
         task.prompt({**CONTEXT, "title": ""})
     with pytest.raises(DatasetFormatError, match="no questions"):
         task.build_dataset([{**CONTEXT, "questions": []}])
+    with pytest.raises(DatasetFormatError, match=r"missing field\(s\) \['context'\]"):
+        task.build_dataset([{k: v for k, v in CONTEXT.items() if k != "context"}])
 
 
 def test_completion_text_handles_trl_shapes():

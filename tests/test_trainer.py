@@ -211,3 +211,14 @@ def test_four_bit_inner_model_in_trainer(tiny_model_dir, tiny_tokenizer, dataset
     assert any(type(m).__name__ == "Linear4bit" for m in trainer.inner_loop.model.modules())
     trainer.train()
     assert all(runs[0].ok for runs in trainer.seal_reward.last_results)
+
+
+def test_tokenizer_without_pad_token_still_trains(tiny_model_dir, dataset, tmp_path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tokenizer.pad_token = None
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path, max_steps=1), train_dataset=dataset,
+                          processing_class=tokenizer)
+    trainer.train()
+    assert all(runs[0].ok for runs in trainer.seal_reward.last_results)

@@ -99,7 +99,11 @@ class KnowledgeTask:
         if self.chat is None:
             self.chat = bool(getattr(tokenizer, "chat_template", None))
         rows = []
-        for context in contexts:
+        for i, context in enumerate(contexts):
+            missing = [name for name in self.context_fields if name not in context]
+            if missing:
+                raise DatasetFormatError(f"context {i} is missing field(s) {missing}; each context needs "
+                                         f"{list(self.context_fields)} (see seal_trl.tasks.squad loaders)")
             self.probe(context)  # fail fast on a context that cannot be scored
             row = {name: context[name] for name in self.context_fields}
             row["questions"] = [

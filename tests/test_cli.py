@@ -1,0 +1,75 @@
+"""The `seal-trl` command line on the tiny model: evaluate (report, chart, fresh run dirs), train, errors."""
+
+import json
+
+import pytest
+
+from seal_trl.cli import main
+
+
+@pytest.fixture()
+def squad_file(tmp_path):
+    data = {"data": [{"title": f"Place {i}", "paragraphs": [{"context": f"The river Velmora {i} runs through Ostrand.",
+             "qas": [{"id": f"q{i}", "question": "Which valley?", "answers": [{"text": "Ostrand", "answer_start": 0}]}]}]}
+             for i in range(3)]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def evaluate_args(model_dir, data, out, *extra):
+    return ["evaluate", "--model", str(model_dir), "--data", str(data), "--split", "train", "--inner-epochs", "2",
+            "--inner-lora-r", "4", "--max-new-tokens", "8", "--output-dir", str(out), *extra]
+
+
+def test_evaluate_writes_table_report_and_chart_in_fresh_run_dirs(tiny_model_dir, squad_file, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(evaluate_args(tiny_model_dir, squad_file, out)) == 0
+    printed = capsys.readouterr().out
+    assert "| none |" in printed and "| passage |" in printed and "| self-edit |" in printed
+    (run,) = list(out.iterdir())
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["summary"]) == {"none", "passage", "self-edit"}
+    assert all(len(v) == 3 for v in report["scores"].values())
+    assert report["summary"]["passage"]["mean"] > report["summary"]["none"]["mean"]  # training on it helps
+    assert (run / "chart.png").stat().st_size > 1000 and (run / "report.md").exists()
+    assert main(evaluate_args(tiny_model_dir, squad_file, out, "--methods", "none")) == 0
+    assert len(list(out.iterdir())) == 2  # a second run never overwrites the first
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"--data": "MISSING"}, "does not exist"),
+    ({"--model": "/no/such/model"}, "model_name_or_path"),
+    ({"--methods": "bogus"}, "unknown method"),
+    ({"--methods": "teacher"}, "--teacher"),
+])
+def test_evaluate_bad_input(tiny_model_dir, squad_file, tmp_path, capsys, change, message):
+    args = evaluate_args(tiny_model_dir, squad_file, tmp_path / "runs")
+    for flag, value in change.items():
+        if value == "MISSING":
+            value = str(tmp_path / "missing.json")
+        if flag in args:
+            args[args.index(flag) + 1] = value
+        else:
+            args += [flag, value]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_rejects_non_squad_json(tiny_model_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"rows": []}))
+    assert main(evaluate_args(tiny_model_dir, bad, tmp_path / "runs")) == 2
+    assert "not SQuAD v1.1 format" in capsys.readouterr().err
+
+
+def test_train_errors_and_help(capsys, tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["train", "--config", str(tmp_path / "none.yaml")])
+    with pytest.raises(SystemExit) as done:
+        main(["demo", "--help"])
+    assert done.value.code == 0 and "--train-contexts" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="neither a file nor one of"):
+        from seal_trl.cli import accelerate_config_path
+
+        accelerate_config_path("zero9")

@@ -1,0 +1,93 @@
+"""recipes/seal.py: TrlParser over YAML + CLI, SEALTrainer on the tiny model, resume, clear errors."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}
+
+
+def write_yaml(path: Path, tiny_model_dir, data_file, output_dir, **extra) -> Path:
+    config = {
+        "model_name_or_path": str(tiny_model_dir), "data": str(data_file), "output_dir": str(output_dir),
+        "use_cpu": True, "report_to": "none", "max_steps": 2, "per_device_train_batch_size": 2,
+        "num_generations": 2, "max_completion_length": 8, "inner_epochs": 1, "inner_lora_r": 4,
+        "inner_lora_alpha": 8, "inner_target_modules": ["q_proj", "v_proj"], "save_strategy": "steps",
+        "save_steps": 1, "logging_steps": 1, "use_peft": True, "lora_r": 4, "lora_alpha": 8,
+        "lora_target_modules": ["q_proj", "v_proj"], **extra,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture()
+def squad_file(tmp_path):
+    import json
+
+    data = {"data": [{"title": f"Place {i}", "paragraphs": [{"context": f"The river Velmora {i} runs through Ostrand.",
+             "qas": [{"id": f"q{i}", "question": "Which valley?", "answers": [{"text": "Ostrand", "answer_start": 0}]}]}]}
+             for i in range(4)]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def run_recipe(*args):
+    return subprocess.run([sys.executable, str(ROOT / "recipes" / "seal.py"), *args], env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_recipe_trains_saves_and_cli_overrides_yaml(tiny_model_dir, squad_file, tmp_path):
+    out = tmp_path / "run"
+    config = write_yaml(tmp_path / "r.yaml", tiny_model_dir, squad_file, out)
+    proc = run_recipe("--config", str(config), "--max_steps", "1")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "adapter_model.safetensors").exists() and (out / "checkpoint-1").is_dir()
+    assert not (out / "checkpoint-2").exists()  # the CLI's --max_steps 1 beat the YAML's 2
+    # a second run with more steps resumes from checkpoint-1
+    proc = run_recipe("--config", str(config))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "resuming from" in proc.stderr and (out / "checkpoint-2").is_dir()
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"algoritm": "grpo"}, "Unknown arguments from config file"),
+    ({"algorithm": "ppo"}, "algorithm='ppo' is not known"),
+])
+def test_recipe_bad_yaml_gets_a_clear_error(tiny_model_dir, squad_file, tmp_path, extra, message):
+    config = write_yaml(tmp_path / "bad.yaml", tiny_model_dir, squad_file, tmp_path / "out", **extra)
+    proc = run_recipe("--config", str(config))
+    assert proc.returncode != 0 and message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_recipe_missing_config_file(tmp_path):
+    proc = run_recipe("--config", str(tmp_path / "nope.yaml"))
+    assert proc.returncode != 0 and "nope.yaml" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_shipped_recipes_and_accelerate_configs_parse():
+    from trl import ModelConfig, TrlParser
+
+    from seal_trl.recipe import SEALScriptArguments
+
+    from seal_trl.config import SEALConfig
+
+    for name in ("cpu_demo", "knowledge_rest_em", "knowledge_grpo"):
+        raw = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
+        raw.pop("bf16", None)  # bf16 needs a GPU to validate; this machine has none
+        parser = TrlParser((SEALScriptArguments, SEALConfig, ModelConfig))
+        script, config, model = parser.parse_dict(raw)
+        assert config.algorithm in ("rest_em", "grpo") and config.generation_batch_size % config.num_generations == 0
+    for name in ("single_gpu", "multi_gpu", "zero2", "zero3", "multi_cpu"):
+        from accelerate.commands.config.config_args import load_config_from_file
+
+        cfg = load_config_from_file(str(ROOT / "accelerate_configs" / f"{name}.yaml"))
+        assert cfg.num_processes >= 1
+        if name.startswith("zero"):
+            assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
