@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "the evaluation table (CPU, no network)")
     demo.add_argument("--train-contexts", type=int, default=6)
     demo.add_argument("--generations", type=int, default=3)
-    demo.add_argument("--validation", type=int, default=12)
+    demo.add_argument("--validation", type=int, default=8)
     demo.add_argument("--inner-epochs", type=int, default=5)
     demo.add_argument("--max-new-tokens", type=int, default=128)
     demo.add_argument("--output-dir", default="runs")

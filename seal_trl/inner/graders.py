@@ -106,6 +106,7 @@ def greedy_answers(
         do_sample=False,
         pad_token_id=_pad_id(tokenizer),
         eos_token_id=tokenizer.eos_token_id,
+        stop_strings=["\n"],
     )
     device = _device_of(model)
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
@@ -114,9 +115,7 @@ def greedy_answers(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = pad_left([encoded[k] for k in chunk], _pad_id(tokenizer), device)
-        out = model.generate(
-            **batch, generation_config=config, stop_strings=["\n"], tokenizer=tokenizer
-        )
+        out = model.generate(**batch, generation_config=config, tokenizer=tokenizer)
         new_tokens = out[:, batch["input_ids"].shape[1] :]
         for k, row in zip(chunk, new_tokens):
             text = tokenizer.decode(row, skip_special_tokens=True)
