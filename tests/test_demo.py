@@ -1,0 +1,22 @@
+"""`seal-trl demo` end to end on the tiny model (the embedded model is swapped for it to stay fast)."""
+
+import json
+
+import seal_trl.models as models
+from seal_trl.cli import main
+
+
+def test_demo_runs_round_and_writes_report(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(models, "embedded_model_path", lambda: tiny_model_dir)
+    out = tmp_path / "runs"
+    code = main(["demo", "--train-contexts", "2", "--generations", "2", "--validation", "2", "--inner-epochs", "1",
+                 "--max-new-tokens", "8", "--output-dir", str(out)])
+    assert code == 0
+    (run,) = list(out.iterdir())
+    report = json.loads((run / "report.json").read_text())
+    assert list(report["summary"]) == ["none", "passage", "self-edit (base model)", "self-edit (SEAL, 1 round)"]
+    assert all(len(v) == 2 for v in report["scores"].values())
+    assert report["round"] and 0 <= report["round"][0]["seal/keep_fraction"] <= 1
+    assert (run / "chart.png").exists() and (run / "policy" / "adapter_model.safetensors").exists()
+    assert not (run / "partial.json").exists()
+    assert "| self-edit (SEAL, 1 round) |" in capsys.readouterr().out
