@@ -22,7 +22,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -30,6 +29,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 import knowledge_example as example  # noqa: E402
+from results_file import append_section, utc_stamp  # noqa: E402
 
 
 def peak_rss_mib() -> float:
@@ -161,7 +161,7 @@ def write_results(args, results: dict) -> None:
     eng, ref = results["engine"], results["reference"]
     per_min = {k: 60 * args.plans / v["total_seconds"] for k, v in results.items()}
     ratio = per_min["engine"] / per_min["reference"]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = utc_stamp()
     lines = [
         f"\n## Inner loop: {args.model} model, {args.plans} self-edits ({stamp})\n",
         f"`python benchmarks/inner_loop.py --model {args.model} --plans {args.plans} --epochs {args.epochs} "
@@ -179,13 +179,7 @@ def write_results(args, results: dict) -> None:
                      f"{r['peak_rss_mib']:.0f} | {sum(r['rewards']) / len(r['rewards']):+.4f} |")
     lines.append(f"\n**Speed-up: {ratio:.1f}x** self-edit evaluations per minute "
                  f"(memory ratio {eng['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x).\n")
-    text = "\n".join(lines)
-    results_file = HERE / "RESULTS.md"
-    if not results_file.exists():
-        results_file.write_text("# Benchmark results\n\nEach section is one run; newer runs are appended below.\n")
-    with results_file.open("a") as fh:
-        fh.write(text)
-    print(text)
+    append_section(lines)
 
 
 def main() -> None:

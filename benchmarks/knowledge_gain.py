@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -21,6 +20,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import knowledge_example as example  # noqa: E402
 from inner_loop import model_path  # noqa: E402
+from results_file import append_section, utc_stamp  # noqa: E402
 
 
 def main() -> None:
@@ -54,7 +54,7 @@ def main() -> None:
         rows.append((name, len(plan.examples), result, f1_after, f1.last_predictions, time.perf_counter() - start))
         print(f"{name}: loglik {result.score_before:.3f} -> {result.score_after:.3f}, F1 {f1_before:.2f} -> "
               f"{f1_after:.2f}, answers {f1.last_predictions}", flush=True)
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = utc_stamp()
     lines = [
         f"\n## Knowledge gain on one invented passage: {args.model} model ({stamp})\n",
         f"`python benchmarks/knowledge_gain.py --model {args.model}`: passage \"{example.TITLE}\", "
@@ -70,13 +70,7 @@ def main() -> None:
     lines.append("\nGreedy answers after each plan:\n")
     for name, *_rest in rows:
         lines.append(f"- {name}: {_rest[3]}")
-    text = "\n".join(lines) + "\n"
-    results = HERE / "RESULTS.md"
-    if not results.exists():
-        results.write_text("# Benchmark results\n\nEach section is one run; newer runs are appended below.\n")
-    with results.open("a") as fh:
-        fh.write(text)
-    print(text)
+    append_section(lines)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,11 @@ import argparse
 import os
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
@@ -43,6 +43,7 @@ def main() -> None:
     from seal_trl.tasks.knowledge import KnowledgeTask
     from seal_trl.tasks.squad import load_bundled
     from seal_trl.trainer import SEALTrainer
+    from results_file import append_section, utc_stamp
 
     path = str(embedded_model_path())
     tokenizer = load_tokenizer(path)
@@ -83,7 +84,7 @@ def main() -> None:
 
     logs = [h for h in trainer.state.log_history if "seal/gain_mean" in h]
     gen = logs[0]
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = utc_stamp()
     lines = [
         f"\n## SEALTrainer {args.algorithm} on the embedded SmolLM2-135M, bundled data, CPU ({stamp})\n",
         f"`python benchmarks/rest_em_round.py --algorithm {args.algorithm} --contexts {args.contexts} --generations "
@@ -106,13 +107,7 @@ def main() -> None:
         f"| validation: mean gain of greedy self-edits after | {after.mean_gain:+.4f} |",
         f"| validation: failure rate before / after | {before.failure_rate:.2f} / {after.failure_rate:.2f} |",
     ]
-    text = "\n".join(lines) + "\n"
-    results = HERE / "RESULTS.md"
-    if not results.exists():
-        results.write_text("# Benchmark results\n\nEach section is one run; newer runs are appended below.\n")
-    with results.open("a") as fh:
-        fh.write(text)
-    print(text)
+    append_section(lines)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,8 @@ def main(script_args: SEALScriptArguments, training_args: SEALConfig, model_args
 
     trainer = SEALTrainer(model_path, args=training_args, train_dataset=train, eval_dataset=evaluation,
                           processing_class=tokenizer, task=task, peft_config=get_peft_config(model_args))
+    logger.info("training on %d process(es), algorithm %s", trainer.accelerator.num_processes,
+                training_args.algorithm)
     checkpoint = training_args.resume_from_checkpoint
     if checkpoint is None and os.path.isdir(training_args.output_dir):
         checkpoint = get_last_checkpoint(training_args.output_dir)

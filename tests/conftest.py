@@ -24,3 +24,19 @@ def tiny_tokenizer(tiny_model_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture()
+def squad_file(tmp_path):
+    """A 4-passage SQuAD v1.1 file the tiny tokenizer can handle."""
+    import json
+
+    def passage(i):
+        context = f"The river Velmora {i} runs through Ostrand."
+        answer = {"text": "Ostrand", "answer_start": context.index("Ostrand")}
+        return {"context": context, "qas": [{"id": f"q{i}", "question": "Which valley?", "answers": [answer]}]}
+
+    data = {"data": [{"title": f"Place {i}", "paragraphs": [passage(i)]} for i in range(4)]}
+    path = tmp_path / "squad.json"
+    path.write_text(json.dumps(data))
+    return path

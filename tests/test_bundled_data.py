@@ -15,6 +15,25 @@ def splits():
     return {s: json.loads((DATA / f"knowledge_{s}.json").read_text(encoding="utf-8")) for s in ("train", "validation")}
 
 
+def test_squad_v11_structure(splits):
+    for name, split in splits.items():
+        assert set(split) == {"version", "data"} and split["version"] == "seal-trl-invented-1"
+        prefix = "inv-train-" if name == "train" else "inv-val-"
+        for article in split["data"]:
+            assert set(article) == {"title", "paragraphs"} and isinstance(article["title"], str) and article["title"]
+            (paragraph,) = article["paragraphs"]
+            assert set(paragraph) == {"context", "qas"} and isinstance(paragraph["context"], str)
+            for qa in paragraph["qas"]:
+                assert set(qa) == {"id", "question", "answers"}
+                assert isinstance(qa["id"], str) and qa["id"].startswith(prefix)
+                assert isinstance(qa["question"], str) and qa["question"].endswith("?")
+                assert qa["answers"], qa["id"]
+                for answer in qa["answers"]:
+                    assert set(answer) == {"text", "answer_start"}
+                    assert isinstance(answer["answer_start"], int) and not isinstance(answer["answer_start"], bool)
+                    assert isinstance(answer["text"], str) and 1 <= len(answer["text"].split()) <= 5, qa["id"]
+
+
 def test_sizes_and_question_counts(splits):
     assert len(splits["train"]["data"]) == 36 and len(splits["validation"]["data"]) == 12
     for split in splits.values():

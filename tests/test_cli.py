@@ -7,16 +7,6 @@ import pytest
 from seal_trl.cli import main
 
 
-@pytest.fixture()
-def squad_file(tmp_path):
-    data = {"data": [{"title": f"Place {i}", "paragraphs": [{"context": f"The river Velmora {i} runs through Ostrand.",
-             "qas": [{"id": f"q{i}", "question": "Which valley?", "answers": [{"text": "Ostrand", "answer_start": 0}]}]}]}
-             for i in range(3)]}
-    path = tmp_path / "squad.json"
-    path.write_text(json.dumps(data))
-    return path
-
-
 def evaluate_args(model_dir, data, out, *extra):
     return ["evaluate", "--model", str(model_dir), "--data", str(data), "--split", "train", "--inner-epochs", "2",
             "--inner-lora-r", "4", "--max-new-tokens", "8", "--output-dir", str(out), *extra]
@@ -30,7 +20,7 @@ def test_evaluate_writes_table_report_and_chart_in_fresh_run_dirs(tiny_model_dir
     (run,) = list(out.iterdir())
     report = json.loads((run / "report.json").read_text())
     assert set(report["summary"]) == {"none", "passage", "self-edit"}
-    assert all(len(v) == 3 for v in report["scores"].values())
+    assert all(len(v) == 4 for v in report["scores"].values())
     assert report["summary"]["passage"]["mean"] > report["summary"]["none"]["mean"]  # training on it helps
     assert (run / "chart.png").stat().st_size > 1000 and (run / "report.md").exists()
     assert main(evaluate_args(tiny_model_dir, squad_file, out, "--methods", "none")) == 0

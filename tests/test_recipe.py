@@ -25,18 +25,6 @@ def write_yaml(path: Path, tiny_model_dir, data_file, output_dir, **extra) -> Pa
     return path
 
 
-@pytest.fixture()
-def squad_file(tmp_path):
-    import json
-
-    data = {"data": [{"title": f"Place {i}", "paragraphs": [{"context": f"The river Velmora {i} runs through Ostrand.",
-             "qas": [{"id": f"q{i}", "question": "Which valley?", "answers": [{"text": "Ostrand", "answer_start": 0}]}]}]}
-             for i in range(4)]}
-    path = tmp_path / "squad.json"
-    path.write_text(json.dumps(data))
-    return path
-
-
 def run_recipe(*args):
     return subprocess.run([sys.executable, str(ROOT / "recipes" / "seal.py"), *args], env=ENV, capture_output=True,
                           text=True, timeout=600)
@@ -91,3 +79,15 @@ def test_shipped_recipes_and_accelerate_configs_parse():
         assert cfg.num_processes >= 1
         if name.startswith("zero"):
             assert cfg.deepspeed_config["zero_stage"] == int(name[-1])
+
+
+def test_cli_train_launches_the_recipe_on_two_cpu_processes(tiny_model_dir, squad_file, tmp_path):
+    out = tmp_path / "mp"
+    config = write_yaml(tmp_path / "mp.yaml", tiny_model_dir, squad_file, out, save_strategy="no")
+    proc = subprocess.run(
+        [sys.executable, "-m", "seal_trl.cli", "train", "--config", str(config), "--accelerate-config", "multi_cpu",
+         "--max_steps", "1"],
+        env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert (out / "adapter_model.safetensors").exists() and (out / "README.md").exists()
+    assert "training on 2 process(es)" in proc.stderr
