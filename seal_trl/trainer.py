@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import textwrap
+from contextlib import contextmanager
 
 import torch
 from trl import GRPOTrainer
@@ -34,6 +35,25 @@ SEAL_CITATION = textwrap.dedent("""\
         year         = 2025,
         eprint       = {arXiv:2506.10943},
     }""")
+
+
+@contextmanager
+def _unsharded_loading():
+    """Load the inner model whole: under ZeRO-3, transformers would otherwise partition it like the policy.
+
+    Each rank needs its own complete inner model (the per-rank inner loops run independently).
+    """
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:
+        yield
+        return
+    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
 
 
 class SEALTrainer(GRPOTrainer):
@@ -82,6 +102,10 @@ class SEALTrainer(GRPOTrainer):
 
     # ----- the inner loop --------------------------------------------------------------------
     def _build_inner_loop(self) -> InnerLoop:
+        with _unsharded_loading():
+            return self._load_inner_loop()
+
+    def _load_inner_loop(self) -> InnerLoop:
         config = self.args.inner_loop_config()
         policy = sync.unwrap(self.model)
         plain = policy.get_base_model() if sync.is_peft_model(policy) else policy

@@ -63,3 +63,28 @@ def test_train_errors_and_help(capsys, tmp_path):
         from seal_trl.cli import accelerate_config_path
 
         accelerate_config_path("zero9")
+
+
+def test_evaluate_with_a_teacher_model(tiny_model_dir, squad_file, tmp_path):
+    out = tmp_path / "runs"
+    args = evaluate_args(tiny_model_dir, squad_file, out, "--methods", "self-edit", "teacher", "--teacher",
+                         str(tiny_model_dir))
+    assert main(args) == 0
+    (run,) = list(out.iterdir())
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["summary"]) == {"self-edit", "teacher"} and len(report["self_edits"]["teacher"]) == 4
+
+
+def test_ctrl_c_keeps_finished_results(tiny_model_dir, squad_file, tmp_path, monkeypatch, capsys):
+    import seal_trl.evaluate_cli as evaluate_cli
+
+    def interrupted(*args, scores, details, **kwargs):
+        scores["none"] = [-1.0, -2.0]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(evaluate_cli, "evaluate_methods", interrupted)
+    out = tmp_path / "runs"
+    assert main(evaluate_args(tiny_model_dir, squad_file, out)) == 130
+    (run,) = list(out.iterdir())
+    assert json.loads((run / "partial.json").read_text())["scores"] == {"none": [-1.0, -2.0]}
+    assert "interrupted" in capsys.readouterr().out

@@ -108,3 +108,14 @@ def test_completion_text_handles_trl_shapes():
     assert completion_text("abc") == "abc"
     assert completion_text([{"role": "assistant", "content": "xyz"}]) == "xyz"
     assert completion_text(None) == ""
+
+
+def test_a_datasets_dataset_with_squad_columns_loads():
+    from datasets import Dataset
+
+    rows = Dataset.from_list([
+        {"id": "1", "title": "T", "context": "C one", "question": "q1", "answers": {"text": ["a"], "answer_start": [0]}},
+        {"id": "2", "title": "T", "context": "C one", "question": "q2", "answers": {"text": ["b"], "answer_start": [1]}},
+    ])
+    (context,) = contexts_from_rows(rows)
+    assert [q["answers"] for q in context["questions"]] == [["a"], ["b"]]

@@ -12,6 +12,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def launch(config: str, tiny_model_dir, out_dir: Path, port: int) -> list[dict]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "accelerate_configs" / f"{config}.yaml"), "--main_process_port", str(port),
+           str(ROOT / "tests" / "scripts" / "multiprocess_seal.py"), str(tiny_model_dir), str(out_dir)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+    return [json.loads((out_dir / f"rank-{r}.json").read_text()) for r in (0, 1)]
+
+
 def test_two_processes_score_their_own_completions_and_save_one_checkpoint(tiny_model_dir, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": str(ROOT)}
@@ -35,3 +46,15 @@ def test_two_processes_score_their_own_completions_and_save_one_checkpoint(tiny_
         digest.update(name.encode())
         digest.update(tensor.float().numpy().tobytes())
     assert digest.hexdigest() == ranks[0]["param_sha"]
+
+
+@pytest.mark.parametrize("config", ["zero2_cpu", "zero3_cpu"])
+def test_deepspeed_on_cpu_gives_the_same_inner_rewards_as_ddp(config, tiny_model_dir, tmp_path):
+    """ZeRO-3 shards the policy; each rank must gather it whole into its own inner model. Same seeds and data
+    as the DDP run, so every rank's inner-loop rewards must match DDP's exactly."""
+    ddp = launch("multi_cpu", tiny_model_dir, tmp_path / "ddp", 29561)
+    sharded = launch(config, tiny_model_dir, tmp_path / config, 29562)
+    for a, b in zip(ddp, sharded):
+        assert [r["context_id"] for r in a["runs"]] == [r["context_id"] for r in b["runs"]]
+        assert [r["reward"] for r in a["runs"]] == pytest.approx([r["reward"] for r in b["runs"]], abs=1e-5)
+    assert (tmp_path / config / "run" / "model.safetensors").exists()
