@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from seal_trl.testing import save_tiny_model
+# No test may reach the network: no Hub downloads, no telemetry pings from the trainers.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+from seal_trl.testing import save_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -23,15 +23,14 @@ def launch(config: str, tiny_model_dir, out_dir: Path, port: int) -> list[dict]:
     return [json.loads((out_dir / f"rank-{r}.json").read_text()) for r in (0, 1)]
 
 
-def test_two_processes_score_their_own_completions_and_save_one_checkpoint(tiny_model_dir, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "accelerate_configs" / "multi_cpu.yaml"), "--main_process_port", "29533",
-           str(ROOT / "tests" / "scripts" / "multiprocess_seal.py"), str(tiny_model_dir), str(tmp_path)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+@pytest.fixture(scope="module")
+def ddp_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    return out, launch("multi_cpu", tiny_model_dir, out, 29533)
+
+
+def test_two_processes_score_their_own_completions_and_save_one_checkpoint(ddp_run):
+    out, ranks = ddp_run
     assert all(r["world"] == 2 for r in ranks)
     # each rank ran the inner loop on its own share of the completions
     assert all(len(r["runs"]) > 0 for r in ranks)
@@ -40,7 +39,7 @@ def test_two_processes_score_their_own_completions_and_save_one_checkpoint(tiny_
     assert ranks[0]["param_sha"] == ranks[1]["param_sha"]
     from transformers import AutoModelForCausalLM
 
-    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "run").state_dict()
+    saved = AutoModelForCausalLM.from_pretrained(out / "run").state_dict()
     digest = hashlib.sha256()
     for name, tensor in sorted(saved.items()):
         digest.update(name.encode())
@@ -49,10 +48,10 @@ def test_two_processes_score_their_own_completions_and_save_one_checkpoint(tiny_
 
 
 @pytest.mark.parametrize("config", ["zero2_cpu", "zero3_cpu"])
-def test_deepspeed_on_cpu_gives_the_same_inner_rewards_as_ddp(config, tiny_model_dir, tmp_path):
+def test_deepspeed_on_cpu_gives_the_same_inner_rewards_as_ddp(config, ddp_run, tiny_model_dir, tmp_path):
     """ZeRO-3 shards the policy; each rank must gather it whole into its own inner model. Same seeds and data
     as the DDP run, so every rank's inner-loop rewards must match DDP's exactly."""
-    ddp = launch("multi_cpu", tiny_model_dir, tmp_path / "ddp", 29561)
+    ddp = ddp_run[1]
     sharded = launch(config, tiny_model_dir, tmp_path / config, 29562)
     for a, b in zip(ddp, sharded):
         assert [r["context_id"] for r in a["runs"]] == [r["context_id"] for r in b["runs"]]

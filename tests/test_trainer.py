@@ -12,9 +12,6 @@ from seal_trl.tasks.knowledge import KnowledgeTask
 from seal_trl.trainer import SEALTrainer
 from seal_trl.variants import grpo_advantages
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-
 CONTEXTS = [
     {"context_id": "velmora", "title": "Velmora", "context": "The river Velmora runs through the valley of Ostrand "
      "and feeds three lakes.", "questions": [{"question": "Which valley does the Velmora cross?",
