@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -97,7 +98,7 @@ class InnerLoop:
         self.model.eval()
         self.device = next(model.parameters()).device
         self._score_cache: dict[tuple[str, str], float] = {}
-        self._synced_policy_id: int | None = None
+        self._synced_policy = None  # weakref to the LoRA policy whose base weights are already copied
         self._activate_adapters()
 
     @classmethod
@@ -162,8 +163,9 @@ class InnerLoop:
         else:
             policy = sync.unwrap(policy)
             if sync.is_peft_model(policy):
-                sync.copy_lora_policy(self.model, policy, copy_base=self._synced_policy_id != id(policy))
-                self._synced_policy_id = id(policy)
+                known = self._synced_policy is not None and self._synced_policy() is policy
+                sync.copy_lora_policy(self.model, policy, copy_base=not known)
+                self._synced_policy = weakref.ref(policy)
                 self._activate_adapters()
             else:
                 sync.copy_full_weights(self.model, policy.state_dict())
