@@ -20,9 +20,14 @@ def load_policy(model: str | None, adapter: str | None):
 
         from peft import PeftModel
 
-        if not (Path(adapter) / "adapter_config.json").is_file():
+        local = Path(adapter)
+        if local.exists() and not (local / "adapter_config.json").is_file():
             raise FileNotFoundError(f"--adapter {adapter!r} has no adapter_config.json (pass a PEFT adapter directory)")
-        policy = PeftModel.from_pretrained(policy, adapter)
+        try:
+            policy = PeftModel.from_pretrained(policy, adapter)
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(f"--adapter {adapter!r} could not be loaded as a local directory or Hub repo: "
+                                    f"{str(err).splitlines()[0]}") from None
     return path, policy.eval(), tokenizer
 
 

@@ -88,3 +88,18 @@ def test_ctrl_c_keeps_finished_results(tiny_model_dir, squad_file, tmp_path, mon
     (run,) = list(out.iterdir())
     assert json.loads((run / "partial.json").read_text())["scores"] == {"none": [-1.0, -2.0]}
     assert "interrupted" in capsys.readouterr().out
+
+
+def test_evaluate_with_an_adapter_and_a_bad_adapter(tiny_model_dir, squad_file, tmp_path, capsys):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                   LoraConfig(r=2, target_modules=["q_proj"])).save_pretrained(adapter)
+    out = tmp_path / "runs"
+    assert main(evaluate_args(tiny_model_dir, squad_file, out, "--adapter", str(adapter), "--methods", "none")) == 0
+    assert main(evaluate_args(tiny_model_dir, squad_file, out, "--adapter", str(tmp_path), "--methods", "none")) == 2
+    assert "adapter_config.json" in capsys.readouterr().err
+    assert main(evaluate_args(tiny_model_dir, squad_file, out, "--adapter", "nobody/none", "--methods", "none")) == 2
+    assert "could not be loaded" in capsys.readouterr().err
