@@ -1,1 +1,35 @@
-"""seal-trl: Self-Adapting Language Models (SEAL) for Hugging Face TRL."""
+"""seal-trl: Self-Adapting Language Models (SEAL) for Hugging Face TRL.
+
+The public API, imported lazily so `import seal_trl` stays cheap (the trainer pulls in TRL):
+
+    from seal_trl import SEALTrainer, SEALConfig, SelfEditReward, InnerLoop, InnerLoopConfig, KnowledgeTask
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "SEALConfig": "seal_trl.config",
+    "SEALTrainer": "seal_trl.trainer",
+    "SelfEditReward": "seal_trl.reward",
+    "InnerLoop": "seal_trl.inner.engine",
+    "InnerLoopConfig": "seal_trl.inner.config",
+    "InnerResult": "seal_trl.inner.engine",
+    "TrainingPlan": "seal_trl.plans",
+    "PlanBounds": "seal_trl.plans",
+    "SelfEditError": "seal_trl.plans",
+    "Probe": "seal_trl.probes",
+    "knowledge_probe": "seal_trl.probes",
+    "KnowledgeTask": "seal_trl.tasks.knowledge",
+    "load_contexts": "seal_trl.tasks.squad",
+    "load_model_and_tokenizer": "seal_trl.models",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'seal_trl' has no attribute {name!r}")

@@ -30,10 +30,6 @@ class SelfEditEvaluation:
         return mean(self.gains) if self.results else float("nan")
 
     @property
-    def mean_score_after(self) -> float:
-        return mean(r.score_after if r.ok else r.score_before for r in self.results)
-
-    @property
     def failure_rate(self) -> float:
         return mean(0.0 if r.ok else 1.0 for r in self.results) if self.results else float("nan")
 
