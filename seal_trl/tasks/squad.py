@@ -25,6 +25,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:48] or "untitled"
 
 
+def _required_text(obj: Any, name: str, where: str, hint: str = "") -> str:
+    value = obj.get(name) if isinstance(obj, Mapping) else None
+    if not isinstance(value, str) or not value.strip():
+        raise DatasetFormatError(f"{where}: missing field `{name}`{hint}")
+    return value.strip()
+
+
 def _answers(qa: Mapping, where: str) -> list[str]:
     raw = qa.get("answers")
     if raw is None:
@@ -49,31 +56,25 @@ def contexts_from_squad(data: Mapping[str, Any], *, source: str = "data") -> lis
     contexts = []
     for a, article in enumerate(data["data"]):
         where = f"{source}: data[{a}]"
-        title = article.get("title") if isinstance(article, Mapping) else None
-        if not isinstance(title, str) or not title.strip():
-            raise DatasetFormatError(f"{where}: missing field `title`")
+        title = _required_text(article, "title", where)
         paragraphs = article.get("paragraphs")
         if not isinstance(paragraphs, list) or not paragraphs:
             raise DatasetFormatError(f"{where} ({title!r}): missing or empty field `paragraphs`")
         for p, paragraph in enumerate(paragraphs):
             pwhere = f"{where}.paragraphs[{p}]"
-            passage = paragraph.get("context") if isinstance(paragraph, Mapping) else None
-            if not isinstance(passage, str) or not passage.strip():
-                raise DatasetFormatError(f"{pwhere}: missing field `context` (the passage text)")
+            passage = _required_text(paragraph, "context", pwhere, " (the passage text)")
             qas = paragraph.get("qas")
             if not isinstance(qas, list) or not qas:
                 raise DatasetFormatError(f"{pwhere}: missing or empty field `qas`: every passage needs questions")
             questions = []
             for q, qa in enumerate(qas):
                 qwhere = f"{pwhere}.qas[{q}]"
-                question = qa.get("question") if isinstance(qa, Mapping) else None
-                if not isinstance(question, str) or not question.strip():
-                    raise DatasetFormatError(f"{qwhere}: missing field `question`")
-                questions.append({"question": question.strip(), "answers": _answers(qa, qwhere)})
+                question = _required_text(qa, "question", qwhere)
+                questions.append({"question": question, "answers": _answers(qa, qwhere)})
             contexts.append({
                 "context_id": f"{_slug(title)}-{p}",
-                "title": title.strip(),
-                "context": passage.strip(),
+                "title": title,
+                "context": passage,
                 "questions": questions,
             })
     if not contexts:
