@@ -72,6 +72,11 @@ class SEALConfig(GRPOConfig):
         default="gain", metadata={"help": "'gain' (after - before) or 'binary' (1 if improved).",
                                   "choices": ["gain", "binary"]}
     )
+    inner_batch_self_edits: int = field(
+        default=1,
+        metadata={"help": "Train this many self-edits at once in K LoRA slots over one base (1: one at a time). "
+                          "Same results as one at a time, up to float rounding; faster when K > 1."},
+    )
     inner_max_new_tokens: int = field(default=32, metadata={"help": "Answer length for generative graders."})
 
     # GRPOConfig defaults changed for SEAL
@@ -127,6 +132,7 @@ class SEALConfig(GRPOConfig):
             max_new_tokens=self.inner_max_new_tokens,
             reward=self.inner_reward,
             seed=self.seed,
+            batch_self_edits=self.inner_batch_self_edits,
             bounds=PlanBounds(step_budget=self.inner_step_budget, max_examples=self.inner_max_examples,
                               max_example_tokens=self.inner_max_seq_length),
         )

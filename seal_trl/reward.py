@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from statistics import mean
 from typing import Any
 
+from .inner.batched import InnerJob
 from .inner.engine import InnerLoop, InnerResult
 from .plans import SelfEditError
 from .seeding import derive_seed
@@ -54,19 +55,36 @@ class SelfEditReward:
 
     def score_one(self, context: dict[str, Any], self_edit: str) -> tuple[float, list[InnerResult], str | None]:
         """The reward of one self-edit for one context, its runs, and a failure reason (or None)."""
-        probe = self.task.probe(context)
-        context_id = str(context.get("context_id"))
-        try:
-            plan = self.task.plan(context, self_edit, **self.default_hyperparameters())
-        except SelfEditError as err:
-            before = self.inner_loop.score(probe, context_id=context_id)
-            failed = InnerResult(score_before=before, score_after=None, reward=0.0, error=err.reason,
-                                 error_message=str(err))
-            return 0.0, [failed], err.reason
-        runs = [self.inner_loop.run(plan, probe, context_id=context_id, seed=self._seed(context_id, self_edit, r))
-                for r in range(self.repeats)]
-        errors = [r.error for r in runs if r.error]
-        return mean(r.reward for r in runs), runs, (errors[0] if errors else None)
+        return self.score_many([context], [self_edit])[0]
+
+    def score_many(self, contexts: Sequence[dict[str, Any]], self_edits: Sequence[str]
+                   ) -> list[tuple[float, list[InnerResult], str | None]]:
+        """Rewards of many self-edits: all their inner runs go to the inner loop in one `run_many` call, so
+        `batch_self_edits=K` trains K of them at once."""
+        jobs: list[InnerJob] = []
+        owners: list[int] = []
+        parsed: dict[int, list[InnerResult]] = {}
+        for i, (context, self_edit) in enumerate(zip(contexts, self_edits, strict=True)):
+            probe = self.task.probe(context)
+            context_id = str(context.get("context_id"))
+            try:
+                plan = self.task.plan(context, self_edit, **self.default_hyperparameters())
+            except SelfEditError as err:
+                before = self.inner_loop.score(probe, context_id=context_id)
+                parsed[i] = [InnerResult(score_before=before, score_after=None, reward=0.0, error=err.reason,
+                                         error_message=str(err))]
+                continue
+            for r in range(self.repeats):
+                jobs.append(InnerJob(plan, probe, context_id=context_id, seed=self._seed(context_id, self_edit, r)))
+                owners.append(i)
+        for owner, result in zip(owners, self.inner_loop.run_many(jobs), strict=True):
+            parsed.setdefault(owner, []).append(result)
+        out = []
+        for i in range(len(self_edits)):
+            runs = parsed[i]
+            errors = [r.error for r in runs if r.error]
+            out.append((mean(r.reward for r in runs), runs, errors[0] if errors else None))
+        return out
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], *,
                  log_extra: Callable | None = None, log_metric: Callable | None = None, **columns) -> list[float]:
@@ -78,13 +96,11 @@ class SelfEditReward:
                 f"the dataset is missing column(s) {missing} that the {self.task.name} task needs; build it with "
                 "task.build_dataset(contexts)"
             )
-        rewards, all_runs, reasons = [], [], []
-        for i, completion in enumerate(completions):
-            context = {f: columns[f][i] for f in self.task.context_fields}
-            reward, runs, reason = self.score_one(context, completion_text(completion))
-            rewards.append(float(reward))
-            all_runs.append(runs)
-            reasons.append(reason)
+        contexts = [{f: columns[f][i] for f in self.task.context_fields} for i in range(len(completions))]
+        scored = self.score_many(contexts, [completion_text(c) for c in completions])
+        rewards = [float(reward) for reward, _, _ in scored]
+        all_runs = [runs for _, runs, _ in scored]
+        reasons = [reason for _, _, reason in scored]
         self.last_results = all_runs
         self._log(all_runs, reasons, log_extra, log_metric)
         return rewards

@@ -16,7 +16,9 @@ class InnerLoopConfig:
     (LoRA r=32, alpha=64, dropout 0, lr 1e-3, 10 epochs, batch 1).
 
     `target_modules` is explicit (no PEFT guessing). `load_in_4bit` makes the inner model nf4 (QLoRA).
-    `reward="gain"` is score_after - score_before; `"binary"` is 1.0 when the score rose, else 0.0.
+    `batch_self_edits=K > 1` trains K self-edits at once in K adapter slots (`InnerLoop.run_many`).
+    `reward="gain"` is score_after - score_before; `"binary"` is 1.0 when the score rose, else 0.0;
+    `"success"` is score_after itself (ARC: 1.0 when the adapted model solves the puzzle).
     """
 
     lora_r: int = 32
@@ -31,10 +33,11 @@ class InnerLoopConfig:
     max_seq_length: int = 1024
     load_in_4bit: bool = False
     gradient_checkpointing: bool = False
-    grader: Literal["loglik", "exact_match", "f1", "judge"] = "loglik"
+    grader: Literal["loglik", "exact_match", "f1", "judge", "arc"] = "loglik"
     max_new_tokens: int = 32
-    reward: Literal["gain", "binary"] = "gain"
+    reward: Literal["gain", "binary", "success"] = "gain"
     seed: int = 0
+    batch_self_edits: int = 1
     bounds: PlanBounds = field(default_factory=PlanBounds)
 
     def __post_init__(self):
@@ -48,11 +51,15 @@ class InnerLoopConfig:
             raise ValueError(f"InnerLoopConfig.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lr_schedule not in ("constant", "linear"):
             raise ValueError(f"InnerLoopConfig.lr_schedule must be 'constant' or 'linear', got {self.lr_schedule!r}")
-        if self.reward not in ("gain", "binary"):
-            raise ValueError(f"InnerLoopConfig.reward must be 'gain' or 'binary', got {self.reward!r}")
-        if self.grader not in ("loglik", "exact_match", "f1", "judge"):
+        if self.reward not in ("gain", "binary", "success"):
+            raise ValueError(f"InnerLoopConfig.reward must be 'gain', 'binary' or 'success', got {self.reward!r}")
+        if self.grader not in ("loglik", "exact_match", "f1", "judge", "arc"):
             raise ValueError(
-                f"InnerLoopConfig.grader must be one of loglik, exact_match, f1, judge; got {self.grader!r}"
+                f"InnerLoopConfig.grader must be one of loglik, exact_match, f1, judge, arc; got {self.grader!r}"
             )
+        if isinstance(self.batch_self_edits, bool) or not isinstance(self.batch_self_edits, int) \
+                or self.batch_self_edits < 1:
+            raise ValueError(f"InnerLoopConfig.batch_self_edits must be an integer >= 1 (1 = one self-edit at a "
+                             f"time), got {self.batch_self_edits!r}")
         if self.max_seq_length < 8:
             raise ValueError(f"InnerLoopConfig.max_seq_length must be >= 8, got {self.max_seq_length}")

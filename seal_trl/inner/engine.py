@@ -14,6 +14,7 @@ import math
 import time
 import weakref
 from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -21,8 +22,10 @@ import torch
 from ..plans import SelfEditError, TrainingPlan
 from ..probes import Probe
 from . import sync
+from .batched import InnerJob
 from .config import InnerLoopConfig
 from .graders import Grader, make_grader
+from .steps import learning_rate_at, lora_a_inits, plan_batches
 from .tensors import EncodedExample, encode_example, masked_mean_nll, pad_right
 
 logger = logging.getLogger(__name__)
@@ -98,6 +101,7 @@ class InnerLoop:
         self.model.eval()
         self.device = next(model.parameters()).device
         self._score_cache: dict[tuple[str, str], float] = {}
+        self._batched = None  # BatchedTrainer, built on first use of run_many with batch_self_edits > 1
         self._synced_policy = None  # weakref to the LoRA policy whose base weights are already copied
         self._activate_adapters()
 
@@ -110,6 +114,11 @@ class InnerLoop:
         config = config or InnerLoopConfig()
         model, tokenizer = load_model_and_tokenizer(name_or_path, load_in_4bit=config.load_in_4bit)
         return cls(model, tokenizer, config, **kwargs)
+
+    @property
+    def pad_token_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     # ----- adapters -------------------------------------------------------------------------
     def _lora_layers(self):
@@ -130,12 +139,9 @@ class InnerLoop:
     @torch.no_grad()
     def reset_adapter(self, seed: int) -> None:
         """A from a seeded Kaiming-uniform init (as PEFT does), B zero: the adapter is the identity."""
-        generator = torch.Generator(device="cpu").manual_seed(seed)
-        for layer in self._layers:
-            a = layer.lora_A[INNER_ADAPTER].weight
-            fresh = torch.empty(a.shape, dtype=torch.float32)
-            torch.nn.init.kaiming_uniform_(fresh, a=math.sqrt(5), generator=generator)
-            a.copy_(fresh)
+        shapes = [layer.lora_A[INNER_ADAPTER].weight.shape for layer in self._layers]
+        for layer, fresh in zip(self._layers, lora_a_inits(shapes, seed)):
+            layer.lora_A[INNER_ADAPTER].weight.copy_(fresh)
             layer.lora_B[INNER_ADAPTER].weight.zero_()
         for p in self._trainable:
             p.grad = None
@@ -229,7 +235,29 @@ class InnerLoop:
         result.seconds = time.perf_counter() - start
         return result
 
+    def run_many(self, jobs: Sequence[InnerJob]) -> list[InnerResult]:
+        """Run several self-edits; with `config.batch_self_edits = K > 1`, K at a time in one batched pass.
+
+        Results come back in the order of `jobs` and equal those of `run` on each job (same seeds) up to
+        float rounding.
+        """
+        if self.config.batch_self_edits <= 1 or len(jobs) <= 1:
+            return [self.run(j.plan, j.probe, context_id=j.context_id, seed=j.seed) for j in jobs]
+        from .batched import run_batched
+
+        return run_batched(self, jobs, self.config.batch_self_edits)
+
+    def _batched_trainer(self, num_slots: int):
+        from .batched import BatchedTrainer
+
+        if self._batched is None or self._batched.num_slots != num_slots:
+            self._batched = None  # free the old slot buffers first
+            self._batched = BatchedTrainer(self, num_slots)
+        return self._batched
+
     def _reward(self, before: float, after: float) -> float:
+        if self.config.reward == "success":
+            return after
         if self.config.reward == "binary":
             return 1.0 if after > before else 0.0
         return after - before
@@ -256,35 +284,27 @@ class InnerLoop:
         return encoded
 
     def _train(self, plan: TrainingPlan, encoded: list[EncodedExample], seed: int, result: InnerResult) -> None:
-        total_steps = plan.num_steps
         # fused: one kernel over all LoRA tensors (hundreds of small ones), on CPU as on GPU
         optimizer = torch.optim.AdamW(self._trainable, lr=plan.learning_rate, weight_decay=0.0, fused=True)
-        order_gen = torch.Generator(device="cpu").manual_seed(seed)
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         self.model.train()
         step = 0
-        while step < total_steps:
-            order = torch.randperm(len(encoded), generator=order_gen).tolist()
-            for first in range(0, len(order), plan.batch_size):
-                if step >= total_steps:
-                    break
-                batch = pad_right([encoded[i] for i in order[first : first + plan.batch_size]], pad_id, self.device)
-                if self.config.lr_schedule == "linear":
-                    for group in optimizer.param_groups:
-                        group["lr"] = plan.learning_rate * (1.0 - step / total_steps)
-                logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                loss = masked_mean_nll(logits, batch["labels"])
-                value = loss.item()
-                if not math.isfinite(value):
-                    raise SelfEditError("nan_loss", f"training loss became {value} at step {step}", field="learning_rate")
-                loss.backward()
-                if self.config.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(self._trainable, self.config.max_grad_norm, foreach=True)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                result.losses.append(value)
-                result.tokens_trained += int(batch["attention_mask"].sum())
-                step += 1
+        for examples in plan_batches(encoded, plan, seed):
+            batch = pad_right(examples, self.pad_token_id, self.device)
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate_at(plan, step, self.config.lr_schedule)
+            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = masked_mean_nll(logits, batch["labels"])
+            value = loss.item()
+            if not math.isfinite(value):
+                raise SelfEditError("nan_loss", f"training loss became {value} at step {step}", field="learning_rate")
+            loss.backward()
+            if self.config.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(self._trainable, self.config.max_grad_norm, foreach=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            result.losses.append(value)
+            result.tokens_trained += int(batch["attention_mask"].sum())
+            step += 1
         result.steps = step
         self.model.eval()
 

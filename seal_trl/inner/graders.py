@@ -45,8 +45,9 @@ class LogLikelihoodGrader:
     def __init__(self, batch_size: int = 16):
         self.batch_size = batch_size
 
-    @torch.no_grad()
-    def score(self, model, tokenizer, probe: Probe) -> float:
+    @staticmethod
+    def answer_examples(tokenizer, probe: Probe) -> tuple[list[EncodedExample], list[int]]:
+        """Every (question prompt, gold answer) sequence, loss on the answer, and the question each belongs to."""
         encoded: list[EncodedExample] = []
         owner: list[int] = []
         for i, item in enumerate(probe.items):
@@ -55,6 +56,25 @@ class LogLikelihoodGrader:
                     encode_example(tokenizer, item.prompt, " " + answer.strip(), loss_on_prompt=False, add_eos=False)
                 )
                 owner.append(i)
+        return encoded, owner
+
+    @staticmethod
+    def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean token log-prob of each row's answer tokens."""
+        logp, mask = token_logprobs(logits, labels)
+        return (logp.sum(-1) / mask.sum(-1).clamp_min(1)).float().cpu()
+
+    @staticmethod
+    def best_per_question(per_answer: torch.Tensor, owner: Sequence[int], num_questions: int) -> float:
+        """The mean over questions of the best gold answer's score."""
+        best = torch.full((num_questions,), float("-inf"))
+        for k, i in enumerate(owner):
+            best[i] = torch.maximum(best[i], per_answer[k])
+        return float(best.mean())
+
+    @torch.no_grad()
+    def score(self, model, tokenizer, probe: Probe) -> float:
+        encoded, owner = self.answer_examples(tokenizer, probe)
         # Similar lengths together: less padding in each forward pass.
         order = sorted(range(len(encoded)), key=lambda k: len(encoded[k].input_ids))
         per_answer = torch.empty(len(encoded))
@@ -63,12 +83,8 @@ class LogLikelihoodGrader:
             chunk = order[start : start + self.batch_size]
             batch = pad_right([encoded[k] for k in chunk], _pad_id(tokenizer), device)
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logp, mask = token_logprobs(logits, batch["labels"])
-            per_answer[chunk] = (logp.sum(-1) / mask.sum(-1).clamp_min(1)).float().cpu()
-        best = torch.full((len(probe.items),), float("-inf"))
-        for k, i in enumerate(owner):
-            best[i] = torch.maximum(best[i], per_answer[k])
-        return float(best.mean())
+            per_answer[chunk] = self.answer_logprobs(logits, batch["labels"])
+        return self.best_per_question(per_answer, owner, len(probe.items))
 
 
 def normalize_answer(text: str) -> str:
@@ -209,7 +225,7 @@ class JudgeGrader:
         return sum(verdicts) / len(verdicts)
 
 
-GRADER_NAMES = ("loglik", "exact_match", "f1", "judge")
+GRADER_NAMES = ("loglik", "exact_match", "f1", "judge", "arc")
 
 
 def make_grader(name: str, *, max_new_tokens: int = 32, judge=None) -> Grader:
@@ -222,4 +238,8 @@ def make_grader(name: str, *, max_new_tokens: int = 32, judge=None) -> Grader:
         if judge is None:
             raise ValueError("grader='judge' needs a judge model: pass judge=(model, tokenizer)")
         return JudgeGrader(*judge, max_new_tokens=max_new_tokens)
+    if name == "arc":
+        from .arc_grader import ArcGrader
+
+        return ArcGrader(max_new_tokens=max_new_tokens)
     raise ValueError(f"unknown grader {name!r}; choose one of {GRADER_NAMES}")

@@ -1,0 +1,170 @@
+"""Batched inner loop: K self-edits trained together in K adapter slots must equal K sequential runs."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from seal_trl.inner import InnerLoop, InnerLoopConfig
+from seal_trl.inner import batched
+from seal_trl.inner.batched import InnerJob
+from seal_trl.plans import PlanBounds, TrainingPlan
+from seal_trl.probes import knowledge_probe
+
+QUORN = [("What river runs through Ostrand?", "Velmora"), ("When did the expedition leave port?", "1874")]
+TOWER = [("Who built the tower?", "Mara Vell"), ("What is it made of?", "grey stone")]
+
+
+def probes():
+    return {"quorn": knowledge_probe("The Quorn Expedition", QUORN, context_id="quorn"),
+            "tower": knowledge_probe("Vell Tower", TOWER, context_id="tower")}
+
+
+def mixed_jobs():
+    """Plans with different example counts, epochs, learning rates, batch sizes and loss masks."""
+    p = probes()
+    plans = [
+        (TrainingPlan.from_texts([f"Topic: The Quorn Expedition\nQuestion: {q}\nAnswer: {a}" for q, a in QUORN],
+                                 epochs=5), "quorn"),
+        (TrainingPlan.from_texts(["Colours: red green blue.", "A company built bridges.", "x y z"], epochs=3,
+                                 learning_rate=3e-3), "quorn"),
+        (TrainingPlan.from_texts(["Mara Vell built the tower in 1901.", "It is grey stone.", "By the sea."],
+                                 epochs=4, batch_size=2), "tower"),
+        (TrainingPlan.from_pairs([("Who built the tower?", " Mara Vell"), ("Made of?", " grey stone")], epochs=6,
+                                 learning_rate=5e-3), "tower"),
+    ]
+    return [InnerJob(plan, p[cid], context_id=cid, seed=10 + i) for i, (plan, cid) in enumerate(plans)]
+
+
+def make_loop(model_dir, tokenizer, **overrides):
+    config = InnerLoopConfig(lora_r=8, lora_alpha=16, **overrides)
+    return InnerLoop(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, config)
+
+
+def assert_same(sequential, batch, tol=1e-4):
+    for one, many in zip(sequential, batch, strict=True):
+        assert one.error == many.error
+        assert one.steps == many.steps and one.tokens_trained == many.tokens_trained
+        assert one.score_before == pytest.approx(many.score_before, abs=1e-6)
+        assert one.reward == pytest.approx(many.reward, abs=tol)
+        assert many.losses == pytest.approx(one.losses, abs=tol)
+
+
+@pytest.fixture(scope="module")
+def sequential_results(tiny_model_dir, tiny_tokenizer):
+    return make_loop(tiny_model_dir, tiny_tokenizer).run_many(mixed_jobs())
+
+
+def test_k4_equals_four_sequential_runs(tiny_model_dir, tiny_tokenizer, sequential_results):
+    loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4)
+    base = {k: v.clone() for k, v in loop.model.get_base_model().state_dict().items() if "lora_" not in k}
+    results = loop.run_many(mixed_jobs())
+    assert all(r.ok for r in results)
+    assert [r.steps for r in results] == [10, 9, 8, 12]  # different lengths finished at different times
+    assert_same(sequential_results, results)
+    after = loop.model.get_base_model().state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in base.items())
+    # the engine's own one-at-a-time path still works afterwards and agrees
+    again = loop.run(mixed_jobs()[0].plan, mixed_jobs()[0].probe, context_id="quorn", seed=10)
+    assert again.reward == pytest.approx(sequential_results[0].reward, abs=1e-4)
+
+
+@pytest.mark.parametrize("k", [2, 8])
+def test_fewer_or_more_slots_than_jobs(tiny_model_dir, tiny_tokenizer, sequential_results, k):
+    results = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=k).run_many(mixed_jobs())
+    assert_same(sequential_results, results)
+
+
+def test_one_slot_nan_leaves_the_others_untouched(tiny_model_dir, tiny_tokenizer, sequential_results, monkeypatch):
+    real = batched.per_slot_mean_nll
+    calls = {"n": 0}
+
+    def poison_slot_one(*args):
+        losses = real(*args)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the third training step
+            losses = losses.clone()
+            losses[1] = float("nan")
+        return losses
+
+    monkeypatch.setattr(batched, "per_slot_mean_nll", poison_slot_one)
+    results = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4).run_many(mixed_jobs())
+    bad = results[1]
+    assert bad.error == "nan_loss" and bad.reward == 0.0 and bad.score_after is None
+    assert "step 2" in bad.error_message and bad.steps == 2
+    assert_same([sequential_results[i] for i in (0, 2, 3)], [results[i] for i in (0, 2, 3)])
+
+
+def test_invalid_plan_takes_no_slot(tiny_model_dir, tiny_tokenizer, sequential_results):
+    jobs = mixed_jobs()
+    too_long = InnerJob(TrainingPlan.from_texts(["a"], epochs=50), jobs[0].probe, context_id="quorn", seed=1)
+    loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4, bounds=PlanBounds(step_budget=30))
+    results = loop.run_many([jobs[0], too_long, *jobs[1:]])
+    assert results[1].error == "out_of_bounds" and results[1].reward == 0.0
+    assert_same(sequential_results, [results[0], *results[2:]])
+
+
+def test_generation_grader_scores_each_slot(tiny_model_dir, tiny_tokenizer):
+    jobs = mixed_jobs()
+    one = make_loop(tiny_model_dir, tiny_tokenizer, grader="f1", max_new_tokens=6).run_many(jobs)
+    many = make_loop(tiny_model_dir, tiny_tokenizer, grader="f1", max_new_tokens=6, batch_self_edits=4).run_many(jobs)
+    assert_same(one, many)
+
+
+def test_lora_policy_adapter_stays_on_in_slots(tiny_model_dir, tiny_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    loops = [make_loop(tiny_model_dir, tiny_tokenizer), make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4)]
+    for loop in loops:
+        loop.sync_from(policy)
+    assert_same(*(loop.run_many(mixed_jobs()) for loop in loops))
+    assert all(not p.requires_grad for n, p in loops[1].model.named_parameters() if ".policy." in n)
+
+
+def test_four_bit_base(tiny_model_dir, tiny_tokenizer):
+    config = dict(lora_r=8, lora_alpha=16, load_in_4bit=True)
+    one = InnerLoop.from_pretrained(str(tiny_model_dir), InnerLoopConfig(**config)).run_many(mixed_jobs())
+    many = InnerLoop.from_pretrained(str(tiny_model_dir), InnerLoopConfig(batch_self_edits=4, **config)
+                                     ).run_many(mixed_jobs())
+    assert all(r.ok for r in many)
+    assert_same(one, many)
+
+
+def test_a_failing_group_is_rerun_one_at_a_time(tiny_model_dir, tiny_tokenizer, sequential_results, monkeypatch):
+    def broken(self, slots):
+        raise RuntimeError("simulated allocator failure")
+
+    monkeypatch.setattr(batched.BatchedTrainer, "train_and_score", broken)
+    results = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4).run_many(mixed_jobs())
+    assert_same(sequential_results, results, tol=1e-6)
+
+
+def test_reward_function_batches_its_completions(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    from seal_trl.reward import SelfEditReward
+    from seal_trl.tasks.knowledge import KnowledgeTask
+
+    task = KnowledgeTask()
+    context = {"context_id": "quorn", "title": "The Quorn Expedition",
+               "context": "The river Velmora runs through Ostrand. The expedition left port in 1874.",
+               "questions": [{"question": q, "answers": [a]} for q, a in QUORN]}
+    columns = {f: [context[f]] * 3 for f in task.context_fields}
+    completions = ["Velmora is a river.\nOstrand lies on it.", "1874 was the year.", "Ships left port."]
+    rewards = {}
+    for k in (1, 3):
+        loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=k, num_epochs=3)
+        calls = []
+        original = loop.run_many
+        monkeypatch.setattr(loop, "run_many", lambda jobs, original=original: calls.append(len(jobs)) or original(jobs))
+        rewards[k] = SelfEditReward(task, loop, repeats=2)(prompts=[""] * 3, completions=completions, **columns)
+        assert calls == [6]  # 3 self-edits x 2 repeats in one call
+    assert rewards[3] == pytest.approx(rewards[1], abs=1e-4)
+
+
+def test_config_rejects_bad_batch_size():
+    with pytest.raises(ValueError, match="batch_self_edits"):
+        InnerLoopConfig(batch_self_edits=0)
