@@ -9,6 +9,12 @@ Each variant runs in its own subprocess so peak RSS is its own. Results are appe
 
     python benchmarks/inner_loop.py --model tiny                 # quick (seconds)
     python benchmarks/inner_loop.py --model embedded --plans 3   # SmolLM2-135M (tens of minutes on 2 cores)
+
+Batched mode: the same InnerLoop training K self-edits at once in K adapter slots (`batch_self_edits=K`)
+against K=1 (one at a time), same plans and seeds; also the FLOPs of one self-edit evaluation (counted with
+torch's FlopCounterMode) and the share of this machine's measured fp32 matmul throughput each K achieves.
+
+    python benchmarks/inner_loop.py --model embedded --batched 1 2 4 8 --plans 8 --epochs 3
 """
 
 from __future__ import annotations
@@ -129,28 +135,133 @@ def run_reference(args, path: str) -> dict:
     return {"rewards": rewards, "seconds": seconds, "total_seconds": total, "tokens_processed": tokens}
 
 
+def run_slots(args, path: str) -> dict:
+    """`--plans` self-edits through InnerLoop.run_many with batch_self_edits=args.slots."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from seal_trl.inner import InnerLoop, InnerLoopConfig
+    from seal_trl.inner.batched import InnerJob
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    lora = lora_settings(args)
+    loop = InnerLoop(model, tokenizer, InnerLoopConfig(
+        lora_r=lora["r"], lora_alpha=lora["lora_alpha"], target_modules=tuple(lora["target_modules"]),
+        max_seq_length=args.max_length, batch_self_edits=args.slots))
+    probe = example.probe()
+    jobs = [InnerJob(plan, probe, context_id="harrowmere", seed=i)
+            for i, plan in enumerate(example.benchmark_plans(args.plans, args.epochs))]
+    loop.score(probe, context_id="harrowmere")  # the cached before-score is not part of the timing
+    flops = None
+    if args.count_flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            loop.run_many(jobs[:1])
+        flops = counter.get_total_flops()
+    start = time.perf_counter()
+    results = loop.run_many(jobs)
+    total = time.perf_counter() - start
+    assert all(r.ok for r in results), [r.error_message for r in results]
+    return {"rewards": [r.reward for r in results], "total_seconds": total, "flops_first_run": flops,
+            "tokens_processed": sum(r.tokens_trained for r in results)}
+
+
+def matmul_gflops(size: int = 1024, repeats: int = 30) -> float:
+    """This machine's fp32 matmul throughput with torch's current thread count (best of 3)."""
+    import torch
+
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 * repeats / best / 1e9
+
+
 def child(args) -> None:
     path = model_path(args.model)
-    runner = run_engine if args.variant == "engine" else run_reference
+    runner = {"engine": run_engine, "reference": run_reference, "slots": run_slots}[args.variant]
     out = runner(args, path)
     out["peak_rss_mib"] = peak_rss_mib()
     print("RESULT " + json.dumps(out))
 
 
+def run_child(args, variant: str, *extra: str) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--variant", variant, "--model", args.model, "--plans",
+           str(args.plans), "--epochs", str(args.epochs), "--max-length", str(args.max_length), "--lora-r",
+           str(args.lora_r), "--targets", *args.targets, *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
+        raise SystemExit(f"{variant} {' '.join(extra)} failed (exit {proc.returncode})")
+    return json.loads(line[len("RESULT "):])
+
+
+def parent_batched(args) -> None:
+    import torch
+
+    model_path(args.model)
+    gflops = matmul_gflops()
+    print(f"measured fp32 matmul throughput: {gflops:.1f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
+    results = {}
+    for k in args.batched:
+        extra = ["--slots", str(k)] + (["--count-flops"] if k == args.batched[0] else [])
+        print(f"running K={k} ...", flush=True)
+        results[k] = run_child(args, "slots", *extra)
+        r = results[k]
+        print(f"  K={k}: {r['total_seconds']:.1f} s for {args.plans} self-edits, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+              f"rewards {[round(x, 4) for x in r['rewards']]}", flush=True)
+    write_batched_results(args, results, gflops)
+
+
+def write_batched_results(args, results: dict, gflops: float) -> None:
+    import torch
+
+    first = results[args.batched[0]]
+    flops_per_edit = first["flops_first_run"]
+    base = results[1] if 1 in results else first
+    base_rate = 60 * args.plans / base["total_seconds"]
+    worst = max(max(abs(a - b) for a, b in zip(r["rewards"], base["rewards"])) for r in results.values())
+    lines = [
+        f"\n## Batched inner loop: {args.model} model, {args.plans} self-edits, K slots ({utc_stamp()})\n",
+        f"`python benchmarks/inner_loop.py --model {args.model} --batched {' '.join(map(str, args.batched))} "
+        f"--plans {args.plans} --epochs {args.epochs}` on {platform.machine()} with {os.cpu_count()} CPUs, torch "
+        f"threads {torch.get_num_threads()}. Same {args.plans} plans (~{len(example.IMPLICATIONS) + 1} examples "
+        f"each, {args.epochs} epochs, batch 1) and seeds for every K; LoRA r={args.lora_r} on "
+        f"{', '.join(args.targets)}; answer log-likelihood grader. K=1 is the sequential engine. Each K runs in "
+        f"its own process.\n",
+        f"Measured fp32 matmul throughput (1024x1024 `torch.mm`, same threads): **{gflops:.1f} GFLOP/s**. "
+        f"FLOPs of one self-edit evaluation (training + scoring, counted by `FlopCounterMode` on K="
+        f"{args.batched[0]}'s first plan): **{flops_per_edit / 1e12:.3f} TFLOP**. Largest reward difference "
+        f"between any K and K={1 if 1 in results else args.batched[0]}: {worst:.2e}.\n",
+        "| K | self-edits / min | s / self-edit | speed-up vs K=1 | achieved GFLOP/s | share of matmul peak | "
+        "peak RSS (MiB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for k, r in results.items():
+        rate = 60 * args.plans / r["total_seconds"]
+        achieved = flops_per_edit * args.plans / r["total_seconds"] / 1e9
+        lines.append(f"| {k} | {rate:.2f} | {r['total_seconds'] / args.plans:.1f} | {rate / base_rate:.2f}x | "
+                     f"{achieved:.1f} | {achieved / gflops:.0%} | {r['peak_rss_mib']:.0f} |")
+    lines.append("\nAchieved GFLOP/s counts the useful FLOPs of a sequential run (padding in shared batches is "
+                 "not counted as work).\n")
+    append_section(lines)
+
+
 def parent(args) -> None:
+    if args.batched:
+        return parent_batched(args)
     model_path(args.model)  # convert/build once before timing
     results = {}
     for variant in ("engine", "reference"):
-        cmd = [sys.executable, __file__, "--child", "--variant", variant, "--model", args.model, "--plans",
-               str(args.plans), "--epochs", str(args.epochs), "--max-length", str(args.max_length), "--lora-r",
-               str(args.lora_r), "--targets", *args.targets]
         print(f"running {variant} ...", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if proc.returncode != 0 or line is None:
-            sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-5000:])
-            raise SystemExit(f"{variant} failed (exit {proc.returncode})")
-        results[variant] = json.loads(line[len("RESULT "):])
+        results[variant] = run_child(args, variant)
         r = results[variant]
         print(f"  {variant}: {r['total_seconds']:.1f} s for {args.plans} self-edits, rewards "
               f"{[round(x, 4) for x in r['rewards']]}, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
@@ -191,7 +302,11 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=32)
     parser.add_argument("--targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                          "up_proj", "down_proj"])
-    parser.add_argument("--variant", choices=["engine", "reference"])
+    parser.add_argument("--batched", type=int, nargs="+", default=None, metavar="K",
+                        help="compare batch_self_edits=K for these K (e.g. 1 2 4 8) instead of engine vs reference")
+    parser.add_argument("--variant", choices=["engine", "reference", "slots"])
+    parser.add_argument("--slots", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     child(args) if args.child else parent(args)

@@ -168,3 +168,40 @@ def test_reward_function_batches_its_completions(tiny_model_dir, tiny_tokenizer,
 def test_config_rejects_bad_batch_size():
     with pytest.raises(ValueError, match="batch_self_edits"):
         InnerLoopConfig(batch_self_edits=0)
+
+
+def test_packing_keeps_examples_apart():
+    from seal_trl.inner.packing import pack_slots
+    from seal_trl.inner.tensors import IGNORE_INDEX, EncodedExample
+
+    a = EncodedExample(input_ids=[5, 6, 7], labels=[IGNORE_INDEX, 6, 7])
+    b = EncodedExample(input_ids=[8, 9], labels=[8, 9])
+    c = EncodedExample(input_ids=[1, 2, 3, 4], labels=[1, 2, 3, 4])
+    packed = pack_slots([(2, [a, b]), (0, [c])])
+    assert packed.input_ids.tolist() == [[5, 6, 7, 8, 9, 1, 2, 3, 4]]
+    assert packed.position_ids.tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
+    # no example is trained to predict the first token of the next one
+    assert packed.labels.tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9, IGNORE_INDEX, 2, 3, 4]]
+    assert packed.token_slots.tolist() == [2, 2, 2, 2, 2, 0, 0, 0, 0] and packed.slots.tolist() == [2, 0]
+    assert packed.tokens_per_slot == {2: 5, 0: 4}
+    x = torch.arange(9.0)
+    grouped = x[packed.pad_index]
+    assert grouped.shape == (2, 5) and grouped[1, :4].tolist() == [5.0, 6.0, 7.0, 8.0]
+    assert torch.equal(grouped.flatten()[packed.unpad_index], x)
+
+
+def test_packed_forward_matches_separate_forwards(tiny_model, tiny_tokenizer):
+    """transformers keeps packed examples apart when given restarting position ids and no attention mask."""
+    from seal_trl.inner.packing import pack_slots
+    from seal_trl.inner.tensors import encode_example
+
+    texts = ["The river Velmora runs through Ostrand.", "Mara Vell built the tower.", "x y z"]
+    examples = [encode_example(tiny_tokenizer, "", t, loss_on_prompt=True, add_eos=False) for t in texts]
+    packed = pack_slots([(0, examples[:2]), (1, examples[2:])])
+    with torch.no_grad():
+        together = tiny_model(input_ids=packed.input_ids, position_ids=packed.position_ids, use_cache=False).logits[0]
+        start = 0
+        for e in examples:
+            alone = tiny_model(input_ids=torch.tensor([e.input_ids])).logits[0]
+            assert torch.allclose(together[start : start + len(e.input_ids)], alone, atol=1e-5)
+            start += len(e.input_ids)

@@ -1,5 +1,6 @@
 """The inner loop: execute a self-edit as a LoRA fine-tune and score the probe."""
 
+from .batched import InnerJob
 from .config import DEFAULT_TARGET_MODULES, InnerLoopConfig
 from .engine import InnerLoop, InnerResult
 from .graders import AnswerMatchGrader, Grader, JudgeGrader, LogLikelihoodGrader, make_grader
@@ -8,6 +9,7 @@ __all__ = [
     "DEFAULT_TARGET_MODULES",
     "AnswerMatchGrader",
     "Grader",
+    "InnerJob",
     "InnerLoop",
     "InnerLoopConfig",
     "InnerResult",

@@ -34,14 +34,15 @@ def main(model_dir: str, out_dir: str) -> None:
                       inner_target_modules=["q_proj", "v_proj"])
     trainer = SEALTrainer(model_dir, args=args, train_dataset=dataset, processing_class=tokenizer)
     runs = []
-    original = trainer.seal_reward.score_one
+    original = trainer.seal_reward.score_many
 
-    def counting(context, self_edit):
-        reward, results, reason = original(context, self_edit)
-        runs.append({"context_id": context["context_id"], "reward": reward, "error": reason})
-        return reward, results, reason
+    def counting(contexts, self_edits):
+        scored = original(contexts, self_edits)
+        for context, (reward, _, reason) in zip(contexts, scored):
+            runs.append({"context_id": context["context_id"], "reward": reward, "error": reason})
+        return scored
 
-    trainer.seal_reward.score_one = counting
+    trainer.seal_reward.score_many = counting
     trainer.train()
     trainer.save_model()
     digest = hashlib.sha256()
