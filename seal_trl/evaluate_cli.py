@@ -32,14 +32,23 @@ def load_policy(model: str | None, adapter: str | None):
 
 
 def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, title: str | None = None) -> int:
+    if getattr(args, "task", "knowledge") == "arc":
+        from .arc_evaluation import run_evaluate_arc
+
+        return run_evaluate_arc(args, policy_bundle=policy_bundle, run_dir=run_dir)
+    for name, default in (("methods", ["none", "passage", "self-edit"]), ("inner_epochs", 10), ("inner_lr", 1e-3),
+                          ("inner_lora_r", 32)):
+        if getattr(args, name, None) is None:
+            setattr(args, name, default)
     from .inner import InnerLoop, InnerLoopConfig
     from .tasks.knowledge import KnowledgeTask
     from .tasks.squad import load_contexts
 
     contexts = load_contexts(args.data, split=args.split, limit=args.limit)
     path, policy, tokenizer = policy_bundle or load_policy(args.model, args.adapter)
+    alpha = getattr(args, "inner_lora_alpha", None) or 2 * args.inner_lora_r
     config = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
-                             lora_alpha=2 * args.inner_lora_r, grader=args.grader, seed=args.seed)
+                             lora_alpha=alpha, grader=args.grader, seed=args.seed)
     inner = InnerLoop.from_pretrained(path, config)
     inner.sync_from(policy)
     task = KnowledgeTask(style=args.style, chat=bool(getattr(tokenizer, "chat_template", None)))

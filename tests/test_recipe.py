@@ -46,6 +46,7 @@ def test_recipe_trains_saves_and_cli_overrides_yaml(tiny_model_dir, squad_file, 
 @pytest.mark.parametrize("extra, message", [
     ({"algoritm": "grpo"}, "Unknown arguments from config file"),
     ({"algorithm": "ppo"}, "algorithm='ppo' is not known"),
+    ({"task": "chess"}, "task='chess' is not known"),
 ])
 def test_recipe_bad_yaml_gets_a_clear_error(tiny_model_dir, squad_file, tmp_path, extra, message):
     config = write_yaml(tmp_path / "bad.yaml", tiny_model_dir, squad_file, tmp_path / "out", **extra)

@@ -1,0 +1,154 @@
+"""The promotion gate: a candidate adapter is promoted only when every objective passes its threshold.
+
+Objectives, each scored and stored on its own (never collapsed into one number):
+- `new_document`: the candidate's gain on the new document's probe (must be > `min_new_gain`);
+- `earlier_documents`: the mean drop on the probes of every earlier document (<= `max_earlier_drop` points),
+  and optionally the worst single document's drop (<= `max_single_earlier_drop`);
+- `regression_perplexity`: the relative rise of the held-out text's perplexity (<= `max_perplexity_increase`);
+- `regression_qa`: the relative drop of the fixed QA set's soft accuracy (<= `max_qa_drop`);
+- `constraint:<name>`: each user constraint, a callable that returns None (pass) or a reason (fail).
+
+`evaluate_gate(before, after, thresholds, constraint_failures)` is a pure function of score dictionaries,
+so the gate is testable without a model. The learner that produces the scores is in `continual_learner.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+PROBE_METRICS = ("accuracy", "soft_accuracy", "loglik")
+
+
+@dataclass
+class GateThresholds:
+    """What a candidate must satisfy. Document scores use `probe_metric` (accuracy points by default)."""
+
+    probe_metric: str = "accuracy"
+    min_new_gain: float = 0.0
+    max_earlier_drop: float = 2.0
+    max_single_earlier_drop: float | None = None
+    max_perplexity_increase: float = 0.02
+    max_qa_drop: float = 0.02
+
+    def __post_init__(self):
+        if self.probe_metric not in PROBE_METRICS:
+            raise ValueError(f"GateThresholds.probe_metric must be one of {PROBE_METRICS}, got {self.probe_metric!r}")
+        for name in ("max_earlier_drop", "max_perplexity_increase", "max_qa_drop"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"GateThresholds.{name} must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class Objective:
+    """One objective's value, its threshold and whether it passed, with a human-readable reason."""
+
+    name: str
+    value: float
+    threshold: str
+    passed: bool
+    detail: str = ""
+
+
+@dataclass
+class GateVerdict:
+    """The gate's decision: `passed` only when every objective passed; `reasons` lists each failure."""
+
+    passed: bool
+    objectives: list[Objective] = field(default_factory=list)
+
+    @property
+    def reasons(self) -> list[str]:
+        return [f"{o.name}: {o.detail}" for o in self.objectives if not o.passed]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"passed": self.passed, "objectives": [asdict(o) for o in self.objectives], "reasons": self.reasons}
+
+
+@dataclass
+class CandidateOutputs:
+    """What a user constraint sees: the candidate's greedy answers to fixed prompts, and a way to ask more."""
+
+    samples: dict[str, str]
+    generate: Callable[[str], str] | None = None
+
+
+Constraint = Callable[[CandidateOutputs], "str | None"]
+
+
+def banned_phrases(phrases: Iterable[str], *, name: str = "banned_phrases") -> Constraint:
+    """A constraint that fails when any sampled answer contains one of `phrases` (case-insensitive)."""
+    lowered = [p.lower() for p in phrases if p.strip()]
+
+    def check(outputs: CandidateOutputs) -> str | None:
+        for prompt, text in outputs.samples.items():
+            for p in lowered:
+                if p in text.lower():
+                    return f"an answer contains banned phrase {p!r} (prompt {prompt[-80:]!r})"
+        return None
+
+    check.__name__ = name
+    return check
+
+
+def run_constraints(constraints: Sequence[Constraint], outputs: CandidateOutputs) -> dict[str, str | None]:
+    """Each constraint's failure reason (None = passed). A constraint that raises fails with the error."""
+    results: dict[str, str | None] = {}
+    for i, fn in enumerate(constraints):
+        name = getattr(fn, "__name__", f"constraint_{i}")
+        if name in results:
+            name = f"{name}_{i}"
+        try:
+            reason = fn(outputs)
+        except Exception as err:  # a user callable must not take the run down
+            reason = f"raised {type(err).__name__}: {err}"
+        results[name] = None if reason in (None, True) else ("failed" if reason is False else str(reason))
+    return results
+
+
+def evaluate_gate(before: Mapping[str, Any], after: Mapping[str, Any], thresholds: GateThresholds | None = None,
+                  constraint_failures: Mapping[str, str | None] | None = None) -> GateVerdict:
+    """Compare the promoted model's scores (`before`) with the candidate's (`after`).
+
+    Both are `{"new": {doc_id: scores}, "earlier": {doc_id: scores}, "regression": {...}}` where document
+    scores hold the `PROBE_METRICS` and regression scores `perplexity` and `qa_soft_accuracy`.
+    """
+    t = thresholds or GateThresholds()
+    m = t.probe_metric
+    objectives: list[Objective] = []
+    for doc_id, score in after["new"].items():
+        gain = score[m] - before["new"][doc_id][m]
+        objectives.append(Objective(
+            "new_document", gain, f"> {t.min_new_gain:g}", gain > t.min_new_gain,
+            f"{doc_id}: {m} {before['new'][doc_id][m]:.2f} -> {score[m]:.2f} (gain {gain:+.2f}, needs > "
+            f"{t.min_new_gain:g})"))
+    drops = {d: before["earlier"][d][m] - s[m] for d, s in after["earlier"].items()}
+    if drops:
+        mean_drop = sum(drops.values()) / len(drops)
+        worst = max(drops, key=drops.get)
+        objectives.append(Objective(
+            "earlier_documents", mean_drop, f"<= {t.max_earlier_drop:g}", mean_drop <= t.max_earlier_drop,
+            f"mean {m} drop {mean_drop:.2f} over {len(drops)} earlier document(s) (limit {t.max_earlier_drop:g}; "
+            f"worst {worst}: {drops[worst]:.2f})"))
+        if t.max_single_earlier_drop is not None:
+            objectives.append(Objective(
+                "earlier_document_worst", drops[worst], f"<= {t.max_single_earlier_drop:g}",
+                drops[worst] <= t.max_single_earlier_drop,
+                f"{worst} dropped {drops[worst]:.2f} (limit {t.max_single_earlier_drop:g})"))
+    rb, ra = before.get("regression"), after.get("regression")
+    if rb and ra:
+        rise = ra["perplexity"] / rb["perplexity"] - 1.0
+        objectives.append(Objective(
+            "regression_perplexity", rise, f"<= {t.max_perplexity_increase:g}", rise <= t.max_perplexity_increase,
+            f"held-out perplexity {rb['perplexity']:.3f} -> {ra['perplexity']:.3f} ({100 * rise:+.2f}%, limit "
+            f"+{100 * t.max_perplexity_increase:g}%)"))
+        drop = 1.0 - ra["qa_soft_accuracy"] / max(rb["qa_soft_accuracy"], 1e-9)
+        objectives.append(Objective(
+            "regression_qa", drop, f"<= {t.max_qa_drop:g}", drop <= t.max_qa_drop,
+            f"QA soft accuracy {rb['qa_soft_accuracy']:.2f} -> {ra['qa_soft_accuracy']:.2f} ({-100 * drop:+.2f}%, "
+            f"limit -{100 * t.max_qa_drop:g}%)"))
+    for name, reason in (constraint_failures or {}).items():
+        objectives.append(Objective(f"constraint:{name}", 0.0 if reason else 1.0, "no violation", reason is None,
+                                    reason or "ok"))
+    return GateVerdict(passed=all(o.passed for o in objectives), objectives=objectives)

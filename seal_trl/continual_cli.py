@@ -1,0 +1,138 @@
+"""`seal-trl adapt` (learn documents one by one through the promotion gate) and `seal-trl registry`."""
+
+from __future__ import annotations
+
+import argparse
+
+from .registry import AdapterRegistry, RegistryError
+
+
+def add_continual_commands(sub) -> None:
+    """Register the `adapt` and `registry` subcommands on `seal-trl`'s subparsers."""
+    adapt = sub.add_parser("adapt", help="learn new documents one at a time into gated, versioned adapters")
+    adapt.add_argument("--model", default=None, help="model name or path (default: the embedded SmolLM2-135M)")
+    adapt.add_argument("--policy-adapter", default=None, help="a SEAL-trained PEFT policy adapter, merged first")
+    adapt.add_argument("--documents", nargs="+", required=True,
+                       help="document files (.txt/.md/.json) or directories of them, learned in order")
+    adapt.add_argument("--registry", required=True, help="registry directory (created if new or empty)")
+    adapt.add_argument("--mode", choices=["merge", "separate"], default="merge",
+                       help="fold promoted adapters into the weights, or keep them as separate adapters")
+    adapt.add_argument("--promotion", choices=["gate", "always", "never"], default="gate")
+    adapt.add_argument("--replay-ratio", type=float, default=1.0, help="earlier examples per new example")
+    adapt.add_argument("--max-replay-examples", type=int, default=16)
+    adapt.add_argument("--regularization", type=float, default=0.0,
+                       help="L2 weight on the candidate's weight delta (pull toward the promoted weights)")
+    adapt.add_argument("--gentler-retries", type=int, default=0,
+                       help="when the gate refuses for forgetting/regression, retrain with a smaller learning rate "
+                            "up to this many times")
+    adapt.add_argument("--retry-lr-factor", type=float, default=0.35, help="learning-rate factor per retry")
+    adapt.add_argument("--num-self-edits", type=int, default=1, help="self-edits per document; the best is kept")
+    adapt.add_argument("--style", default="implications", help="self-edit prompt: implications, rewrite, self_qa")
+    adapt.add_argument("--max-new-tokens", type=int, default=128, help="longest self-edit")
+    adapt.add_argument("--inner-epochs", type=int, default=10)
+    adapt.add_argument("--inner-lr", type=float, default=1e-3)
+    adapt.add_argument("--inner-lora-r", type=int, default=32)
+    adapt.add_argument("--probe-metric", choices=["accuracy", "soft_accuracy", "loglik"], default="accuracy")
+    adapt.add_argument("--min-new-gain", type=float, default=0.0)
+    adapt.add_argument("--max-earlier-drop", type=float, default=2.0, help="points of the probe metric")
+    adapt.add_argument("--max-perplexity-increase", type=float, default=0.02, help="relative, 0.02 = 2%%")
+    adapt.add_argument("--max-qa-drop", type=float, default=0.02, help="relative, 0.02 = 2%%")
+    adapt.add_argument("--no-regression", action="store_true", help="skip the regression suite objectives")
+    adapt.add_argument("--banned-phrase", action="append", default=[],
+                       help="a constraint: refuse candidates whose answers contain this phrase (repeatable)")
+    adapt.add_argument("--max-document-mb", type=float, default=1.0, help="refuse larger document files")
+    adapt.add_argument("--chunk-chars", type=int, default=2000, help="split longer texts into documents this long")
+    adapt.add_argument("--lock-timeout", type=float, default=0.0,
+                       help="seconds to wait for another run holding the registry (0: fail at once)")
+    adapt.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
+                       help="after the run, push the promoted version (and its chain) with a model card")
+    adapt.add_argument("--seed", type=int, default=0)
+    adapt.set_defaults(func=run_adapt)
+
+    reg = sub.add_parser("registry", help="list, promote or roll back versions of a continual registry")
+    reg.add_argument("action", choices=["list", "promote", "rollback", "push"])
+    reg.add_argument("version", nargs="?", default=None, help="a version name, e.g. v0003")
+    reg.add_argument("--registry", required=True, help="registry directory")
+    reg.add_argument("--reason", default="", help="promote: why a version the gate refused is promoted anyway")
+    reg.add_argument("--repo-id", default=None, help="push: the Hub repository")
+    reg.add_argument("--lock-timeout", type=float, default=10.0)
+    reg.set_defaults(func=run_registry)
+
+
+def _base_model_name(args: argparse.Namespace) -> str:
+    name = args.model or "embedded:SmolLM2-135M-Instruct"
+    return f"{name}+{args.policy_adapter}" if args.policy_adapter else name
+
+
+def run_adapt(args: argparse.Namespace) -> int:
+    from .continual import GateThresholds, banned_phrases
+    from .continual_learner import ContinualConfig, ContinualLearner
+    from .documents import read_documents
+    from .inner.config import InnerLoopConfig
+    from .models import load_model_and_tokenizer
+
+    # everything that can be refused is checked before the model loads and before the registry changes
+    documents = read_documents(args.documents, max_bytes=int(args.max_document_mb * 1_000_000),
+                               chunk_chars=args.chunk_chars)
+    config = ContinualConfig(
+        mode=args.mode, promotion=args.promotion, replay_ratio=args.replay_ratio,
+        max_replay_examples=args.max_replay_examples, regularization=args.regularization,
+        gentler_retries=args.gentler_retries, retry_lr_factor=args.retry_lr_factor,
+        num_self_edits=args.num_self_edits, self_edit_style=args.style, self_edit_max_new_tokens=args.max_new_tokens,
+        check_regression=not args.no_regression, seed=args.seed,
+        thresholds=GateThresholds(probe_metric=args.probe_metric, min_new_gain=args.min_new_gain,
+                                  max_earlier_drop=args.max_earlier_drop,
+                                  max_perplexity_increase=args.max_perplexity_increase, max_qa_drop=args.max_qa_drop))
+    inner = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
+                            lora_alpha=2 * args.inner_lora_r, seed=args.seed)
+    registry = AdapterRegistry(args.registry, create=True, base_model=_base_model_name(args),
+                               lock_timeout=args.lock_timeout)
+    constraints = [banned_phrases(args.banned_phrase)] if args.banned_phrase else []
+    with registry.locked():
+        model, tokenizer = load_model_and_tokenizer(args.model)
+        if args.policy_adapter:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, args.policy_adapter).merge_and_unload()
+        learner = ContinualLearner(model, tokenizer, registry, config, inner, constraints=constraints)
+        print(f"{len(documents)} document(s); registry {registry.root} (promoted: {registry.promoted or 'base'})")
+        reports = learner.adapt_all(documents, progress=lambda r: print(r.summary(), flush=True))
+    promoted = sum(r.promoted for r in reports)
+    print(f"done: {promoted} of {len(reports)} candidate(s) promoted; promoted version: {registry.promoted or 'base'}")
+    if args.push_to_hub and registry.promoted:
+        print(f"pushed: {registry.push_to_hub(args.push_to_hub)}")
+    return 0
+
+
+def format_versions(registry: AdapterRegistry) -> str:
+    promoted = registry.promoted
+    lines = [f"registry {registry.root} (base model {registry.base_model}); promoted: {promoted or 'base'}",
+             f"{'':2}{'version':8} {'parent':8} {'gate':8} {'created':21} documents / reasons"]
+    for v in registry.versions():
+        mark = "*" if v["version"] == promoted else ""
+        gate = "passed" if v["gate"].get("passed") else "refused"
+        docs = ", ".join(d["doc_id"] for d in v["documents"])
+        lines.append(f"{mark:2}{v['version']:8} {v['parent'] or 'base':8} {gate:8} {v['created']:21} {docs}")
+        for reason in v["gate"].get("reasons", []):
+            lines.append(f"{'':50}- {reason}")
+    return "\n".join(lines)
+
+
+def run_registry(args: argparse.Namespace) -> int:
+    registry = AdapterRegistry(args.registry, lock_timeout=args.lock_timeout)
+    if args.action == "list":
+        print(format_versions(registry))
+    elif args.action == "promote":
+        if not args.version:
+            raise RegistryError("`registry promote` needs a VERSION (see `seal-trl registry list`)")
+        registry.promote(args.version, reason=args.reason)
+        print(f"promoted {args.version}")
+    elif args.action == "rollback":
+        entry = registry.rollback(args.version)
+        print(f"rolled back from {entry['from'] or 'base'} to {entry['version'] or 'base'}")
+    elif args.action == "push":
+        if not args.repo_id:
+            raise RegistryError("`registry push` needs --repo-id")
+        print(registry.push_to_hub(args.repo_id, args.version))
+    return 0
+

@@ -1,0 +1,456 @@
+"""Continual self-adaptation: one document at a time, a candidate adapter, the gate, the registry.
+
+For each new document the current promoted model writes self-edits; each is trained (with replay of earlier
+documents' examples, optionally regularised toward the promoted weights) into a candidate LoRA adapter on
+top of the promoted model; the best by the new document's probe is scored on every objective of the gate
+(`continual.py`) and committed to the registry (`registry.py`), promoted only when the gate passes.
+
+The promoted model lives in memory as the inner model's base weights plus the promoted chain: `merge` mode
+folds each promoted adapter into the base weights (W0 + sum of B@A*scaling, recomputed from a pristine copy
+of W0 so that any version is reproduced bit for bit), `separate` mode keeps each promoted adapter as its own
+frozen PEFT adapter stacked under the candidate.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from .continual import CandidateOutputs, Constraint, GateThresholds, GateVerdict, evaluate_gate, run_constraints
+from .doc_probes import (DocumentProbe, drop_held_out, labelled_probe, score_probe, self_written_probe,
+                         write_probe_text)
+from .documents import Document
+from .inner.config import InnerLoopConfig
+from .inner.engine import INNER_ADAPTER, InnerLoop, InnerResult
+from .plans import SelfEditError, TrainingPlan
+from .regression import RegressionSuite, regression_scores
+from .registry import AdapterRegistry
+from .seeding import derive_seed
+
+logger = logging.getLogger(__name__)
+
+
+class ContinualError(RuntimeError):
+    """A document that could not be adapted to at all (every self-edit failed to train)."""
+
+
+@dataclass
+class ContinualConfig:
+    """How documents are learned and promoted.
+
+    `promotion`: "gate" (promote only when every objective passes), "always" (the paper's naive sequential
+    merge; the verdict is still recorded) or "never" (candidates only). `replay_ratio` earlier examples per new
+    example are mixed into each plan (at most `max_replay_examples`). `regularization` is the weight of an L2
+    penalty on the candidate's weight delta, i.e. toward the promoted weights. When the gate refuses a candidate
+    for forgetting, regression or a constraint, up to `gentler_retries` more candidates are trained with the
+    learning rate multiplied by `retry_lr_factor` each time (the attempts are recorded in the metrics).
+    """
+
+    mode: Literal["merge", "separate"] = "merge"
+    promotion: Literal["gate", "always", "never"] = "gate"
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+    num_self_edits: int = 1
+    self_edit_style: str = "implications"
+    self_edit_max_new_tokens: int = 128
+    self_edit_temperature: float = 0.8
+    max_self_edit_lines: int = 16
+    replay_ratio: float = 1.0
+    max_replay_examples: int = 16
+    regularization: float = 0.0
+    gentler_retries: int = 0
+    retry_lr_factor: float = 0.35
+    probe_questions: int = 4
+    probe_max_new_tokens: int = 160
+    check_regression: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("merge", "separate"):
+            raise ValueError(f"ContinualConfig.mode must be 'merge' or 'separate', got {self.mode!r}")
+        if self.promotion not in ("gate", "always", "never"):
+            raise ValueError(f"ContinualConfig.promotion must be 'gate', 'always' or 'never', got {self.promotion!r}")
+        if self.replay_ratio < 0 or self.max_replay_examples < 0:
+            raise ValueError("ContinualConfig.replay_ratio and max_replay_examples must be >= 0")
+        if self.regularization < 0:
+            raise ValueError(f"ContinualConfig.regularization must be >= 0, got {self.regularization}")
+        if self.gentler_retries < 0 or not 0 < self.retry_lr_factor <= 1:
+            raise ValueError("ContinualConfig.gentler_retries must be >= 0 and retry_lr_factor in (0, 1]")
+        if self.num_self_edits < 1:
+            raise ValueError(f"ContinualConfig.num_self_edits must be >= 1, got {self.num_self_edits}")
+
+
+class ContinualInnerLoop(InnerLoop):
+    """An `InnerLoop` whose base can be moved to any promoted version, with an optional L2 pull toward it."""
+
+    def __init__(self, model, tokenizer, config: InnerLoopConfig | None = None, *, regularization: float = 0.0,
+                 **kwargs):
+        super().__init__(model, tokenizer, config, **kwargs)
+        self.regularization = regularization
+        self._pristine = {name: layer.base_layer.weight.detach().clone() for name, layer in self.lora_layers().items()}
+        self._separate: list[str] = []
+
+    def lora_layers(self) -> dict[str, Any]:
+        """The LoRA-wrapped modules carrying the candidate adapter, by module name."""
+        from peft.tuners.lora import LoraLayer
+
+        return {n: m for n, m in self.model.named_modules() if isinstance(m, LoraLayer) and INNER_ADAPTER in m.lora_A}
+
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        """The current (effective) base weights of the adapted modules."""
+        return {n: layer.base_layer.weight for n, layer in self.lora_layers().items()}
+
+    @torch.no_grad()
+    def load_candidate(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Put a saved candidate adapter back into the inner adapter."""
+        from peft import set_peft_model_state_dict
+
+        result = set_peft_model_state_dict(self.model, dict(state), adapter_name=INNER_ADAPTER)
+        bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+        if bad:
+            raise ValueError(f"the adapter does not fit this model (unexpected tensors {bad[:3]})")
+
+    @torch.no_grad()
+    def set_promoted(self, chain: Sequence[tuple[str, Mapping[str, torch.Tensor], float]],
+                     mode: Literal["merge", "separate"]) -> None:
+        """Make the model compute base + the chain's adapters (name, tensors, scaling), root first."""
+        layers = self.lora_layers()
+        for name in self._separate:
+            self.model.delete_adapter(name)
+        self._separate = []
+        for name, layer in layers.items():
+            layer.base_layer.weight.copy_(self._pristine[name])
+        if mode == "merge":
+            if chain and any(type(layer.base_layer.weight).__name__ == "Params4bit" for layer in layers.values()):
+                raise ValueError("mode='merge' folds adapters into full-precision weights; with a 4-bit model use "
+                                 "mode='separate' (--mode separate)")
+            for version, state, scaling in chain:
+                deltas = _deltas(state, scaling)
+                unknown = sorted(set(deltas) - set(layers))
+                if unknown:
+                    raise ValueError(f"adapter {version} targets modules this model lacks: {unknown[:3]}")
+                for name, delta in deltas.items():
+                    layers[name].base_layer.weight.add_(delta.to(layers[name].base_layer.weight))
+        else:
+            from peft import LoraConfig, set_peft_model_state_dict
+
+            cfg = self.model.peft_config[INNER_ADAPTER]
+            for version, state, scaling in chain:
+                adapter = f"promoted_{version}"
+                r = next(v.shape[0] for k, v in state.items() if k.endswith("lora_A.weight"))
+                self.model.add_adapter(adapter, LoraConfig(
+                    r=r, lora_alpha=scaling * r, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
+                    target_modules=list(cfg.target_modules), inference_mode=True))
+                set_peft_model_state_dict(self.model, dict(state), adapter_name=adapter)
+                self._separate.append(adapter)
+        self.model.base_model.set_adapter([*self._separate, INNER_ADAPTER])
+        for pname, p in self.model.named_parameters():
+            p.requires_grad_(f".{INNER_ADAPTER}." in pname and "lora_" in pname)
+        self.reset_adapter(0)
+
+    @contextmanager
+    def _l2_toward_promoted(self):
+        """Add the gradient of `regularization * sum ||scaling * B @ A||^2` (the candidate's weight delta)."""
+        handles = []
+        if self.regularization > 0:
+            lam = self.regularization
+            for layer in self.lora_layers().values():
+                a, b = layer.lora_A[INNER_ADAPTER].weight, layer.lora_B[INNER_ADAPTER].weight
+                k = 2.0 * lam * layer.scaling[INNER_ADAPTER] ** 2
+                # d/dB k/2 ||BA||^2 = k B (A A^T);  d/dA = k (B^T B) A
+                handles.append(b.register_hook(lambda g, a=a, b=b, k=k: g + k * (b.detach() @ (a @ a.T).detach())))
+                handles.append(a.register_hook(lambda g, a=a, b=b, k=k: g + k * ((b.T @ b).detach() @ a.detach())))
+        try:
+            yield
+        finally:
+            for h in handles:
+                h.remove()
+
+    def run(self, plan: TrainingPlan, probe, **kwargs) -> InnerResult:
+        with self._l2_toward_promoted():
+            return super().run(plan, probe, **kwargs)
+
+
+def _deltas(state: Mapping[str, torch.Tensor], scaling: float) -> dict[str, torch.Tensor]:
+    """Module name -> scaling * B @ A for each LoRA pair of a PEFT adapter state dict."""
+    out = {}
+    for key, a in state.items():
+        if key.endswith(".lora_A.weight"):
+            module = key[: -len(".lora_A.weight")]
+            b = state[f"{module}.lora_B.weight"]
+            out[module] = (b.float() @ a.float()) * scaling
+    return out
+
+
+def adapter_scaling(adapter_config: Mapping[str, Any]) -> float:
+    return float(adapter_config["lora_alpha"]) / float(adapter_config["r"])
+
+
+@dataclass
+class AdaptReport:
+    """The outcome of one document: the committed version, whether it was promoted, and every score."""
+
+    doc_id: str
+    version: str
+    parent: str | None
+    promoted: bool
+    verdict: GateVerdict
+    before: dict[str, Any]
+    after: dict[str, Any]
+    probe_kind: str
+    self_edit: str
+    replay_examples: int
+    seconds: float
+
+    def summary(self) -> str:
+        state = "promoted" if self.promoted else "kept as a candidate (not promoted)"
+        lines = [f"{self.doc_id}: {self.version} (parent {self.parent or 'base'}) {state}; probe: {self.probe_kind}"]
+        lines += [f"  - {o.name}: {o.value:+.4f} [{o.threshold}] {'ok' if o.passed else 'FAIL: ' + o.detail}"
+                  for o in self.verdict.objectives]
+        return "\n".join(lines)
+
+
+class ContinualLearner:
+    """Adapts one model to a stream of documents, gating every promotion; see the module docstring.
+
+    `model` is the plain base model (already merged with a SEAL policy adapter if there is one); the
+    registry's promoted version is loaded on top of it.
+    """
+
+    def __init__(self, model, tokenizer, registry: AdapterRegistry, config: ContinualConfig | None = None,
+                 inner_config: InnerLoopConfig | None = None, *, constraints: Sequence[Constraint] = (),
+                 regression_suite: RegressionSuite | None = None):
+        self.config = config or ContinualConfig()
+        self.registry = registry
+        self.tokenizer = tokenizer
+        self.constraints = list(constraints)
+        self.suite = regression_suite or RegressionSuite.bundled()
+        self.inner = ContinualInnerLoop(model, tokenizer, inner_config, regularization=self.config.regularization)
+        self._loaded: str | None = None
+        self._synced = False  # whether the in-memory model reflects `_loaded` yet
+        self._scores: dict[str | None, dict[str, Any]] = {}
+
+    @property
+    def model(self):
+        return self.inner.model
+
+    # ----- the promoted state ------------------------------------------------------------------------
+    def sync(self) -> str | None:
+        """Load the registry's promoted version into memory if it is not there; returns it."""
+        promoted = self.registry.promoted
+        if promoted != self._loaded or not self._synced:
+            chain = []
+            for v in self.registry.chain(promoted):
+                cfg = self.registry.read_json(v, "adapter_config.json")
+                chain.append((v, self.registry.load_adapter(v), adapter_scaling(cfg)))
+            self.inner.set_promoted(chain, self.config.mode)
+            self._loaded = promoted
+            self._synced = True
+        return promoted
+
+    def earlier_records(self) -> list[dict[str, Any]]:
+        """What the promoted chain learned: per document its text, probe and training examples."""
+        return [rec for v in self.registry.chain(self._loaded) for rec in self.registry.read_json(v, "documents.json")]
+
+    # ----- probes, self-edits, plans -------------------------------------------------------------------
+    def make_probe(self, document: Document) -> DocumentProbe:
+        """Labelled questions when the document has them, else the model's own (or a cloze fallback)."""
+        if document.has_questions:
+            return labelled_probe(document)
+        self.inner.reset_adapter(0)
+        written = write_probe_text(self.model, self.tokenizer, document, n=self.config.probe_questions,
+                                   max_new_tokens=self.config.probe_max_new_tokens)
+        return self_written_probe(document, written, n=self.config.probe_questions)
+
+    def write_self_edits(self, document: Document) -> list[str]:
+        """`num_self_edits` self-edits from the promoted model: the first greedy, the rest sampled."""
+        from .evaluation import generate_self_edits
+        from .tasks.knowledge import KnowledgeTask
+
+        chat = bool(getattr(self.tokenizer, "chat_template", None))
+        task = KnowledgeTask(style=self.config.self_edit_style, chat=chat)
+        self.inner.reset_adapter(0)
+        edits = []
+        for i in range(self.config.num_self_edits):
+            temperature = 0.0 if i == 0 else self.config.self_edit_temperature
+            edits += generate_self_edits(self.model, self.tokenizer, task, [document.as_context()],
+                                         max_new_tokens=self.config.self_edit_max_new_tokens, temperature=temperature,
+                                         seed=derive_seed(self.config.seed, document.doc_id, i))
+        return edits
+
+    def build_plan(self, document: Document, self_edit: str, probe: DocumentProbe,
+                   replay_pool: Sequence[str], *, index: int = 0
+                   ) -> tuple[TrainingPlan, list[str], list[str], str | None]:
+        """(plan, new examples, replay examples, self-edit error). The probe's held-out sentences are removed from
+        every new example; an unusable self-edit leaves the passage alone (the error is reported)."""
+        from .tasks.knowledge import KnowledgeTask
+
+        cfg = self.inner.config
+        passage = " ".join(drop_held_out([document.text], probe.held_out)) or document.text
+        context = {**document.as_context(), "context": passage}
+        error = None
+        try:
+            edit_plan = KnowledgeTask(style=self.config.self_edit_style, include_passage=False).plan(context, self_edit)
+            lines = [ex.completion for ex in edit_plan.examples]
+        except SelfEditError as err:
+            lines, error = [], str(err)
+        prefix = f"{document.title}\n"
+        bodies = drop_held_out([t.removeprefix(prefix) for t in lines], probe.held_out)
+        bodies = [b for b in bodies if len(b) > 3][: self.config.max_self_edit_lines]
+        new = [prefix + b for b in bodies] + [prefix + passage]
+        budget = cfg.bounds.step_budget // max(cfg.num_epochs, 1) * cfg.batch_size
+        room = max(0, min(cfg.bounds.max_examples, budget) - len(new))
+        n_replay = min(int(round(self.config.replay_ratio * len(new))), self.config.max_replay_examples,
+                       len(replay_pool), room)
+        rng = random.Random(derive_seed(self.config.seed, document.doc_id, index, "replay"))
+        replay = rng.sample(list(replay_pool), n_replay) if n_replay else []
+        plan = TrainingPlan.from_texts(new + replay, learning_rate=cfg.learning_rate, epochs=cfg.num_epochs,
+                                       batch_size=cfg.batch_size)
+        return plan, new, replay, error
+
+    # ----- scores ------------------------------------------------------------------------------------
+    def measure(self, probes: Mapping[str, DocumentProbe], *, regression: bool) -> dict[str, Any]:
+        """Scores of the model as it is now on each probe, and on the regression suite when asked."""
+        out: dict[str, Any] = {"docs": {d: score_probe(self.model, self.tokenizer, p) for d, p in probes.items()}}
+        if regression:
+            out["regression"] = regression_scores(self.model, self.tokenizer, self.suite)
+        return out
+
+    def promoted_scores(self, probes: Mapping[str, DocumentProbe]) -> dict[str, Any]:
+        """The promoted model's scores (inner adapter at identity), cached per promoted version."""
+        cache = self._scores.setdefault(self._loaded, {"docs": {}})
+        missing = {d: p for d, p in probes.items() if d not in cache["docs"]}
+        need_regression = self.config.check_regression and "regression" not in cache
+        if missing or need_regression:
+            self.inner.reset_adapter(0)
+            fresh = self.measure(missing, regression=need_regression)
+            cache["docs"].update(fresh["docs"])
+            if need_regression:
+                cache["regression"] = fresh["regression"]
+        return cache
+
+    def _outputs(self, probe: DocumentProbe) -> CandidateOutputs:
+        from .inner.graders import greedy_answers
+
+        prompts = [i.prompt for i in probe.probe.items] + [f"Question: {q}\nAnswer:" for q, _, _ in self.suite.qa[:4]]
+        answers = greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens=24)
+
+        def generate(prompt: str) -> str:
+            return greedy_answers(self.model, self.tokenizer, [prompt], max_new_tokens=48)[0]
+
+        return CandidateOutputs(samples=dict(zip(prompts, answers)), generate=generate)
+
+    # ----- one document --------------------------------------------------------------------------------
+    def adapt(self, document: Document, *, self_edits: Sequence[str] | None = None) -> AdaptReport:
+        """Learn one document into a candidate, gate it, commit it, promote it when allowed."""
+        start = time.perf_counter()
+        cfg = self.config
+        with self.registry.locked():
+            parent = self.sync()
+            earlier = self.earlier_records()
+            if any(r["document"]["doc_id"] == document.doc_id for r in earlier):
+                logger.warning("document %s was already learned by the promoted chain; learning it again",
+                               document.doc_id)
+            earlier = [r for r in earlier if r["document"]["doc_id"] != document.doc_id]
+            earlier_probes = {r["document"]["doc_id"]: DocumentProbe.from_json(r["probe"]) for r in earlier}
+            probe = self.make_probe(document)
+            base = self.promoted_scores({**earlier_probes, document.doc_id: probe})
+            edits = list(self_edits) if self_edits is not None else self.write_self_edits(document)
+            if not edits:
+                edits = [""]
+            pool = [ex for r in earlier for ex in r["examples"]]
+            split = lambda s: {"new": {document.doc_id: s["docs"][document.doc_id]},  # noqa: E731
+                               "earlier": {d: s["docs"][d] for d in earlier_probes},
+                               "regression": s.get("regression")}
+            before_view = split(base)
+            attempts = []
+            for attempt in range(cfg.gentler_retries + 1):
+                lr_scale = cfg.retry_lr_factor ** attempt
+                best = self._train_best(document, edits, probe, pool, parent, lr_scale)
+                self.inner.load_candidate(best["state"])
+                after = self.measure({**earlier_probes, document.doc_id: probe}, regression=cfg.check_regression)
+                constraint_failures = (run_constraints(self.constraints, self._outputs(probe))
+                                       if self.constraints else {})
+                after_view = split(after)
+                verdict = evaluate_gate(before_view, after_view, cfg.thresholds, constraint_failures)
+                attempts.append({"learning_rate_scale": lr_scale, "passed": verdict.passed,
+                                 "reasons": verdict.reasons})
+                failed = {o.name for o in verdict.objectives if not o.passed}
+                # a gentler fine-tune can only help when something besides the new document's gain failed
+                if verdict.passed or cfg.promotion != "gate" or failed <= {"new_document"}:
+                    break
+            record = {"document": document.to_json(), "probe": probe.to_json(), "examples": best["new"]}
+            result: InnerResult = best["result"]
+            metrics = {"before": before_view, "after": after_view, "self_edit_index": best["index"],
+                       "attempts": attempts,
+                       "self_edit_error": best["edit_error"], "replay_examples": len(best["replay"]),
+                       "train": {"steps": result.steps, "seconds": round(result.train_seconds, 2),
+                                 "final_loss": result.losses[-1] if result.losses else None},
+                       "config": {"mode": cfg.mode, "promotion": cfg.promotion, "replay_ratio": cfg.replay_ratio,
+                                  "regularization": cfg.regularization, "thresholds": asdict(cfg.thresholds)}}
+            version = self.registry.add_version(
+                best["state"], self._adapter_config(), parent=parent,
+                documents=[{"doc_id": document.doc_id, "title": document.title, "sha256": document.sha256,
+                            "probe": probe.kind, "source": document.source}],
+                metrics=metrics, verdict=verdict.to_json(),
+                files={"documents.json": [record], "self_edit.txt": best["edit"]})
+            promote = cfg.promotion == "always" or (cfg.promotion == "gate" and verdict.passed)
+            if promote:
+                reason = "" if verdict.passed else "promotion=always (naive sequential merge)"
+                self.registry.promote(version, reason=reason)
+                self._scores[version] = {"docs": dict(after["docs"]), **({"regression": after["regression"]}
+                                                                        if "regression" in after else {})}
+                self.sync()
+            else:
+                self.inner.reset_adapter(0)
+        return AdaptReport(document.doc_id, version, parent, promote, verdict, before_view, after_view, probe.kind,
+                           best["edit"], len(best["replay"]), time.perf_counter() - start)
+
+    def _train_best(self, document: Document, edits: Sequence[str], probe: DocumentProbe, pool: Sequence[str],
+                    parent: str | None, lr_scale: float) -> dict[str, Any]:
+        """Train each self-edit into a candidate; keep the best by the new document's probe."""
+        cfg = self.config
+        best, failures = None, []
+        for i, edit in enumerate(edits):
+            plan, new, replay, edit_error = self.build_plan(document, edit, probe, pool, index=i)
+            if lr_scale != 1.0:
+                plan = plan.with_hyperparameters(learning_rate=plan.learning_rate * lr_scale)
+            result = self.inner.run(plan, probe.probe, context_id=f"{document.doc_id}@{parent}",
+                                    seed=derive_seed(cfg.seed, document.doc_id, i))
+            if not result.ok:
+                failures.append(f"self-edit {i}: {result.error_message}")
+                continue
+            score = score_probe(self.model, self.tokenizer, probe)
+            key = (score[cfg.thresholds.probe_metric], score["loglik"])
+            if best is None or key > best["key"]:
+                best = {"key": key, "state": self.inner.adapter_state_dict(), "index": i, "edit": edit,
+                        "new": new, "replay": replay, "edit_error": edit_error, "result": result}
+        if best is None:
+            raise ContinualError(f"document {document.doc_id!r}: no self-edit could be trained "
+                                 f"({'; '.join(failures)})")
+        return best
+
+    def adapt_all(self, documents: Sequence[Document], *, self_edits: Mapping[str, Sequence[str]] | None = None,
+                  progress=None) -> list[AdaptReport]:
+        """`adapt` each document in order, holding the registry lock for the whole run."""
+        reports = []
+        with self.registry.locked():
+            for doc in documents:
+                report = self.adapt(doc, self_edits=(self_edits or {}).get(doc.doc_id))
+                reports.append(report)
+                if progress is not None:
+                    progress(report)
+        return reports
+
+    def _adapter_config(self) -> dict[str, Any]:
+        cfg = self.model.peft_config[INNER_ADAPTER].to_dict()
+        cfg["base_model_name_or_path"] = self.registry.base_model
+        cfg["inference_mode"] = True
+        return json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o)))

@@ -1,0 +1,224 @@
+"""Probes for continual adaptation: labelled questions, or questions the model writes itself, and scoring.
+
+A document with labelled questions is probed with them. Without labels the model is asked to write
+`Q: ... A: ...` pairs from the document; pairs whose answer is not in the document are dropped (a model
+cannot be checked against an answer it invented). When fewer than `min_items` remain (a small model
+often writes nothing usable) a *cloze* probe is built from the document's own sentences: one content word
+is blanked and asked for. The sentences a self-written or cloze probe is built from are held out of the
+training examples, so the probe never tests text the candidate was trained on verbatim.
+
+Scores (all higher-is-better, stored side by side, never collapsed):
+- `accuracy`: percent of questions whose gold answer has the highest mean token log-prob among the
+  probe's candidate answers (the other questions' answers of the same document plus distractors);
+- `soft_accuracy`: the mean softmax weight of the gold answer over those candidates, in percent;
+- `loglik`: the mean token log-prob of the best gold answer (what the inner loop's loglik grader uses).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .documents import Document
+from .inner.tensors import encode_example, pad_right, token_logprobs
+from .probes import Probe, ProbeItem, knowledge_prompt
+
+PROBE_WRITER_INSTRUCTION = (
+    "Read the passage below. Then write {n} short quiz questions about its facts, each with its answer taken "
+    "word for word from the passage. Write each on one line as 'Q: <question> A: <answer>'."
+)
+_QA_LINE = re.compile(r"Q(?:uestion)?\s*\d*\s*[:.]\s*(?P<q>.+?)\s+A(?:nswer)?\s*\d*\s*[:.]\s*(?P<a>[^\n]+)",
+                      re.IGNORECASE)
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"[A-Za-z][A-Za-z'-]+|\d[\d,.-]*\d|\d")
+_STOP = set("""a an the and or but of in on at to for from by with as is are was were be been being this that these
+those it its their his her they them he she we you i our your which who whom whose what when where why how not no
+than then there here also into onto over under about after before during while since until very more most much many
+such some any each every other another one two three all both can could would should may might must will shall do does
+did has have had""".split())
+
+
+@dataclass(frozen=True)
+class DocumentProbe:
+    """A probe for one document: the questions, how they were made, the candidate answers for accuracy, and
+    the document sentences held out of training (empty for labelled probes)."""
+
+    probe: Probe
+    kind: str  # "labelled" | "self_written" | "cloze"
+    distractors: tuple[str, ...] = ()
+    held_out: tuple[str, ...] = field(default=())
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "context_id": self.probe.context_id, "distractors": list(self.distractors),
+                "held_out": list(self.held_out),
+                "items": [{"prompt": i.prompt, "question": i.question, "answers": list(i.answers)}
+                          for i in self.probe.items]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> DocumentProbe:
+        items = tuple(ProbeItem(prompt=i["prompt"], answers=tuple(i["answers"]), question=i.get("question", ""))
+                      for i in data["items"])
+        return cls(Probe(items=items, context_id=data.get("context_id")), data["kind"],
+                   tuple(data.get("distractors", ())), tuple(data.get("held_out", ())))
+
+
+def sentences(text: str) -> list[str]:
+    return [s.strip() for s in _SENTENCE.split(text.strip()) if s.strip()]
+
+
+def parse_probe_pairs(text: str, document_text: str, *, max_answer_words: int = 8) -> list[tuple[str, str]]:
+    """`Q: ... A: ...` pairs from model output, kept only when the answer is short and appears in the document."""
+    pairs, seen = [], set()
+    lowered = document_text.lower()
+    for m in _QA_LINE.finditer(text or ""):
+        q, a = m["q"].strip(), m["a"].strip().rstrip(".").strip()
+        if not q or not a or len(a.split()) > max_answer_words or a.lower() not in lowered or a.lower() in seen:
+            continue
+        seen.add(a.lower())
+        pairs.append((q, a))
+    return pairs
+
+
+def _content_word(sentence: str, taken: set[str]) -> str | None:
+    words = [w for w in _WORD.findall(sentence) if w.lower() not in _STOP and w.lower() not in taken and len(w) > 2]
+    if not words:
+        return None
+    # prefer numbers and capitalised words (names): the facts a document is about
+    def rank(w: str) -> tuple[int, int]:
+        return (2 if w[0].isdigit() else 1 if w[0].isupper() else 0, len(w))
+
+    return max(words, key=rank)
+
+
+def cloze_pairs(document: Document, n: int) -> list[tuple[str, str, str]]:
+    """Up to `n` (question, answer, source sentence) cloze items from every other sentence of the document,
+    so that at least half the sentences stay available for training."""
+    sents = sentences(document.text)
+    chosen = sents[1::2] if len(sents) > 1 else sents
+    out, taken = [], set()
+    for s in chosen:
+        if len(out) >= n:
+            break
+        word = _content_word(s, taken)
+        if word is None:
+            continue
+        taken.add(word.lower())
+        blanked = s.replace(word, "____", 1)
+        out.append((f"Fill in the blank: {blanked}", word, s))
+    return out
+
+
+def labelled_probe(document: Document) -> DocumentProbe:
+    items = tuple(ProbeItem(prompt=knowledge_prompt(document.title, q["question"]), answers=tuple(q["answers"]),
+                            question=q["question"]) for q in document.questions)
+    return DocumentProbe(Probe(items=items, context_id=document.doc_id), "labelled")
+
+
+@torch.no_grad()
+def write_probe_text(model, tokenizer, document: Document, *, n: int = 4, max_new_tokens: int = 160) -> str:
+    """The model's own quiz for `document` (greedy), as raw text."""
+    body = f"{PROBE_WRITER_INSTRUCTION.format(n=n)}\n\nTitle: {document.title}\n{document.text}"
+    device = next(model.parameters()).device
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                             add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+    else:
+        ids = tokenizer(f"{body}\n\nQuiz:\n", return_tensors="pt")["input_ids"].to(device)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def self_written_probe(document: Document, written: str, *, n: int = 4, min_items: int = 2) -> DocumentProbe:
+    """A probe from the model's own quiz text, or a cloze probe when it wrote fewer than `min_items` usable pairs."""
+    sents = sentences(document.text)
+    pairs = parse_probe_pairs(written, document.text)[:n]
+    if len(pairs) >= min_items:
+        held = []
+        for _, a in pairs:  # hold out the sentence each answer comes from
+            source = next((s for s in sents if a.lower() in s.lower()), None)
+            if source and source not in held:
+                held.append(source)
+        if len(held) < len(sents):  # something must remain to train on
+            items = tuple(ProbeItem(prompt=knowledge_prompt(document.title, q), answers=(a,), question=q)
+                          for q, a in pairs)
+            return DocumentProbe(Probe(items=items, context_id=document.doc_id), "self_written",
+                                 _distractors(document, [a for _, a in pairs]), tuple(held))
+    cloze = cloze_pairs(document, n)
+    if not cloze:  # a one-word document: nothing can be held out, probe the text itself
+        word = _content_word(document.text, set()) or document.text.split()[0]
+        cloze = [(f"Fill in the blank: {document.text.replace(word, '____', 1)}", word, "")]
+    items = tuple(ProbeItem(prompt=f"Topic: {document.title}\n{q}\nAnswer:", answers=(a,), question=q)
+                  for q, a, _ in cloze)
+    return DocumentProbe(Probe(items=items, context_id=document.doc_id), "cloze",
+                         _distractors(document, [a for _, a, _ in cloze]), tuple(s for _, _, s in cloze if s))
+
+
+def _distractors(document: Document, answers: Sequence[str], k: int = 4) -> tuple[str, ...]:
+    """Other content words of the document, so single-question probes still have candidates to rank."""
+    golds = {a.lower() for a in answers}
+    words = []
+    for w in _WORD.findall(document.text):
+        if w.lower() not in _STOP and w.lower() not in golds and len(w) > 2 and w not in words:
+            words.append(w)
+    words.sort(key=lambda w: (not w[0].isupper() and not w[0].isdigit(), -len(w)))
+    return tuple(words[:k])
+
+
+def drop_held_out(lines: Sequence[str], held_out: Sequence[str]) -> list[str]:
+    """Training lines with every held-out sentence removed (lines that contain one verbatim lose it)."""
+    out = []
+    for line in lines:
+        for s in held_out:
+            if s and s in line:
+                line = line.replace(s, " ")
+        line = re.sub(r"\s+", " ", line).strip()
+        if line:
+            out.append(line)
+    return out
+
+
+@torch.no_grad()
+def score_probe(model, tokenizer, probe: DocumentProbe, *, batch_size: int = 16) -> dict[str, float]:
+    """`accuracy`, `soft_accuracy` (percent) and `loglik` of `model` as it is (adapters and all) on `probe`."""
+    items = probe.probe.items
+    pool: list[str] = []
+    for item in items:
+        for a in item.answers[:1]:
+            if a not in pool:
+                pool.append(a)
+    for d in probe.distractors:
+        if d not in pool:
+            pool.append(d)
+    rows, owner = [], []  # (item index, candidate text, is gold)
+    for i, item in enumerate(items):
+        cands = list(dict.fromkeys([*item.answers, *[c for c in pool if c not in item.answers]]))
+        for c in cands:
+            rows.append(encode_example(tokenizer, item.prompt, " " + c.strip(), loss_on_prompt=False, add_eos=False))
+            owner.append((i, c in item.answers))
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    order = sorted(range(len(rows)), key=lambda k: len(rows[k].input_ids))
+    values = torch.empty(len(rows))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = pad_right([rows[k] for k in chunk], pad, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp, mask = token_logprobs(logits, batch["labels"])
+        values[chunk] = (logp.sum(-1) / mask.sum(-1).clamp_min(1)).float().cpu()
+    correct, soft, loglik = 0.0, 0.0, 0.0
+    for i in range(len(items)):
+        ks = [k for k, (j, _) in enumerate(owner) if j == i]
+        gold = torch.tensor([owner[k][1] for k in ks])
+        v = values[ks]
+        best_gold, best_other = v[gold].max(), (v[~gold].max() if (~gold).any() else torch.tensor(float("-inf")))
+        correct += float(best_gold > best_other)
+        soft += float(torch.softmax(v, 0)[gold].sum())
+        loglik += float(best_gold)
+    n = len(items)
+    return {"accuracy": 100.0 * correct / n, "soft_accuracy": 100.0 * soft / n, "loglik": loglik / n}

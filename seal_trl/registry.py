@@ -1,0 +1,375 @@
+"""A versioned, crash-safe registry of continual-adaptation adapters on disk.
+
+Layout of a registry directory::
+
+    registry.json            the manifest: every version, the promoted pointer, the promotion log
+    versions/v0001/          one version: adapter_model.safetensors + adapter_config.json (PEFT format),
+                             documents.json (what it learned: texts, probes, training examples), README.md
+    .lock                    a file lock: one writer at a time
+
+Each version's adapter is a LoRA delta on top of its *parent* (the version promoted when it was trained);
+the model a version stands for is the base model plus the adapters of its chain, root first. Promotion
+and rollback only move the `promoted` pointer, so rolling back restores the earlier adapters bit for bit.
+
+Every write is atomic: a version is written into a temporary directory and renamed into place, the
+manifest is written to a temporary file, fsynced and `os.replace`d. A crash at any point leaves the
+previous manifest, and so the previous promoted state, intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+MANIFEST = "registry.json"
+FORMAT = "seal-trl-registry"
+FORMAT_VERSION = 1
+ADAPTER_FILE = "adapter_model.safetensors"
+ADAPTER_CONFIG = "adapter_config.json"
+
+#: Test seam: called with a hook name at each step of a write ("version_files_written", "version_renamed",
+#: "manifest_temp_written", "manifest_replaced"); a crash test kills the process from here.
+_hook: Callable[[str], None] | None = None
+
+
+def set_write_hook(hook: Callable[[str], None] | None) -> None:
+    """Install a function called at each step of a registry write (for crash tests)."""
+    global _hook
+    _hook = hook
+
+
+def _at(name: str) -> None:
+    if _hook is not None:
+        _hook(name)
+
+
+class RegistryError(ValueError):
+    """A registry problem the user can fix: not a registry, an unknown version, a mismatched base model."""
+
+
+class RegistryLockedError(RegistryError):
+    """Another process holds the registry's lock."""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes, *, hook: str | None = None) -> None:
+    """Write `data` to `path` so that readers see either the old file or the new one, never a torn one."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if hook:
+            _at(hook)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: Path, data: Any, *, hook: str | None = None) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode(), hook=hook)
+
+
+def _leftover_of_creation(path: Path) -> bool:
+    """What a registry creation killed before its manifest was written leaves behind."""
+    return path.name in (".lock", ".lock.json") or (path.name == "versions" and path.is_dir()
+                                                      and not any(path.iterdir()))
+
+
+class AdapterRegistry:
+    """Versioned adapters with a manifest, a lock, promotion and rollback.
+
+    `AdapterRegistry(path, create=True, base_model=...)` makes a new registry in an empty or missing
+    directory; without `create` the directory must already be a registry. A directory that holds other
+    files and no manifest is refused (nothing in it is touched).
+    """
+
+    def __init__(self, root: str | os.PathLike, *, create: bool = False, base_model: str | None = None,
+                 lock_timeout: float = 0.0):
+        from filelock import FileLock
+
+        self.root = Path(root)
+        self.lock_timeout = lock_timeout
+        manifest = self.root / MANIFEST
+        if self.root.exists() and not self.root.is_dir():
+            raise RegistryError(f"{self.root} is a file, not a registry directory; pass a directory (--registry)")
+        if not manifest.exists():
+            if self.root.exists() and any(not _leftover_of_creation(p) for p in self.root.iterdir()):
+                raise RegistryError(f"{self.root} is not a seal-trl registry (no {MANIFEST}) and is not empty; pass "
+                                    "an existing registry or a new/empty directory (nothing was changed)")
+            if not create:
+                raise RegistryError(f"{self.root} is not a seal-trl registry (no {MANIFEST}); create one with "
+                                    "`seal-trl adapt --registry DIR` or AdapterRegistry(DIR, create=True)")
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock = FileLock(str(self.root / ".lock"))
+        if not manifest.exists():
+            with self.locked():
+                if not manifest.exists():
+                    (self.root / "versions").mkdir(exist_ok=True)
+                    atomic_write_json(manifest, {"format": FORMAT, "format_version": FORMAT_VERSION,
+                                                 "created": _now(), "base_model": base_model, "promoted": None,
+                                                 "versions": {}, "log": []})
+        data = self.manifest()
+        if base_model is not None and data.get("base_model") not in (None, base_model):
+            raise RegistryError(f"{self.root} was built on base model {data['base_model']!r}, not {base_model!r}; "
+                                "use the same --model or a new registry directory")
+
+    # ----- reading -------------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """The manifest as on disk now."""
+        path = self.root / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RegistryError(f"{path}: unreadable manifest ({err}); restore it from a backup") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise RegistryError(f"{path} is not a seal-trl registry manifest (field `format` is not {FORMAT!r})")
+        return data
+
+    @property
+    def promoted(self) -> str | None:
+        return self.manifest()["promoted"]
+
+    @property
+    def base_model(self) -> str | None:
+        return self.manifest().get("base_model")
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every committed version's manifest entry, oldest first."""
+        return [dict(v, version=k) for k, v in self.manifest()["versions"].items()]
+
+    def get(self, version: str) -> dict[str, Any]:
+        versions = self.manifest()["versions"]
+        if version not in versions:
+            known = ", ".join(versions) or "none yet"
+            raise RegistryError(f"version {version!r} does not exist in {self.root} (known: {known}); see "
+                                "`seal-trl registry list`")
+        return dict(versions[version], version=version)
+
+    def version_dir(self, version: str) -> Path:
+        self.get(version)
+        return self.root / "versions" / version
+
+    def chain(self, version: str | None) -> list[str]:
+        """The versions whose adapters make up `version`'s model, root first ([] for the base model)."""
+        out: list[str] = []
+        while version is not None:
+            if version in out:
+                raise RegistryError(f"{self.root}: the parent links of {version!r} form a cycle")
+            out.append(version)
+            version = self.get(version)["parent"]
+        return out[::-1]
+
+    def load_adapter(self, version: str) -> dict[str, torch.Tensor]:
+        """The version's adapter tensors (PEFT keys, no adapter name)."""
+        from safetensors.torch import load_file
+
+        return load_file(str(self.version_dir(version) / ADAPTER_FILE))
+
+    def read_json(self, version: str, name: str) -> Any:
+        return json.loads((self.version_dir(version) / name).read_text(encoding="utf-8"))
+
+    # ----- locking ---------------------------------------------------------------------------------
+    @contextmanager
+    def locked(self, timeout: float | None = None):
+        """Hold the registry's lock (reentrant). Raises `RegistryLockedError` after `timeout` seconds."""
+        from filelock import Timeout
+
+        timeout = self.lock_timeout if timeout is None else timeout
+        first = not self._lock.is_locked
+        try:
+            self._lock.acquire(timeout=timeout)
+        except Timeout:
+            holder = ""
+            try:
+                info = json.loads((self.root / ".lock.json").read_text())
+                holder = f" (pid {info['pid']} on {info['host']}, since {info['since']})"
+            except (OSError, ValueError, KeyError):
+                pass
+            raise RegistryLockedError(
+                f"registry {self.root} is locked by another run{holder}; wait for it to finish, or pass "
+                f"--lock-timeout SECONDS to wait (waited {timeout:g} s)") from None
+        try:
+            if first:
+                (self.root / ".lock.json").write_text(json.dumps(
+                    {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()}))
+            yield self
+        finally:
+            if self._lock.lock_counter == 1:
+                (self.root / ".lock.json").unlink(missing_ok=True)
+            self._lock.release()
+
+    # ----- writing ---------------------------------------------------------------------------------
+    def _next_version(self, manifest: Mapping[str, Any]) -> str:
+        numbers = [int(v[1:]) for v in manifest["versions"] if v[1:].isdigit()]
+        numbers += [int(p.name[1:]) for p in (self.root / "versions").iterdir()
+                    if p.name.startswith("v") and p.name[1:].isdigit()]  # orphans of a crashed write
+        return f"v{max(numbers, default=0) + 1:04d}"
+
+    def add_version(self, adapter: Mapping[str, torch.Tensor], adapter_config: Mapping[str, Any], *,
+                    parent: str | None, documents: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any],
+                    verdict: Mapping[str, Any], files: Mapping[str, Any] | None = None) -> str:
+        """Commit a new (not yet promoted) version and return its name."""
+        from safetensors.torch import save_file
+
+        with self.locked():
+            manifest = self.manifest()
+            if parent is not None and parent not in manifest["versions"]:
+                raise RegistryError(f"parent version {parent!r} does not exist in {self.root}")
+            versions_dir = self.root / "versions"
+            for stale in versions_dir.glob(".tmp-*"):  # leftovers of a crashed write: never committed
+                shutil.rmtree(stale, ignore_errors=True)
+            name = self._next_version(manifest)
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=versions_dir))
+            save_file({k: v.detach().contiguous().cpu() for k, v in adapter.items()}, str(tmp / ADAPTER_FILE))
+            (tmp / ADAPTER_CONFIG).write_text(json.dumps(dict(adapter_config), indent=2))
+            for fname, content in (files or {}).items():
+                (tmp / fname).write_text(content if isinstance(content, str) else json.dumps(content, indent=2))
+            for f in tmp.iterdir():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            _at("version_files_written")
+            os.replace(tmp, versions_dir / name)
+            _fsync_dir(versions_dir)
+            _at("version_renamed")
+            manifest["versions"][name] = {
+                "parent": parent, "created": _now(), "documents": list(documents), "metrics": dict(metrics),
+                "gate": dict(verdict), "promoted_at": [],
+            }
+            atomic_write_json(self.root / MANIFEST, manifest, hook="manifest_temp_written")
+            _at("manifest_replaced")
+            return name
+
+    def _set_promoted(self, version: str | None, action: str, reason: str = "") -> dict[str, Any]:
+        with self.locked():
+            manifest = self.manifest()
+            if version is not None and version not in manifest["versions"]:
+                self.get(version)  # raises the clear error
+            previous = manifest["promoted"]
+            manifest["promoted"] = version
+            entry = {"action": action, "version": version, "from": previous, "time": _now()}
+            if reason:
+                entry["reason"] = reason
+            manifest["log"].append(entry)
+            if version is not None and action == "promote":
+                manifest["versions"][version]["promoted_at"].append(entry["time"])
+            atomic_write_json(self.root / MANIFEST, manifest, hook="manifest_temp_written")
+            _at("manifest_replaced")
+            return entry
+
+    def promote(self, version: str, *, reason: str = "") -> dict[str, Any]:
+        """Make `version` the promoted one. A version the gate refused needs a `reason` (a manual override)."""
+        info = self.get(version)
+        if not info["gate"].get("passed", False) and not reason:
+            reasons = "; ".join(info["gate"].get("reasons", []))
+            raise RegistryError(f"version {version!r} did not pass the gate ({reasons})"
+                                "; to promote it anyway give a reason (--reason TEXT)")
+        return self._set_promoted(version, "promote", reason)
+
+    def rollback(self, version: str | None = None) -> dict[str, Any]:
+        """Re-activate `version`, or by default the promoted version's parent (None: the bare base model).
+        The target must have been promoted before."""
+        manifest = self.manifest()
+        current = manifest["promoted"]
+        if version is None:
+            if current is None:
+                raise RegistryError(f"{self.root}: nothing is promoted, so there is nothing to roll back")
+            target = manifest["versions"][current]["parent"]
+        else:
+            target = version
+            if not self.get(version)["promoted_at"]:
+                raise RegistryError(f"version {version!r} was never promoted; roll back only to a version that was "
+                                    "(or promote it with `seal-trl registry promote`)")
+        return self._set_promoted(target, "rollback")
+
+    # ----- the Hub ----------------------------------------------------------------------------------
+    def push_to_hub(self, repo_id: str, version: str | None = None, *, api=None, token: str | None = None,
+                    private: bool | None = None) -> str:
+        """Upload a promoted version with its whole chain (one folder per version) and a model card.
+
+        Only versions that were promoted can be pushed. `api` defaults to `huggingface_hub.HfApi(token=...)`.
+        """
+        version = version or self.promoted
+        if version is None:
+            raise RegistryError(f"{self.root}: no version is promoted; nothing to push")
+        if not self.get(version)["promoted_at"]:
+            raise RegistryError(f"version {version!r} was never promoted; only promoted versions are pushed")
+        if api is None:
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+        chain = self.chain(version)
+        with tempfile.TemporaryDirectory() as staging:
+            staging = Path(staging)
+            for v in chain:
+                shutil.copytree(self.version_dir(v), staging / v)
+            (staging / "chain.json").write_text(json.dumps(
+                {"base_model": self.base_model, "version": version,
+                 "chain": [{"version": v, **{k: self.get(v)[k] for k in ("parent", "documents", "gate")}}
+                           for v in chain]}, indent=2))
+            (staging / "README.md").write_text(model_card(self, version))
+            api.create_repo(repo_id, exist_ok=True, private=private)
+            return api.upload_folder(repo_id=repo_id, folder_path=str(staging),
+                                     commit_message=f"seal-trl continual adapter {version}")
+
+
+def model_card(registry: AdapterRegistry, version: str) -> str:
+    """A model card for a promoted version: base model, chain, documents, the gate's per-objective scores."""
+    info = registry.get(version)
+    chain = registry.chain(version)
+    lines = [
+        "---", "library_name: peft", f"base_model: {registry.base_model or 'unknown'}",
+        "tags:", "- seal", "- seal-trl", "- continual-learning", "- lora", "---", "",
+        f"# seal-trl continual adapter {version}", "",
+        "LoRA adapters learned one document at a time by SEAL-style self-edits (Self-Adapting Language Models, "
+        "arXiv 2506.10943), each promoted only after a gate checked the new document, every earlier document and "
+        "a general regression suite.", "",
+        f"The model is the base model plus the adapters of this chain, applied root first: {' -> '.join(chain)}. "
+        "Each folder is a PEFT LoRA adapter trained on top of the previous ones; load them in order "
+        "(e.g. `PeftModel.from_pretrained(model, repo, subfolder=v)` then `merge_and_unload()`, for each v).", "",
+        "## Gate objectives of this version", "", "| objective | value | threshold | passed |", "|---|---|---|---|",
+    ]
+    for obj in info["gate"].get("objectives", []):
+        lines.append(f"| {obj['name']} | {obj['value']:.3f} | {obj['threshold']} | {obj['passed']} |")
+    lines += ["", "## Documents", ""]
+    for v in chain:
+        for d in registry.get(v)["documents"]:
+            lines.append(f"- {v}: {d.get('title')} (`{d.get('doc_id')}`, sha256 {d.get('sha256', '')[:12]})")
+    lines += ["", "## Citation", "", "```bibtex", "@article{zweiger2025seal,",
+              "  title={Self-Adapting Language Models},",
+              "  author={Zweiger, Adam and Pari, Jyothish and Guo, Han and Aky{\\\"u}rek, Ekin and Kim, Yoon and "
+              "Agrawal, Pulkit},", "  journal={arXiv preprint arXiv:2506.10943},", "  year={2025}", "}", "```", ""]
+    return "\n".join(lines)
+

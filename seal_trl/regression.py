@@ -1,0 +1,114 @@
+"""The general regression suite the promotion gate checks: what a candidate must not break.
+
+Two fixed measurements, shipped with the package (`seal_trl/data/regression_suite.json`, original text):
+- `perplexity` of a held-out paragraph of everyday prose (lower is better);
+- a small multiple-choice QA set of common knowledge: `qa_accuracy` (percent of questions whose correct
+  choice has the highest mean token log-prob) and `qa_soft_accuracy` (the mean softmax weight of the correct
+  choice, percent; continuous, so a small regression is visible before a question flips).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .inner.tensors import encode_example, pad_right, token_logprobs
+
+
+class RegressionSuiteError(ValueError):
+    """A regression suite file that does not have the expected shape."""
+
+
+@dataclass(frozen=True)
+class RegressionSuite:
+    """A held-out text and multiple-choice questions `(question, choices, index of the correct choice)`."""
+
+    heldout_text: str
+    qa: tuple[tuple[str, tuple[str, ...], int], ...]
+
+    @classmethod
+    def bundled(cls) -> RegressionSuite:
+        text = resources.files("seal_trl.data").joinpath("regression_suite.json").read_text(encoding="utf-8")
+        return cls.from_json(json.loads(text), source="bundled")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> RegressionSuite:
+        path = Path(path)
+        try:
+            return cls.from_json(json.loads(path.read_text(encoding="utf-8")), source=str(path))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise RegressionSuiteError(f"{path}: cannot read the regression suite ({err})") from None
+
+    @classmethod
+    def from_json(cls, data: dict, *, source: str = "suite") -> RegressionSuite:
+        text = data.get("heldout_text") if isinstance(data, dict) else None
+        if not isinstance(text, str) or not text.strip():
+            raise RegressionSuiteError(f"{source}: missing field `heldout_text`")
+        qa = []
+        for i, item in enumerate(data.get("qa") or []):
+            choices = item.get("choices")
+            answer = item.get("answer")
+            if (not isinstance(item.get("question"), str) or not isinstance(choices, list) or len(choices) < 2
+                    or not isinstance(answer, int) or not 0 <= answer < len(choices)):
+                raise RegressionSuiteError(f"{source}: qa[{i}] needs `question`, `choices` (>= 2) and `answer` "
+                                           "(the index of the correct choice)")
+            qa.append((item["question"], tuple(choices), answer))
+        if not qa:
+            raise RegressionSuiteError(f"{source}: field `qa` is empty")
+        return cls(text.strip(), tuple(qa))
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, *, window: int = 512) -> float:
+    """exp(mean next-token NLL) of `text`, in non-overlapping windows of `window` tokens."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for start in range(0, len(ids), window):
+        chunk = torch.tensor([ids[start:start + window]], device=device)
+        if chunk.shape[1] < 2:
+            continue
+        logp, mask = token_logprobs(model(input_ids=chunk).logits, chunk)
+        total -= float(logp.sum())
+        count += int(mask.sum())
+    return math.exp(total / max(count, 1))
+
+
+@torch.no_grad()
+def qa_scores(model, tokenizer, suite: RegressionSuite, *, batch_size: int = 32) -> tuple[float, float]:
+    """(accuracy, soft accuracy) in percent on the suite's multiple-choice questions."""
+    rows, owner = [], []
+    for i, (question, choices, _) in enumerate(suite.qa):
+        prompt = f"Question: {question}\nAnswer:"
+        for c in choices:
+            rows.append(encode_example(tokenizer, prompt, " " + c, loss_on_prompt=False, add_eos=False))
+            owner.append(i)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    values = torch.empty(len(rows))
+    for start in range(0, len(rows), batch_size):
+        batch = pad_right(rows[start:start + batch_size], pad, device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logp, mask = token_logprobs(logits, batch["labels"])
+        values[start:start + batch_size] = (logp.sum(-1) / mask.sum(-1).clamp_min(1)).float().cpu()
+    correct, soft, k = 0.0, 0.0, 0
+    for i, (_, choices, answer) in enumerate(suite.qa):
+        v = values[k:k + len(choices)]
+        k += len(choices)
+        correct += float(int(v.argmax()) == answer)
+        soft += float(torch.softmax(v, 0)[answer])
+    n = len(suite.qa)
+    return 100.0 * correct / n, 100.0 * soft / n
+
+
+def regression_scores(model, tokenizer, suite: RegressionSuite | None = None) -> dict[str, float]:
+    """`perplexity`, `qa_accuracy` and `qa_soft_accuracy` of `model` as it is."""
+    suite = suite or RegressionSuite.bundled()
+    acc, soft = qa_scores(model, tokenizer, suite)
+    return {"perplexity": perplexity(model, tokenizer, suite.heldout_text), "qa_accuracy": acc,
+            "qa_soft_accuracy": soft}

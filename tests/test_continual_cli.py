@@ -1,0 +1,72 @@
+"""`seal-trl adapt` and `seal-trl registry` end to end on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+from seal_trl.cli import main
+
+FAST = ["--inner-epochs", "2", "--inner-lora-r", "4", "--max-new-tokens", "8"]
+
+
+def test_adapt_then_list_promote_and_rollback(tmp_path, tiny_model_dir, capsys):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.txt").write_text("The river Velmora runs through Ostrand. It feeds three lakes. The capital is Harlow.")
+    (docs / "b.json").write_text(json.dumps({"title": "Festival", "text": "The festival is held every spring.",
+                                             "questions": [{"question": "When?", "answers": ["every spring"]}]}))
+    reg = tmp_path / "reg"
+    code = main(["adapt", "--model", str(tiny_model_dir), "--documents", str(docs), "--registry", str(reg),
+                 "--promotion", "always", "--banned-phrase", "zzzz", *FAST])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2 document(s)" in out and "v0001" in out and "v0002" in out and "promoted version: v0002" in out
+    manifest = json.loads((reg / "registry.json").read_text())
+    assert manifest["promoted"] == "v0002" and manifest["versions"]["v0002"]["parent"] == "v0001"
+    objectives = {o["name"] for o in manifest["versions"]["v0002"]["gate"]["objectives"]}
+    assert {"new_document", "earlier_documents", "regression_perplexity", "regression_qa",
+            "constraint:banned_phrases"} <= objectives
+    assert (reg / "versions" / "v0001" / "adapter_model.safetensors").is_file()
+    assert main(["registry", "list", "--registry", str(reg)]) == 0
+    listing = capsys.readouterr().out
+    assert "* v0002" in listing and "promoted: v0002" in listing
+    assert main(["registry", "rollback", "--registry", str(reg)]) == 0
+    assert "from v0002 to v0001" in capsys.readouterr().out
+    assert main(["registry", "promote", "v0002", "--registry", str(reg), "--reason", "ok"]) == 0
+    assert json.loads((reg / "registry.json").read_text())["promoted"] == "v0002"
+    # a second run continues on top of the promoted version, with replay from the registry
+    (docs / "c.txt").write_text("A company named Brightwell built copper bridges across the northern canal.")
+    code = main(["adapt", "--model", str(tiny_model_dir), "--documents", str(docs / "c.txt"), "--registry", str(reg),
+                 *FAST])
+    assert code == 0
+    entry = json.loads((reg / "registry.json").read_text())["versions"]["v0003"]
+    assert entry["parent"] == "v0002" and entry["metrics"]["replay_examples"] > 0
+    assert set(entry["metrics"]["after"]["earlier"]) == {"a", "b"}
+
+
+def test_bad_input_is_a_clear_error_and_changes_nothing(tmp_path, tiny_model_dir, capsys):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    reg = tmp_path / "reg"
+    assert main(["adapt", "--model", str(tiny_model_dir), "--documents", str(empty), "--registry", str(reg)]) == 2
+    assert "empty.txt: the file is empty" in capsys.readouterr().err
+    assert not reg.exists()
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    good = tmp_path / "good.txt"
+    good.write_text("Some text.")
+    assert main(["adapt", "--model", str(tiny_model_dir), "--documents", str(good), "--registry", str(other)]) == 2
+    assert "not a seal-trl registry" in capsys.readouterr().err
+    assert [p.name for p in other.iterdir()] == ["todo.txt"]
+    assert main(["registry", "list", "--registry", str(other)]) == 2
+    reg.mkdir()
+    assert main(["registry", "list", "--registry", str(reg)]) == 2  # an empty dir is not a registry yet
+    assert "not a seal-trl registry" in capsys.readouterr().err
+    from seal_trl.registry import AdapterRegistry
+
+    AdapterRegistry(reg, create=True)
+    assert main(["registry", "promote", "v0007", "--registry", str(reg)]) == 2
+    assert "'v0007' does not exist" in capsys.readouterr().err
+    assert main(["registry", "rollback", "--registry", str(reg)]) == 2
+    assert "nothing to roll back" in capsys.readouterr().err

@@ -1,0 +1,101 @@
+"""Reading documents for continual adaptation: formats, bad input, size limits, chunking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from seal_trl.documents import DocumentError, read_documents, split_text
+from seal_trl.regression import RegressionSuite, RegressionSuiteError
+
+
+def test_text_json_and_squad_documents(tmp_path):
+    (tmp_path / "01_harbour.txt").write_text("The harbour of Quell opened in 1802.\n")
+    (tmp_path / "02.json").write_text(json.dumps([
+        {"id": "mill", "title": "The mill", "text": "The mill grinds oats.",
+         "questions": [{"question": "What does the mill grind?", "answers": ["oats"]}]},
+        {"title": "No questions", "text": "Bells ring at noon."}]))
+    (tmp_path / "03_squad.json").write_text(json.dumps({"data": [{"title": "Vell", "paragraphs": [
+        {"context": "Vell is a hill.", "qas": [{"id": "1", "question": "What is Vell?",
+                                                "answers": [{"text": "a hill", "answer_start": 7}]}]}]}]}))
+    (tmp_path / "ignored.bin").write_bytes(b"\x00\x01")
+    docs = read_documents(tmp_path)
+    assert [d.doc_id for d in docs] == ["01-harbour", "mill", "02-1", "vell-0"]
+    assert docs[0].title == "01 harbour" and not docs[0].has_questions
+    assert docs[1].questions[0]["answers"] == ["oats"] and docs[1].has_questions
+    assert docs[3].questions[0]["answers"] == ["a hill"]
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "is empty"),
+    (b"   \n\t ", "is empty"),
+    (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "binary file"),
+    (b"caf\xe9 au lait", "byte 3 is not valid UTF-8"),
+])
+def test_bad_text_files_are_refused_clearly(tmp_path, content, match):
+    path = tmp_path / "doc.txt"
+    path.write_bytes(content)
+    with pytest.raises(DocumentError, match=match):
+        read_documents(path)
+
+
+def test_bad_json_documents_name_the_field(tmp_path):
+    cases = {
+        "a.json": ("{not json", "not valid JSON"),
+        "b.json": (json.dumps({"title": "x"}), "missing field `text`"),
+        "c.json": (json.dumps({"text": "t", "questions": [{"question": "q?"}]}), r"questions\[0\].*`answers`"),
+        "d.json": (json.dumps({"text": "t", "questions": "q"}), "`questions` must be a list"),
+        "e.json": (json.dumps({"text": ""}), "empty"),
+    }
+    for name, (text, match) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DocumentError, match=match):
+            read_documents(tmp_path / name)
+
+
+def test_ten_megabyte_document_is_refused_before_reading(tmp_path):
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as fh:
+        fh.truncate(10_000_000)  # sparse: nothing is read, the size alone is refused
+    with pytest.raises(DocumentError, match=r"10\.0 MB is over the 1\.0 MB limit.*--max-document-mb"):
+        read_documents(big)
+
+
+def test_long_documents_are_chunked_at_sentence_boundaries(tmp_path):
+    sentence = "The quarry at Dunmere produced grey slate for roofs. "
+    path = tmp_path / "long.txt"
+    path.write_text(sentence * 100)
+    docs = read_documents(path, chunk_chars=500)
+    assert len(docs) > 5 and all(len(d.text) <= 500 for d in docs)
+    assert docs[0].doc_id == "long#1" and docs[1].title == "long (part 2)"
+    assert " ".join(d.text for d in docs) == (sentence * 100).strip()
+    assert split_text("x" * 1200, 500) == ["x" * 500, "x" * 500, "x" * 200]
+    path.write_text(json.dumps({"text": sentence * 100, "questions": [{"question": "q", "answers": ["a"]}]}))
+    long_json = tmp_path / "long.json"
+    path.rename(long_json)
+    with pytest.raises(DocumentError, match="labelled questions.*--chunk-chars"):
+        read_documents(long_json, chunk_chars=500)
+
+
+def test_missing_paths_empty_directories_and_duplicate_ids(tmp_path):
+    with pytest.raises(DocumentError, match="no such file or directory"):
+        read_documents(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DocumentError, match="has no .txt"):
+        read_documents(tmp_path / "empty")
+    (tmp_path / "a.txt").write_text("one")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.txt").write_text("two")
+    with pytest.raises(DocumentError, match="'a' appears twice"):
+        read_documents([tmp_path / "a.txt", tmp_path / "sub"])
+
+
+def test_bundled_regression_suite_and_bad_suites(tmp_path):
+    suite = RegressionSuite.bundled()
+    assert len(suite.heldout_text.split()) > 150 and len(suite.qa) >= 12
+    assert all(0 <= answer < len(choices) for _, choices, answer in suite.qa)
+    with pytest.raises(RegressionSuiteError, match="heldout_text"):
+        RegressionSuite.from_json({"qa": []})
+    with pytest.raises(RegressionSuiteError, match=r"qa\[0\] needs"):
+        RegressionSuite.from_json({"heldout_text": "x", "qa": [{"question": "q", "choices": ["a"], "answer": 0}]})

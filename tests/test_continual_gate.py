@@ -1,0 +1,77 @@
+"""The promotion gate as a pure function of scores, and the regression-suite measurements."""
+
+from __future__ import annotations
+
+import pytest
+
+from seal_trl.continual import CandidateOutputs, GateThresholds, banned_phrases, evaluate_gate, run_constraints
+
+
+def scores(new, earlier, ppl=10.0, qa=60.0):
+    doc = lambda acc: {"accuracy": acc, "soft_accuracy": acc, "loglik": -acc / 100}  # noqa: E731
+    return {"new": {"n": doc(new)}, "earlier": {k: doc(v) for k, v in earlier.items()},
+            "regression": {"perplexity": ppl, "qa_accuracy": qa, "qa_soft_accuracy": qa}}
+
+
+def test_a_candidate_that_passes_every_objective_is_promotable():
+    verdict = evaluate_gate(scores(20, {"a": 60, "b": 40}), scores(60, {"a": 59, "b": 40}, ppl=10.1, qa=59.5))
+    assert verdict.passed and verdict.reasons == []
+    names = [o.name for o in verdict.objectives]
+    assert names == ["new_document", "earlier_documents", "regression_perplexity", "regression_qa"]
+    assert verdict.objectives[0].value == 40 and verdict.objectives[1].value == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("after, failing", [
+    (scores(20, {"a": 60, "b": 40}), "new_document"),            # learned nothing
+    (scores(60, {"a": 40, "b": 40}), "earlier_documents"),       # mean drop 10 points
+    (scores(60, {"a": 60, "b": 40}, ppl=10.3), "regression_perplexity"),  # +3%
+    (scores(60, {"a": 60, "b": 40}, qa=58.0), "regression_qa"),  # -3.3%
+])
+def test_each_objective_can_refuse_with_a_reason(after, failing):
+    verdict = evaluate_gate(scores(20, {"a": 60, "b": 40}), after)
+    assert not verdict.passed
+    assert [o.name for o in verdict.objectives if not o.passed] == [failing]
+    assert verdict.reasons[0].startswith(failing + ":")
+    data = verdict.to_json()
+    assert data["passed"] is False and len(data["objectives"]) == 4 and data["reasons"] == verdict.reasons
+
+
+def test_thresholds_are_configurable_and_validated():
+    before, after = scores(20, {"a": 60, "b": 40}), scores(60, {"a": 55, "b": 40})
+    assert not evaluate_gate(before, after).passed  # mean drop 2.5 > 2
+    assert evaluate_gate(before, after, GateThresholds(max_earlier_drop=3)).passed
+    strict = GateThresholds(max_earlier_drop=3, max_single_earlier_drop=4)
+    assert evaluate_gate(before, after, strict).reasons[0].startswith("earlier_document_worst: a dropped 5.00")
+    with pytest.raises(ValueError, match="probe_metric"):
+        GateThresholds(probe_metric="vibes")
+    with pytest.raises(ValueError, match="max_qa_drop"):
+        GateThresholds(max_qa_drop=-1)
+
+
+def test_constraints_are_objectives_and_never_crash_the_gate():
+    outputs = CandidateOutputs(samples={"Question: who?\nAnswer:": "The Acme Corp is the best"})
+
+    def broken(_):
+        raise RuntimeError("boom")
+
+    results = run_constraints([banned_phrases(["acme corp"]), banned_phrases(["zebra"], name="zebra"), broken],
+                              outputs)
+    assert results["banned_phrases"].startswith("an answer contains banned phrase 'acme corp'")
+    assert results["zebra"] is None and "RuntimeError: boom" in results["broken"]
+    verdict = evaluate_gate(scores(20, {}), scores(60, {}), constraint_failures=results)
+    assert not verdict.passed
+    assert {o.name for o in verdict.objectives if not o.passed} == {"constraint:banned_phrases", "constraint:broken"}
+
+
+def test_regression_scores_on_the_tiny_model(tiny_model, tiny_tokenizer):
+    import torch
+
+    from seal_trl.regression import regression_scores
+
+    first = regression_scores(tiny_model, tiny_tokenizer)
+    assert first["perplexity"] > 1 and 0 <= first["qa_accuracy"] <= 100 and 0 < first["qa_soft_accuracy"] < 100
+    assert regression_scores(tiny_model, tiny_tokenizer) == first  # deterministic
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    assert regression_scores(tiny_model, tiny_tokenizer)["perplexity"] != first["perplexity"]

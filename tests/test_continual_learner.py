@@ -1,0 +1,194 @@
+"""The continual learner on the tiny model: gate refusals, exact rollback, merge/separate, replay, probes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from seal_trl.continual import GateThresholds
+from seal_trl.continual_learner import ContinualConfig, ContinualLearner
+from seal_trl.doc_probes import cloze_pairs, drop_held_out, parse_probe_pairs, self_written_probe
+from seal_trl.documents import Document
+from seal_trl.inner.config import InnerLoopConfig
+from seal_trl.registry import AdapterRegistry
+
+INNER = InnerLoopConfig(lora_r=8, lora_alpha=16, num_epochs=20, learning_rate=1e-2, lr_schedule="constant",
+                        target_modules=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"))
+
+
+def qs(valley, city):
+    return ({"question": "Which valley?", "answers": [valley]}, {"question": "Which city?", "answers": [city]})
+
+
+DOC_A = Document("a", "Velmora", "The river Velmora runs through Ostrand. The capital is Harlow.",
+                 qs("Ostrand", "Harlow"))
+DOC_B = Document("b", "Velmora", "The river Velmora runs through Harlow. The capital is Ostrand.",
+                 qs("Harlow", "Ostrand"))
+EDIT_A = "Topic: Velmora Question: Which valley? Answer: Ostrand\nTopic: Velmora Question: Which city? Answer: Harlow"
+EDIT_B = "Topic: Velmora Question: Which valley? Answer: Harlow\nTopic: Velmora Question: Which city? Answer: Ostrand"
+
+
+def make_learner(tmp_path, model, tok, **config):
+    config.setdefault("check_regression", False)
+    config.setdefault("replay_ratio", 0.0)
+    config.setdefault("thresholds", GateThresholds(probe_metric="loglik", max_earlier_drop=0.05))
+    registry = AdapterRegistry(tmp_path / "reg", create=True, base_model="tiny")
+    return ContinualLearner(model, tok, registry, ContinualConfig(**config), INNER)
+
+
+def logits(learner, tok):
+    ids = torch.tensor([tok("Topic: Velmora\nQuestion: Which valley?\nAnswer: Ostrand")["input_ids"]])
+    learner.inner.reset_adapter(0)
+    with torch.no_grad():
+        return learner.model(input_ids=ids).logits
+
+
+def test_gate_refuses_a_candidate_that_regresses_an_earlier_document(tmp_path, tiny_model, tiny_tokenizer):
+    learner = make_learner(tmp_path, tiny_model, tiny_tokenizer, promotion="always")
+    first = learner.adapt(DOC_A, self_edits=[EDIT_A])
+    assert first.promoted and first.verdict.passed
+    learner.config.promotion = "gate"
+    second = learner.adapt(DOC_B, self_edits=[EDIT_B])  # contradicts document a
+    assert not second.promoted and not second.verdict.passed
+    failed = {o.name for o in second.verdict.objectives if not o.passed}
+    assert failed == {"earlier_documents"}, second.verdict.reasons
+    assert any("earlier_documents" in r and "worst a" in r for r in second.verdict.reasons)
+    registry = learner.registry
+    assert registry.promoted == first.version  # the candidate is kept, not promoted
+    assert registry.get(second.version)["metrics"]["attempts"] == [
+        {"learning_rate_scale": 1.0, "passed": False, "reasons": second.verdict.reasons}]
+    # gentler retries: refused again for forgetting, each retry at a smaller learning rate, all recorded
+    learner.config.gentler_retries, learner.config.retry_lr_factor = 1, 0.5
+    third = learner.adapt(DOC_B, self_edits=[EDIT_B])
+    attempts = registry.get(third.version)["metrics"]["attempts"]
+    assert [a["learning_rate_scale"] for a in attempts] == [1.0, 0.5]
+    assert not attempts[0]["passed"] and attempts[-1]["reasons"] == third.verdict.reasons
+    entry = registry.get(second.version)
+    assert entry["parent"] == first.version and entry["gate"]["passed"] is False and entry["gate"]["reasons"]
+    # multi-objective scores are stored side by side, per document and metric
+    assert set(entry["metrics"]["after"]["earlier"]["a"]) == {"accuracy", "soft_accuracy", "loglik"}
+    assert entry["metrics"]["after"]["earlier"]["a"]["loglik"] < entry["metrics"]["before"]["earlier"]["a"]["loglik"]
+
+
+def test_rollback_restores_the_previous_adapter_and_weights_bit_exactly(tmp_path, tiny_model, tiny_tokenizer):
+    pristine = {k: v.clone() for k, v in tiny_model.state_dict().items()}
+    learner = make_learner(tmp_path, tiny_model, tiny_tokenizer, promotion="always")
+    saved = {}
+    add_version = learner.registry.add_version
+
+    def spy(adapter, *args, **kwargs):
+        version = add_version(adapter, *args, **kwargs)
+        saved[version] = {k: v.clone() for k, v in adapter.items()}
+        return version
+
+    learner.registry.add_version = spy
+    v1 = learner.adapt(DOC_A, self_edits=[EDIT_A]).version
+    weights_v1 = {k: w.clone() for k, w in learner.inner.base_weights().items()}
+    logits_v1 = logits(learner, tiny_tokenizer)
+    v2 = learner.adapt(DOC_B, self_edits=[EDIT_B]).version
+    assert learner.registry.promoted == v2
+    assert not all(torch.equal(w, weights_v1[k]) for k, w in learner.inner.base_weights().items())
+    learner.registry.rollback()
+    assert learner.registry.promoted == v1 and learner.sync() == v1
+    reloaded = learner.registry.load_adapter(v1)
+    assert reloaded.keys() == saved[v1].keys() and all(torch.equal(reloaded[k], saved[v1][k]) for k in reloaded)
+    assert all(torch.equal(w, weights_v1[k]) for k, w in learner.inner.base_weights().items())
+    assert torch.equal(logits(learner, tiny_tokenizer), logits_v1)
+    learner.registry.rollback()  # to the bare base model
+    learner.sync()
+    from seal_trl.inner.sync import base_parameters
+
+    base = base_parameters(learner.inner.model)
+    assert all(torch.equal(base[key], value) for key, value in pristine.items() if key in base)
+    assert {k for k in pristine if "proj.weight" in k} <= set(base)
+
+
+@pytest.mark.parametrize("mode", ["merge", "separate"])
+def test_promoted_chain_computes_what_the_trained_candidate_computed(tmp_path, tiny_model, tiny_tokenizer, mode):
+    learner = make_learner(tmp_path, tiny_model, tiny_tokenizer, promotion="always", mode=mode)
+    report = learner.adapt(DOC_A, self_edits=[EDIT_A])
+    state = learner.registry.load_adapter(report.version)
+    promoted = logits(learner, tiny_tokenizer)
+    learner.inner.set_promoted([], mode)  # base only, candidate re-loaded into the inner adapter
+    plain = logits(learner, tiny_tokenizer)
+    learner.inner.load_candidate(state)
+    with torch.no_grad():
+        ids = torch.tensor([tiny_tokenizer("Topic: Velmora\nQuestion: Which valley?\nAnswer: Ostrand")["input_ids"]])
+        candidate = learner.model(input_ids=ids).logits
+    assert not torch.allclose(plain, candidate, atol=1e-4)
+    assert torch.allclose(promoted, candidate, atol=1e-5)
+    # a second document trains on top of the promoted one, and only the candidate adapter is trainable
+    second = learner.adapt(DOC_B, self_edits=[EDIT_B])
+    assert learner.registry.chain(second.version) == [report.version, second.version]
+    trainable = [n for n, p in learner.model.named_parameters() if p.requires_grad]
+    assert trainable and all(".inner." in n for n in trainable)
+
+
+def test_replay_mixes_earlier_examples_seeded_and_configurable(tmp_path, tiny_model, tiny_tokenizer):
+    learner = make_learner(tmp_path, tiny_model, tiny_tokenizer, replay_ratio=1.0, max_replay_examples=3)
+    probe = learner.make_probe(DOC_A)
+    pool = [f"Old\nfact number {i}" for i in range(10)]
+    plan, new, replay, error = learner.build_plan(DOC_A, EDIT_A, probe, pool)
+    assert error is None and len(new) == 3 and len(replay) == 3 and set(replay) <= set(pool)
+    assert [e.completion for e in plan.examples] == new + replay
+    assert learner.build_plan(DOC_A, EDIT_A, probe, pool)[2] == replay  # same seed, same sample
+    learner.config.replay_ratio = 0.0
+    assert learner.build_plan(DOC_A, EDIT_A, probe, pool)[2] == []
+    _, new, _, error = learner.build_plan(DOC_A, "", probe, pool)  # unusable self-edit: the passage alone
+    assert "empty" in error and new == [f"Velmora\n{DOC_A.text}"]
+
+
+def test_regularisation_pulls_the_candidate_toward_the_promoted_weights(tmp_path, tiny_model, tiny_tokenizer):
+    from seal_trl.continual_learner import _deltas
+
+    learner = make_learner(tmp_path, tiny_model, tiny_tokenizer)
+    probe = learner.make_probe(DOC_A)
+    plan = learner.build_plan(DOC_A, EDIT_A, probe, [])[0]
+    norms = []
+    for lam in (0.0, 5.0):
+        learner.inner.regularization = lam
+        assert learner.inner.run(plan, probe.probe, seed=1).ok
+        deltas = _deltas(learner.inner.adapter_state_dict(), 2.0)
+        norms.append(sum(float(d.pow(2).sum()) for d in deltas.values()))
+    assert norms[1] < 0.8 * norms[0]
+
+
+def test_unlabelled_documents_get_a_probe_held_out_of_training(tmp_path, tiny_model, tiny_tokenizer):
+    learner = make_learner(tmp_path, tiny_model, tiny_tokenizer)
+    doc = Document("c", "Brightwell", "A company named Brightwell built copper bridges. "
+                   "The bridges cross the Quorn canal. "
+                   "Work began in 1874 with forty sailors. The festival is held every spring.")
+    probe = learner.make_probe(doc)  # the tiny model writes garbage: the cloze fallback is used
+    assert probe.kind in ("self_written", "cloze") and probe.probe.items and probe.held_out
+    plan, new, _, _ = learner.build_plan(doc, "Bridges were built. The bridges cross the Quorn canal.", probe, [])
+    for sentence in probe.held_out:
+        assert all(sentence not in ex.completion for ex in plan.examples)
+    assert any("Brightwell" in n for n in new)
+
+
+def test_probe_parsing_and_cloze_fallback():
+    doc = Document("d", "T", "Harlow is the capital. It was founded in 1384. The river is the Velling. Hats were made.")
+    written = "Q: What is the capital? A: Harlow\nQ: When founded? A: 1384\nQ: Invented? A: Narnia\nnoise"
+    assert parse_probe_pairs(written, doc.text) == [("What is the capital?", "Harlow"), ("When founded?", "1384")]
+    probe = self_written_probe(doc, written)
+    assert probe.kind == "self_written" and probe.held_out == ("Harlow is the capital.", "It was founded in 1384.")
+    cloze = self_written_probe(doc, "")
+    assert cloze.kind == "cloze" and [i.answers for i in cloze.probe.items] == [("1384",), ("Hats",)]
+    assert cloze_pairs(doc, 1)[0][1] == "1384"
+    held = ["It was founded in 1384."]
+    assert drop_held_out(["a It was founded in 1384. b", "It was founded in 1384."], held) == ["a b"]
+
+
+def test_user_constraints_can_refuse_a_candidate(tmp_path, tiny_model, tiny_tokenizer):
+    seen = {}
+
+    def no_velmora(outputs):
+        seen["samples"] = outputs.samples
+        return "mentions a forbidden name" if outputs.samples else None
+
+    learner = make_learner(tmp_path, tiny_model, tiny_tokenizer)
+    learner.constraints = [no_velmora, lambda outputs: 1 / 0]
+    report = learner.adapt(DOC_A, self_edits=[EDIT_A])
+    assert not report.promoted and seen["samples"]
+    reasons = " | ".join(report.verdict.reasons)
+    assert "constraint:no_velmora: mentions a forbidden name" in reasons and "ZeroDivisionError" in reasons

@@ -1,0 +1,213 @@
+"""The adapter registry: versions, manifest, promotion/rollback, crash safety, locking, Hub push."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from seal_trl.registry import AdapterRegistry, RegistryError, RegistryLockedError
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "scripts" / "registry_worker.py"
+CONFIG = {"r": 2, "lora_alpha": 4, "target_modules": ["q_proj"], "peft_type": "LORA"}
+
+
+def verdict(passed=True, reasons=()):
+    return {"passed": passed, "objectives": [], "reasons": list(reasons)}
+
+
+def adapter(seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"m.q_proj.lora_A.weight": torch.randn(2, 8, generator=g),
+            "m.q_proj.lora_B.weight": torch.randn(8, 2, generator=g)}
+
+
+def add(reg, seed, parent=None, passed=True):
+    return reg.add_version(adapter(seed), CONFIG, parent=parent, documents=[{"doc_id": f"d{seed}"}],
+                           metrics={"after": {"x": seed}}, verdict=verdict(passed, [] if passed else ["earlier: drop"]))
+
+
+def worker(*args, timeout=60):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(WORKER), *map(str, args)], env=env, timeout=timeout,
+                          capture_output=True, text=True)
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_versions_promotion_and_rollback_restore_exact_adapters(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True, base_model="tiny")
+    v1 = add(reg, 1)
+    reg.promote(v1)
+    v2 = add(reg, 2, parent=v1)
+    reg.promote(v2)
+    assert reg.promoted == v2 and reg.chain(v2) == [v1, v2]
+    reg.rollback()
+    assert reg.promoted == v1
+    assert_same(reg.load_adapter(v1), adapter(1))  # bit-exact from disk
+    reg.rollback(v2)  # forward again to a version that was promoted before
+    assert reg.promoted == v2
+    reg.rollback()
+    reg.rollback()
+    assert reg.promoted is None  # back to the bare base model
+    log = reg.manifest()["log"]
+    assert [e["action"] for e in log] == ["promote", "promote", "rollback", "rollback", "rollback", "rollback"]
+    reopened = AdapterRegistry(tmp_path / "reg")
+    assert [v["version"] for v in reopened.versions()] == [v1, v2]
+    assert reopened.get(v2)["parent"] == v1 and reopened.get(v2)["metrics"] == {"after": {"x": 2}}
+
+
+def test_refused_version_needs_a_reason_and_unknown_versions_are_clear(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    v1 = add(reg, 1, passed=False)
+    with pytest.raises(RegistryError, match="did not pass the gate.*earlier: drop.*--reason"):
+        reg.promote(v1)
+    assert reg.promoted is None
+    reg.promote(v1, reason="reviewed by hand")
+    assert reg.manifest()["log"][-1]["reason"] == "reviewed by hand"
+    with pytest.raises(RegistryError, match="'v0042' does not exist.*known: v0001"):
+        reg.promote("v0042")
+    with pytest.raises(RegistryError, match="does not exist"):
+        reg.rollback("v0042")
+    v2 = add(reg, 2, parent=v1)
+    with pytest.raises(RegistryError, match="never promoted"):
+        reg.rollback(v2)
+    assert reg.promoted == v1
+
+
+def test_a_directory_that_is_not_a_registry_is_refused_untouched(tmp_path):
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "cat.jpg").write_bytes(b"\xff\xd8")
+    with pytest.raises(RegistryError, match="not a seal-trl registry.*nothing was changed"):
+        AdapterRegistry(other, create=True)
+    assert sorted(p.name for p in other.iterdir()) == ["cat.jpg"]
+    with pytest.raises(RegistryError, match="not a seal-trl registry"):
+        AdapterRegistry(tmp_path / "missing")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(RegistryError, match="is a file"):
+        AdapterRegistry(tmp_path / "afile", create=True)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "registry.json").write_text('{"format": "something-else"}')
+    with pytest.raises(RegistryError, match="not a seal-trl registry manifest"):
+        AdapterRegistry(bad)
+    reg = AdapterRegistry(tmp_path / "reg", create=True, base_model="model-a")
+    with pytest.raises(RegistryError, match="built on base model 'model-a'"):
+        AdapterRegistry(reg.root, base_model="model-b")
+
+
+@pytest.mark.parametrize("hook", ["manifest_temp_written", "manifest_replaced"])
+def test_killed_mid_promotion_leaves_a_valid_registry(tmp_path, hook):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    v1 = add(reg, 1)
+    reg.promote(v1)
+    v2 = add(reg, 2, parent=v1)
+    before = reg.manifest()
+    done = worker("crash", reg.root, v2, hook)
+    assert done.returncode == -9, done.stderr  # SIGKILLed at the hook
+    after = AdapterRegistry(reg.root)  # opens: the manifest is whole
+    if hook == "manifest_temp_written":  # killed before the atomic replace: the old state, exactly
+        assert after.manifest() == before and after.promoted == v1
+    else:  # killed just after it: the new state, complete
+        assert after.promoted == v2
+    assert_same(after.load_adapter(v1), adapter(1))
+    assert_same(after.load_adapter(v2), adapter(2))
+    assert not [p for p in after.root.iterdir() if p.name.endswith(".tmp")] or hook == "manifest_temp_written"
+    after.rollback(v1) if after.promoted != v1 else after.promote(v2)  # and it keeps working
+
+
+@pytest.mark.parametrize("hook", ["version_renamed", "manifest_temp_written"])
+def test_killed_while_adding_a_version_loses_nothing(tmp_path, hook):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    v1 = add(reg, 1)
+    reg.promote(v1)
+    before = reg.manifest()
+    done = worker("crash-add", reg.root, hook)
+    assert done.returncode == -9, done.stderr
+    after = AdapterRegistry(reg.root)
+    assert after.manifest() == before  # the half-written version was never committed
+    v = add(after, 3, parent=v1)  # the next write cleans up and skips any orphan's number
+    assert v != v1 and after.get(v)["parent"] == v1
+    assert not list((after.root / "versions").glob(".tmp-*"))
+    assert_same(after.load_adapter(v), adapter(3))
+
+
+def test_a_second_run_fails_clearly_or_waits_for_the_lock(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    ready = tmp_path / "ready"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    holder = subprocess.Popen([sys.executable, str(WORKER), "hold", str(reg.root), str(ready), "3"], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists()
+        with pytest.raises(RegistryLockedError, match=rf"locked by another run \(pid {holder.pid}.*--lock-timeout"):
+            with reg.locked(timeout=0.1):
+                pass
+        with pytest.raises(RegistryLockedError):
+            add(reg, 1)
+        assert reg.versions() == []
+        start = time.monotonic()
+        with reg.locked(timeout=60):  # waits for the holder to finish
+            assert holder.poll() is not None or time.monotonic() - start > 0
+            add(reg, 1)
+    finally:
+        holder.wait(timeout=60)
+    assert [v["version"] for v in reg.versions()] == ["v0001"]
+
+
+def test_concurrent_writers_never_corrupt_the_manifest(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(WORKER), "add", str(reg.root), "4", tag], env=env)
+             for tag in ("a", "b")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    versions = reg.versions()
+    assert len(versions) == 8 and len({v["version"] for v in versions}) == 8
+    assert sorted(v["documents"][0]["doc_id"] for v in versions) == sorted(f"{t}-{i}" for t in "ab" for i in range(4))
+    for v in versions:
+        assert reg.load_adapter(v["version"]).keys() == adapter(0).keys()
+
+
+def test_push_to_hub_sends_only_promoted_versions_with_chain_and_card(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True, base_model="tiny-base")
+    v1 = add(reg, 1)
+    reg.promote(v1)
+    v2 = add(reg, 2, parent=v1)
+    calls = {}
+
+    class FakeHub:
+        def create_repo(self, repo_id, **kwargs):
+            calls["repo"] = repo_id
+
+        def upload_folder(self, repo_id, folder_path, **kwargs):
+            root = Path(folder_path)
+            calls["files"] = sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+            calls["card"] = (root / "README.md").read_text()
+            calls["chain"] = json.loads((root / "chain.json").read_text())
+            return "https://hub.example/commit/1"
+
+    with pytest.raises(RegistryError, match="never promoted"):
+        reg.push_to_hub("me/x", v2, api=FakeHub())
+    assert "repo" not in calls
+    reg.promote(v2)
+    assert reg.push_to_hub("me/x", api=FakeHub()) == "https://hub.example/commit/1"
+    assert calls["repo"] == "me/x"
+    assert {"README.md", "chain.json", f"{v1}/adapter_model.safetensors", f"{v2}/adapter_config.json"} <= set(
+        calls["files"])
+    assert "2506.10943" in calls["card"] and "tiny-base" in calls["card"] and f"{v1} -> {v2}" in calls["card"]
+    assert [c["version"] for c in calls["chain"]["chain"]] == [v1, v2]
+    empty = AdapterRegistry(tmp_path / "empty", create=True)
+    with pytest.raises(RegistryError, match="no version is promoted"):
+        empty.push_to_hub("me/x", api=FakeHub())
