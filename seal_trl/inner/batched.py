@@ -109,10 +109,6 @@ class SlotLoRA:
         weight.grad = self.grad[start : start + size].view(shape)
         return weight
 
-    @property
-    def params_per_slot(self) -> int:
-        return self.flat.numel() // self.num_slots
-
     def zero_grad(self) -> None:
         self.grad.zero_()
 
@@ -128,15 +124,6 @@ class SlotLoRA:
             a.copy_(fresh)
         for b in params[1::2]:
             b.zero_()
-
-    def state_dict_of(self, slot: int) -> dict[str, torch.Tensor]:
-        """The trained A and B of one slot, per layer (copies)."""
-        out = {}
-        for i in range(len(self.layers)):
-            a, b = self.slot_tensors(i)
-            out[f"{i}.lora_A"] = a[slot].detach().clone()
-            out[f"{i}.lora_B"] = b[slot].detach().clone()
-        return out
 
     @contextmanager
     def attached(self):
