@@ -16,7 +16,8 @@ class InnerLoopConfig:
     (LoRA r=32, alpha=64, dropout 0, lr 1e-3, 10 epochs, batch 1).
 
     `target_modules` is explicit (no PEFT guessing). `load_in_4bit` makes the inner model nf4 (QLoRA).
-    `batch_self_edits=K > 1` trains K self-edits at once in K adapter slots (`InnerLoop.run_many`).
+    `batch_self_edits=K > 1` trains K self-edits at once in K adapter slots (`InnerLoop.run_many`); the results
+    equal one-at-a-time runs when `lora_dropout == 0` (with dropout the slots draw their masks from one RNG).
     `reward="gain"` is score_after - score_before; `"binary"` is 1.0 when the score rose, else 0.0;
     `"success"` is score_after itself (ARC: 1.0 when the adapted model solves the puzzle).
     """
