@@ -219,3 +219,16 @@ def test_tokenizer_without_pad_token_still_trains(tiny_model_dir, dataset, tmp_p
                           processing_class=tokenizer)
     trainer.train()
     assert all(runs[0].ok for runs in trainer.seal_reward.last_results)
+
+
+def test_batched_inner_loop_in_the_trainer_gives_the_same_rewards(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    rewards = {}
+    for k in (1, 4):
+        args = tiny_args(tmp_path / f"k{k}", algorithm="grpo", max_steps=1, num_generations=2,
+                         per_device_train_batch_size=4, inner_batch_self_edits=k)
+        trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer)
+        assert trainer.inner_loop.config.batch_self_edits == k
+        trainer.train()
+        rewards[k] = [r[0].reward for r in trainer.seal_reward.last_results]
+    assert len(rewards[4]) == 4 and any(r != 0.0 for r in rewards[1])
+    assert rewards[4] == pytest.approx(rewards[1], abs=1e-4)
