@@ -9,8 +9,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
+from .generation import generate_text
 from .inner.engine import InnerLoop, InnerResult
 from .plans import SelfEditError
 from .seeding import derive_seed
@@ -20,24 +19,12 @@ from .tasks.arc_config import DEFAULT_CONFIG, ArcConfig, sample_parseable_config
 ARC_METHODS = ("in-context", "ttt-default", "self-edit")
 
 
-@torch.no_grad()
 def write_self_edit(model, tokenizer, task: ArcTask, context: Mapping[str, Any], *, attempt: int,
                     max_new_tokens: int = 160, temperature: float = 1.0, seed: int = 0) -> str:
     """One self-edit: greedy for attempt 0, sampled (seeded per puzzle and attempt) after that."""
-    prompt = task.prompt(context)
-    if isinstance(prompt, list):
-        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    else:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    ids = ids.to(next(model.parameters()).device)
-    kwargs = {"do_sample": attempt > 0, "max_new_tokens": max_new_tokens, "eos_token_id": tokenizer.eos_token_id,
-              "pad_token_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id}
-    if attempt > 0:
-        kwargs["temperature"] = temperature
-        torch.manual_seed(derive_seed(seed, context["context_id"], attempt) % (2**32))
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return generate_text(model, tokenizer, task.prompt(context), max_new_tokens=max_new_tokens,
+                         temperature=temperature if attempt > 0 else 0.0,
+                         seed=derive_seed(seed, context["context_id"], attempt))
 
 
 def evaluate_arc(inner: InnerLoop, task: ArcTask, contexts: Sequence[Mapping[str, Any]], methods: Sequence[str], *,

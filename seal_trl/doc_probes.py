@@ -23,7 +23,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .documents import Document
-from .inner.tensors import encode_example, pad_right, token_logprobs
+from .generation import generate_text
+from .inner.graders import completion_logprobs
+from .inner.tensors import encode_example
 from .probes import Probe, ProbeItem, knowledge_prompt
 
 PROBE_WRITER_INSTRUCTION = (
@@ -117,21 +119,11 @@ def labelled_probe(document: Document) -> DocumentProbe:
     return DocumentProbe(Probe(items=items, context_id=document.doc_id), "labelled")
 
 
-@torch.no_grad()
 def write_probe_text(model, tokenizer, document: Document, *, n: int = 4, max_new_tokens: int = 160) -> str:
     """The model's own quiz for `document` (greedy), as raw text."""
     body = f"{PROBE_WRITER_INSTRUCTION.format(n=n)}\n\nTitle: {document.title}\n{document.text}"
-    device = next(model.parameters()).device
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
-                                             add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-    else:
-        ids = tokenizer(f"{body}\n\nQuiz:\n", return_tensors="pt")["input_ids"].to(device)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                         max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    prompt = [{"role": "user", "content": body}] if getattr(tokenizer, "chat_template", None) else f"{body}\n\nQuiz:\n"
+    return generate_text(model, tokenizer, prompt, max_new_tokens=max_new_tokens)
 
 
 def self_written_probe(document: Document, written: str, *, n: int = 4, min_items: int = 2) -> DocumentProbe:
@@ -201,16 +193,7 @@ def score_probe(model, tokenizer, probe: DocumentProbe, *, batch_size: int = 16)
         for c in cands:
             rows.append(encode_example(tokenizer, item.prompt, " " + c.strip(), loss_on_prompt=False, add_eos=False))
             owner.append((i, c in item.answers))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    order = sorted(range(len(rows)), key=lambda k: len(rows[k].input_ids))
-    values = torch.empty(len(rows))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        batch = pad_right([rows[k] for k in chunk], pad, device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp, mask = token_logprobs(logits, batch["labels"])
-        values[chunk] = (logp.sum(-1) / mask.sum(-1).clamp_min(1)).float().cpu()
+    values = completion_logprobs(model, tokenizer, rows, batch_size=batch_size)
     correct, soft, loglik = 0.0, 0.0, 0.0
     for i in range(len(items)):
         ks = [k for k, (j, _) in enumerate(owner) if j == i]

@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from statistics import mean
 from typing import Any
 
-import torch
-
+from .generation import generate_text
 from .inner.engine import InnerLoop, InnerResult
 from .plans import SelfEditError
 from .seeding import derive_seed
@@ -34,27 +33,12 @@ class SelfEditEvaluation:
         return mean(0.0 if r.ok else 1.0 for r in self.results) if self.results else float("nan")
 
 
-@torch.no_grad()
 def generate_self_edits(model, tokenizer, task, contexts: Sequence[Mapping[str, Any]], *, max_new_tokens: int = 256,
                         temperature: float = 0.0, seed: int = 0) -> list[str]:
     """One self-edit per context from `model` (greedy when temperature is 0), prompted as the task prompts."""
-    device = next(model.parameters()).device
-    edits = []
-    for context in contexts:
-        prompt = task.prompt(context)
-        if isinstance(prompt, list):
-            text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-        else:
-            ids = tokenizer(prompt, return_tensors="pt")["input_ids"].to(device)
-        kwargs = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens,
-                  "pad_token_id": tokenizer.pad_token_id, "eos_token_id": tokenizer.eos_token_id}
-        if temperature > 0:
-            kwargs["temperature"] = temperature
-            torch.manual_seed(derive_seed(seed, context.get("context_id")) % (2**32))
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
-        edits.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
-    return edits
+    return [generate_text(model, tokenizer, task.prompt(context), max_new_tokens=max_new_tokens,
+                          temperature=temperature, seed=derive_seed(seed, context.get("context_id")))
+            for context in contexts]
 
 
 def score_self_edits(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str, Any]], self_edits: Sequence[str],

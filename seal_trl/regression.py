@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .inner.tensors import encode_example, pad_right, token_logprobs
+from .inner.graders import completion_logprobs
+from .inner.tensors import encode_example, token_logprobs
 
 
 class RegressionSuiteError(ValueError):
@@ -88,14 +89,7 @@ def qa_scores(model, tokenizer, suite: RegressionSuite, *, batch_size: int = 32)
         for c in choices:
             rows.append(encode_example(tokenizer, prompt, " " + c, loss_on_prompt=False, add_eos=False))
             owner.append(i)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    device = next(model.parameters()).device
-    values = torch.empty(len(rows))
-    for start in range(0, len(rows), batch_size):
-        batch = pad_right(rows[start:start + batch_size], pad, device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logp, mask = token_logprobs(logits, batch["labels"])
-        values[start:start + batch_size] = (logp.sum(-1) / mask.sum(-1).clamp_min(1)).float().cpu()
+    values = completion_logprobs(model, tokenizer, rows, batch_size=batch_size)
     correct, soft, k = 0.0, 0.0, 0
     for i, (_, choices, answer) in enumerate(suite.qa):
         v = values[k:k + len(choices)]

@@ -75,16 +75,24 @@ class LogLikelihoodGrader:
     @torch.no_grad()
     def score(self, model, tokenizer, probe: Probe) -> float:
         encoded, owner = self.answer_examples(tokenizer, probe)
-        # Similar lengths together: less padding in each forward pass.
-        order = sorted(range(len(encoded)), key=lambda k: len(encoded[k].input_ids))
-        per_answer = torch.empty(len(encoded))
-        device = _device_of(model)
-        for start in range(0, len(order), self.batch_size):
-            chunk = order[start : start + self.batch_size]
-            batch = pad_right([encoded[k] for k in chunk], _pad_id(tokenizer), device)
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            per_answer[chunk] = self.answer_logprobs(logits, batch["labels"])
+        per_answer = completion_logprobs(model, tokenizer, encoded, batch_size=self.batch_size)
         return self.best_per_question(per_answer, owner, len(probe.items))
+
+
+@torch.no_grad()
+def completion_logprobs(model, tokenizer, rows: Sequence[EncodedExample], *, batch_size: int = 16) -> torch.Tensor:
+    """Mean token log-prob of each row's labelled tokens under `model` as it is, in the order of `rows`.
+
+    Rows of similar length share a forward pass (less padding)."""
+    order = sorted(range(len(rows)), key=lambda k: len(rows[k].input_ids))
+    values = torch.empty(len(rows))
+    device = _device_of(model)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = pad_right([rows[k] for k in chunk], _pad_id(tokenizer), device)
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        values[chunk] = LogLikelihoodGrader.answer_logprobs(logits, batch["labels"])
+    return values
 
 
 def normalize_answer(text: str) -> str:

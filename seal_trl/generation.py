@@ -1,0 +1,30 @@
+"""One completion from a model for a task prompt: plain text, or chat messages rendered with the chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+
+@torch.no_grad()
+def generate_text(model, tokenizer, prompt: str | list[dict[str, Any]], *, max_new_tokens: int,
+                  temperature: float = 0.0, seed: int | None = None) -> str:
+    """The model's continuation of `prompt` (new tokens only): greedy when `temperature` is 0, otherwise sampled
+    with torch's RNG seeded from `seed` so the same call gives the same text."""
+    device = next(model.parameters()).device
+    if isinstance(prompt, list):
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    ids = ids.to(device)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "pad_token_id": pad,
+              "eos_token_id": tokenizer.eos_token_id}
+    if temperature > 0:
+        kwargs["temperature"] = temperature
+        if seed is not None:
+            torch.manual_seed(seed % (2**32))
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
