@@ -94,6 +94,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="knowledge: inner learning rate (default 1e-3); arc: the ttt-default config's (1e-3)")
     p.add_argument("--inner-lora-r", type=int, default=None, help="inner LoRA rank (knowledge 32, arc 128)")
     p.add_argument("--inner-lora-alpha", type=int, default=None, help="inner LoRA alpha (knowledge 2 x r, arc 16)")
+    p.add_argument("--batch-self-edits", type=int, default=1,
+                   help="knowledge: train this many self-edits at once in K adapter slots (same results as 1; "
+                        "see the README's batched inner loop section)")
     p.add_argument("--arc-max-tokens", type=int, default=400,
                    help="arc: keep puzzles whose grids fit this many tokens (smallest first)")
     p.add_argument("--arc-answer-tokens", type=int, default=256, help="arc: longest generated answer grid (tokens)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .registry import AdapterRegistry, RegistryError
 
@@ -22,6 +23,11 @@ def add_continual_commands(sub) -> None:
     adapt.add_argument("--max-replay-examples", type=int, default=16)
     adapt.add_argument("--regularization", type=float, default=0.0,
                        help="L2 weight on the candidate's weight delta (pull toward the promoted weights)")
+    adapt.add_argument("--anchor-weight", type=float, default=0.0,
+                       help="weight of a KL anchor to the promoted model on general text at every step (0 = off)")
+    adapt.add_argument("--anchor-text", default=None, metavar="FILE",
+                       help="general texts for the anchor, one per paragraph (default: the model's own answers to "
+                            "generic prompts)")
     adapt.add_argument("--gentler-retries", type=int, default=0,
                        help="when the gate refuses for forgetting/regression, retrain with a smaller learning rate "
                             "up to this many times")
@@ -64,6 +70,19 @@ def _base_model_name(args: argparse.Namespace) -> str:
     return f"{name}+{args.policy_adapter}" if args.policy_adapter else name
 
 
+def _read_anchor_texts(path: str) -> tuple[str, ...]:
+    """The paragraphs (blank-line separated) of a UTF-8 text file, validated like a document."""
+    from .documents import DocumentError, read_document_file
+
+    if not Path(path).is_file():
+        raise DocumentError(f"{path}: no such file (--anchor-text)")
+    docs = read_document_file(Path(path), max_bytes=1_000_000, chunk_chars=10**9)
+    texts = tuple(p.strip() for d in docs for p in d.text.split("\n\n") if p.strip())
+    if not texts:
+        raise DocumentError(f"{path}: no text in it (--anchor-text)")
+    return texts
+
+
 def run_adapt(args: argparse.Namespace) -> int:
     from .continual import GateThresholds, banned_phrases
     from .continual_learner import ContinualConfig, ContinualLearner
@@ -74,9 +93,11 @@ def run_adapt(args: argparse.Namespace) -> int:
     # everything that can be refused is checked before the model loads and before the registry changes
     documents = read_documents(args.documents, max_bytes=int(args.max_document_mb * 1_000_000),
                                chunk_chars=args.chunk_chars)
+    anchor_texts = _read_anchor_texts(args.anchor_text) if args.anchor_text else ()
     config = ContinualConfig(
         mode=args.mode, promotion=args.promotion, replay_ratio=args.replay_ratio,
         max_replay_examples=args.max_replay_examples, regularization=args.regularization,
+        anchor_weight=args.anchor_weight, anchor_texts=anchor_texts,
         gentler_retries=args.gentler_retries, retry_lr_factor=args.retry_lr_factor,
         num_self_edits=args.num_self_edits, self_edit_style=args.style, self_edit_max_new_tokens=args.max_new_tokens,
         check_regression=not args.no_regression, seed=args.seed,

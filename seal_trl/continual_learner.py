@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from .anchor import KLAnchor, write_anchor_texts
 from .continual import CandidateOutputs, Constraint, GateThresholds, GateVerdict, evaluate_gate, run_constraints
 from .doc_probes import (DocumentProbe, drop_held_out, labelled_probe, score_probe, self_written_probe,
                          write_probe_text)
@@ -49,7 +50,10 @@ class ContinualConfig:
     `promotion`: "gate" (promote only when every objective passes), "always" (the paper's naive sequential
     merge; the verdict is still recorded) or "never" (candidates only). `replay_ratio` earlier examples per new
     example are mixed into each plan (at most `max_replay_examples`). `regularization` is the weight of an L2
-    penalty on the candidate's weight delta, i.e. toward the promoted weights. When the gate refuses a candidate
+    penalty on the candidate's weight delta, i.e. toward the promoted weights. `anchor_weight` > 0 adds a KL
+    anchor (`anchor.py`): every training step also pays `anchor_weight * KL(promoted || candidate)` on general
+    texts, `anchor_texts` or, when empty, the model's own answers to generic prompts (written once, at most
+    `anchor_max_tokens` tokens each). When the gate refuses a candidate
     for forgetting, regression or a constraint, up to `gentler_retries` more candidates are trained with the
     learning rate multiplied by `retry_lr_factor` each time (the attempts are recorded in the metrics).
     """
@@ -65,6 +69,9 @@ class ContinualConfig:
     replay_ratio: float = 1.0
     max_replay_examples: int = 16
     regularization: float = 0.0
+    anchor_weight: float = 0.0
+    anchor_texts: tuple[str, ...] = ()
+    anchor_max_tokens: int = 64
     gentler_retries: int = 0
     retry_lr_factor: float = 0.35
     probe_questions: int = 4
@@ -81,6 +88,10 @@ class ContinualConfig:
             raise ValueError("ContinualConfig.replay_ratio and max_replay_examples must be >= 0")
         if self.regularization < 0:
             raise ValueError(f"ContinualConfig.regularization must be >= 0, got {self.regularization}")
+        if self.anchor_weight < 0 or self.anchor_max_tokens < 2:
+            raise ValueError("ContinualConfig.anchor_weight must be >= 0 and anchor_max_tokens >= 2, got "
+                             f"{self.anchor_weight} and {self.anchor_max_tokens}")
+        self.anchor_texts = tuple(t for t in self.anchor_texts if t.strip())
         if self.gentler_retries < 0 or not 0 < self.retry_lr_factor <= 1:
             raise ValueError("ContinualConfig.gentler_retries must be >= 0 and retry_lr_factor in (0, 1]")
         if self.num_self_edits < 1:
@@ -94,6 +105,8 @@ class ContinualInnerLoop(InnerLoop):
                  **kwargs):
         super().__init__(model, tokenizer, config, **kwargs)
         self.regularization = regularization
+        self.anchor: KLAnchor | None = None
+        self.anchor_weight = 0.0
         self._pristine = {name: layer.base_layer.weight.detach().clone() for name, layer in self.lora_layers().items()}
         self._separate: list[str] = []
 
@@ -173,6 +186,17 @@ class ContinualInnerLoop(InnerLoop):
             for h in handles:
                 h.remove()
 
+    def set_anchor(self, texts: Sequence[str], weight: float, *, max_tokens: int = 64) -> None:
+        """Anchor every later fine-tune to the model as it is now (inner adapter at identity) on `texts`."""
+        self.reset_adapter(0)
+        self.anchor = KLAnchor.from_model(self.model, self.tokenizer, texts, max_tokens=max_tokens) if weight else None
+        self.anchor_weight = weight
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        if self.anchor is None:
+            return None
+        return self.anchor_weight * self.anchor.loss(self.model)
+
     def run(self, plan: TrainingPlan, probe, **kwargs) -> InnerResult:
         with self._l2_toward_promoted():
             return super().run(plan, probe, **kwargs)
@@ -236,6 +260,7 @@ class ContinualLearner:
         self._loaded: str | None = None
         self._synced = False  # whether the in-memory model reflects `_loaded` yet
         self._scores: dict[str | None, dict[str, Any]] = {}
+        self._anchor_texts: list[str] | None = None
 
     @property
     def model(self):
@@ -251,9 +276,23 @@ class ContinualLearner:
                 cfg = self.registry.read_json(v, "adapter_config.json")
                 chain.append((v, self.registry.load_adapter(v), adapter_scaling(cfg)))
             self.inner.set_promoted(chain, self.config.mode)
+            if self.config.anchor_weight > 0:
+                self.inner.set_anchor(self.anchor_texts(), self.config.anchor_weight,
+                                      max_tokens=self.config.anchor_max_tokens)
             self._loaded = promoted
             self._synced = True
         return promoted
+
+    def anchor_texts(self) -> list[str]:
+        """The KL anchor's general texts: the configured ones, else the model's own (written once, then kept)."""
+        if self._anchor_texts is None:
+            if self.config.anchor_texts:
+                self._anchor_texts = list(self.config.anchor_texts)
+            else:
+                self.inner.reset_adapter(0)
+                self._anchor_texts = write_anchor_texts(self.model, self.tokenizer,
+                                                        max_new_tokens=self.config.anchor_max_tokens)
+        return self._anchor_texts
 
     def earlier_records(self) -> list[dict[str, Any]]:
         """What the promoted chain learned: per document its text, probe and training examples."""
@@ -394,7 +433,8 @@ class ContinualLearner:
                        "train": {"steps": result.steps, "seconds": round(result.train_seconds, 2),
                                  "final_loss": result.losses[-1] if result.losses else None},
                        "config": {"mode": cfg.mode, "promotion": cfg.promotion, "replay_ratio": cfg.replay_ratio,
-                                  "regularization": cfg.regularization, "thresholds": asdict(cfg.thresholds)}}
+                                  "regularization": cfg.regularization, "anchor_weight": cfg.anchor_weight,
+                                  "thresholds": asdict(cfg.thresholds)}}
             version = self.registry.add_version(
                 best["state"], self._adapter_config(), parent=parent,
                 documents=[{"doc_id": document.doc_id, "title": document.title, "sha256": document.sha256,

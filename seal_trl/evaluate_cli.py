@@ -48,7 +48,8 @@ def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, 
     path, policy, tokenizer = policy_bundle or load_policy(args.model, args.adapter)
     alpha = getattr(args, "inner_lora_alpha", None) or 2 * args.inner_lora_r
     config = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
-                             lora_alpha=alpha, grader=args.grader, seed=args.seed)
+                             lora_alpha=alpha, grader=args.grader, seed=args.seed,
+                             batch_self_edits=getattr(args, "batch_self_edits", 1))
     inner = InnerLoop.from_pretrained(path, config)
     inner.sync_from(policy)
     task = KnowledgeTask(style=args.style, chat=bool(getattr(tokenizer, "chat_template", None)))

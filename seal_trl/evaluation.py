@@ -43,11 +43,17 @@ def generate_self_edits(model, tokenizer, task, contexts: Sequence[Mapping[str, 
 
 def score_self_edits(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str, Any]], self_edits: Sequence[str],
                      *, seed: int = 0, hyperparameters: Mapping[str, Any] | None = None) -> SelfEditEvaluation:
-    """Run each self-edit through the inner loop on its context; unparseable self-edits score 0."""
+    """Run each self-edit through the inner loop on its context; unparseable self-edits score 0.
+
+    All runs go to `InnerLoop.run_many` in one call, so with `batch_self_edits=K` they train K at a time.
+    """
+    from .inner.batched import InnerJob
+
     config = inner_loop.config
     hp = {"learning_rate": config.learning_rate, "epochs": config.num_epochs, "batch_size": config.batch_size,
           **(hyperparameters or {})}
-    evaluation = SelfEditEvaluation()
+    results: list[InnerResult | None] = []
+    jobs, owners = [], []
     for context, edit in zip(contexts, self_edits, strict=True):
         probe = task.probe(context)
         cid = str(context.get("context_id"))
@@ -55,13 +61,15 @@ def score_self_edits(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str
             plan = task.plan(context, edit, **hp)
         except SelfEditError as err:
             before = inner_loop.score(probe, context_id=cid)
-            result = InnerResult(score_before=before, score_after=None, reward=0.0, error=err.reason,
-                                 error_message=str(err))
+            results.append(InnerResult(score_before=before, score_after=None, reward=0.0, error=err.reason,
+                                       error_message=str(err)))
         else:
-            result = inner_loop.run(plan, probe, context_id=cid, seed=derive_seed(seed, cid, "eval"))
-        evaluation.self_edits.append(edit)
-        evaluation.results.append(result)
-    return evaluation
+            owners.append(len(results))
+            results.append(None)
+            jobs.append(InnerJob(plan, probe, context_id=cid, seed=derive_seed(seed, cid, "eval")))
+    for index, result in zip(owners, inner_loop.run_many(jobs), strict=True):
+        results[index] = result
+    return SelfEditEvaluation(self_edits=list(self_edits), results=results)
 
 
 METHODS = ("none", "passage", "self-edit", "teacher")
@@ -107,11 +115,16 @@ def evaluate_methods(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str
             for c in tqdm(contexts, desc=f"{method}: writing", disable=not progress):
                 edits.append(generate_self_edits(model, tok, task, [c], max_new_tokens=max_new_tokens, seed=seed)[0])
             method_task = task
-        for context, edit in tqdm(list(zip(contexts, edits)), desc=f"{method}: adapting", disable=not progress):
-            ev = score_self_edits(inner_loop, method_task, [context], [edit], seed=seed)
-            result = ev.results[0]
-            scores[method].append(result.score_after if result.ok else result.score_before)
-            details["errors"][method].append(result.error)
+        # K at a time when the inner loop batches self-edits (`batch_self_edits=K`), one at a time otherwise
+        chunk = max(1, inner_loop.config.batch_self_edits)
+        with tqdm(total=len(contexts), desc=f"{method}: adapting", disable=not progress) as bar:
+            for start in range(0, len(contexts), chunk):
+                ev = score_self_edits(inner_loop, method_task, contexts[start : start + chunk],
+                                      edits[start : start + chunk], seed=seed)
+                for result in ev.results:
+                    scores[method].append(result.score_after if result.ok else result.score_before)
+                    details["errors"][method].append(result.error)
+                bar.update(len(ev.results))
     return scores, details
 
 

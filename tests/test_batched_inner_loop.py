@@ -74,6 +74,32 @@ def test_fewer_or_more_slots_than_jobs(tiny_model_dir, tiny_tokenizer, sequentia
     assert_same(sequential_results, results)
 
 
+def test_grouped_matmul_and_its_gather_fallback_agree(tiny_model_dir, tiny_tokenizer, sequential_results,
+                                                      monkeypatch):
+    """The packed row goes through `grouped_mm` where it runs (here: CPU fp32) and gather + bmm elsewhere."""
+    loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4)
+    assert loop._batched_trainer(4).slots.grouped
+    calls = []
+    real = torch.nn.functional.grouped_mm
+    monkeypatch.setattr(torch.nn.functional, "grouped_mm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    assert_same(sequential_results, loop.run_many(mixed_jobs()))
+    assert calls
+    monkeypatch.setattr(batched, "grouped_mm_supported", lambda *a, **k: False)
+    fallback = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4)
+    assert not fallback._batched_trainer(4).slots.grouped
+    calls.clear()
+    assert_same(sequential_results, fallback.run_many(mixed_jobs()))
+    assert not calls
+
+
+def test_grouped_matmul_support_check():
+    ok = batched.grouped_mm_supported([torch.Size([8, 64]), torch.Size([64, 8])], torch.float32, torch.device("cpu"))
+    assert ok
+    # 16-byte strides: a rank of 3 fp32 columns cannot be used
+    assert not batched.grouped_mm_supported([torch.Size([3, 64])], torch.float32, torch.device("cpu"))
+    assert not batched.grouped_mm_supported([torch.Size([8, 64])], torch.float64, torch.device("cpu"))
+
+
 def test_one_slot_nan_leaves_the_others_untouched(tiny_model_dir, tiny_tokenizer, sequential_results, monkeypatch):
     real = batched.per_slot_mean_nll
     calls = {"n": 0}
@@ -163,6 +189,33 @@ def test_reward_function_batches_its_completions(tiny_model_dir, tiny_tokenizer,
         rewards[k] = SelfEditReward(task, loop, repeats=2)(prompts=[""] * 3, completions=completions, **columns)
         assert calls == [6]  # 3 self-edits x 2 repeats in one call
     assert rewards[3] == pytest.approx(rewards[1], abs=1e-4)
+
+
+def test_held_out_evaluation_batches_its_self_edits(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    from seal_trl.evaluation import evaluate_methods
+    from seal_trl.tasks.knowledge import KnowledgeTask
+    from seal_trl.tasks.squad import load_bundled
+
+    contexts = load_bundled("validation")[:3]
+    edits = ["The passage names a place.\nIt has a date.", "no usable lines?", "A person is named.\nThey built it."]
+    task = KnowledgeTask()
+    out = {}
+    for k in (1, 2):
+        loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=k, num_epochs=2)
+        calls = []
+        original = loop.run_many
+        monkeypatch.setattr(loop, "run_many", lambda jobs, original=original: calls.append(len(jobs)) or original(jobs))
+        monkeypatch.setattr("seal_trl.evaluation.generate_self_edits",
+                            lambda model, tok, task, ctx, **kw: [edits[contexts.index(ctx[0])]])
+        scores, details = evaluate_methods(loop, task, contexts, ["passage", "self-edit"], policy=object(),
+                                           tokenizer=tiny_tokenizer, progress=False)
+        # chunks of K contexts per run_many call; each method covers every context once
+        assert calls == ([1, 1, 1] if k == 1 else [2, 1]) * 2
+        assert len(scores["passage"]) == len(scores["self-edit"]) == 3
+        out[k] = (scores, details["errors"])
+    assert out[2][1] == out[1][1]
+    for method in ("passage", "self-edit"):
+        assert out[2][0][method] == pytest.approx(out[1][0][method], abs=1e-4)
 
 
 def test_config_rejects_bad_batch_size():

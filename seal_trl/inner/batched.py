@@ -54,14 +54,50 @@ class SlotRouting:
     """Which slot each token of the current forward pass belongs to.
 
     Rows split evenly by slot (`pad_index` None): the rows are G equal groups, group g in slot `slots[g]`.
-    A packed row (`pad_index`, `unpad_index` from `PackedBatch`): each slot's tokens are gathered into a padded
-    (G, L) block for the batched matmul and scattered back after.
+    A packed row, whose tokens are contiguous by slot in slot order: `offsets` (K,) int32 holds where each of
+    the K slots' tokens end (an idle slot's span is empty), for a grouped matmul over the jagged spans; where
+    that kernel is not available, `pad_index`, `unpad_index` (from `PackedBatch`) gather each slot's tokens into
+    a padded (G, L) block for a batched matmul and scatter them back after.
     """
 
     slots: torch.Tensor
     every_slot: bool = False  # slots == arange(K): use the stacked tensors as they are
     pad_index: torch.Tensor | None = None
     unpad_index: torch.Tensor | None = None
+    offsets: torch.Tensor | None = None
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous (the grouped matmul's backward needs it)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous()
+
+
+def grouped_mm_supported(shapes: Sequence[torch.Size], dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether `torch.nn.functional.grouped_mm` (jagged groups, no padding) runs forward and backward here for
+    LoRA matrices of these shapes. Its kernels want 16-byte aligned strides and, on some devices, low precision;
+    the batched loop falls back to gather + `bmm` where it does not."""
+    grouped_mm = getattr(F, "grouped_mm", None)
+    if grouped_mm is None:
+        return False
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if any(dim * itemsize % 16 for shape in shapes for dim in shape):
+        return False
+    try:
+        r, d_in = shapes[0]
+        x = torch.ones(4, d_in, dtype=dtype, device=device, requires_grad=True)
+        a = torch.ones(2, r, d_in, dtype=dtype, device=device, requires_grad=True)
+        out = grouped_mm(x, a.transpose(1, 2), offs=torch.tensor([1, 4], dtype=torch.int32, device=device))
+        out.backward(torch.ones_like(out))
+    except (RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 class SlotLoRA:
@@ -102,6 +138,7 @@ class SlotLoRA:
                     self.slot_grads[slot].append(self.grad[start : start + size].view(shape))
                 offset += num_slots * size
         self._routing: SlotRouting | None = None
+        self.grouped = grouped_mm_supported([*self.a_shapes, *self.b_shapes], self.dtype, self.device)
 
     def _leaf(self, start: int, shape: tuple[int, ...]) -> torch.Tensor:
         size = math.prod(shape)
@@ -152,9 +189,15 @@ class SlotLoRA:
             x = x.to(a.dtype)
             if self.dropout and module.training:
                 x = F.dropout(x, self.dropout, training=True)
+            features, scaling = x.shape[-1], self.scaling[index]  # scaling applied to the r-wide hidden: cheaper
+            if routing.offsets is not None and self.grouped:
+                # every slot's span of the packed row through its own A and B, no padding and no gather
+                grouped_mm, offsets = F.grouped_mm, routing.offsets
+                hidden = grouped_mm(x.reshape(-1, features), a.transpose(1, 2), offs=offsets) * scaling
+                delta = _ContiguousGrad.apply(grouped_mm(hidden, b.transpose(1, 2), offs=offsets))
+                return output + delta.reshape(output.shape).to(output.dtype)
             if not routing.every_slot:
                 a, b = a.index_select(0, routing.slots), b.index_select(0, routing.slots)
-            features, scaling = x.shape[-1], self.scaling[index]  # scaling applied to the r-wide hidden: cheaper
             if routing.pad_index is None:
                 grouped = x.reshape(routing.slots.numel(), -1, features)
                 delta = torch.bmm(torch.bmm(grouped, a.transpose(1, 2)) * scaling, b.transpose(1, 2))
@@ -258,8 +301,10 @@ class BatchedTrainer:
             if not stepping:
                 break
             packed = pack_slots(stepping, loop.device)
+            ends = torch.tensor([packed.tokens_per_slot.get(k, 0) for k in range(self.num_slots)]).cumsum(0)
             routing = SlotRouting(slots=packed.slots, pad_index=packed.pad_index, unpad_index=packed.unpad_index,
-                                  every_slot=[k for k, _ in stepping] == list(range(self.num_slots)))
+                                  every_slot=[k for k, _ in stepping] == list(range(self.num_slots)),
+                                  offsets=ends.to(device=loop.device, dtype=torch.int32))
             with self.slots.routed(routing):
                 logits = loop.model(input_ids=packed.input_ids, position_ids=packed.position_ids,
                                     use_cache=False).logits

@@ -255,6 +255,11 @@ class InnerLoop:
             self._batched = BatchedTrainer(self, num_slots)
         return self._batched
 
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """A term added to every training step's loss (not to the logged loss); none here. Subclasses use it for
+        regularisers that need a forward pass of their own, e.g. the continual learner's KL anchor."""
+        return None
+
     def _reward(self, before: float, after: float) -> float:
         if self.config.reward == "success":
             return after
@@ -297,6 +302,9 @@ class InnerLoop:
             value = loss.item()
             if not math.isfinite(value):
                 raise SelfEditError("nan_loss", f"training loss became {value} at step {step}", field="learning_rate")
+            auxiliary = self.auxiliary_loss()
+            if auxiliary is not None:
+                loss = loss + auxiliary
             loss.backward()
             if self.config.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(self._trainable, self.config.max_grad_norm, foreach=True)

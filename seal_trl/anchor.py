@@ -1,0 +1,86 @@
+"""A KL anchor on general text: keep a fine-tune's next-token distributions close to a reference model's.
+
+Replay of earlier documents protects what was learned from them, not the model's general behaviour: a LoRA
+fine-tune on a few sentences also moves its predictions on everyday text (the gate's regression suite sees this
+as a perplexity rise). The anchor adds `weight * KL(reference || current)`, averaged over the tokens of a few
+general texts, to every training step. The reference distributions are computed once, from the model as it is
+before the fine-tune (the promoted model). With no texts given, the model writes its own from generic prompts,
+so the anchor needs no data, and it never sees the regression suite's held-out text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .generation import generate_text
+
+GENERIC_PROMPTS = (
+    "Describe a walk through a small town on a spring morning.",
+    "Explain how a bicycle's gears make climbing a hill easier.",
+    "Give three tips for keeping a kitchen tidy.",
+    "Write a short paragraph about why people keep diaries.",
+    "Explain what a library does for the people who live near it.",
+    "Describe how bread is made, step by step.",
+)
+
+
+def write_anchor_texts(model, tokenizer, prompts: Sequence[str] = GENERIC_PROMPTS, *, max_new_tokens: int = 64
+                       ) -> list[str]:
+    """The model's own greedy answers to generic prompts (chat template when the tokenizer has one); a prompt
+    whose answer is empty stands for itself."""
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    texts = []
+    for prompt in prompts:
+        text = generate_text(model, tokenizer, [{"role": "user", "content": prompt}] if chat else prompt,
+                             max_new_tokens=max_new_tokens)
+        texts.append(text.strip() or prompt)
+    return texts
+
+
+class KLAnchor:
+    """General texts and a reference model's next-token log-probabilities on them.
+
+    `loss(model)` is the mean over anchor tokens of KL(reference || model), on one text per call in turn, so
+    each training step pays one short extra forward and backward pass.
+    """
+
+    def __init__(self, input_ids: list[torch.Tensor], reference: list[torch.Tensor]):
+        if not input_ids:
+            raise ValueError("KLAnchor needs at least one non-empty text")
+        self.input_ids = input_ids
+        self.reference = reference
+        self._next = 0
+
+    @classmethod
+    @torch.no_grad()
+    def from_model(cls, model, tokenizer, texts: Sequence[str], *, max_tokens: int = 64) -> KLAnchor:
+        """Tokenise `texts` (each cut to `max_tokens`) and record `model`'s log-probabilities on them now."""
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        ids, refs = [], []
+        for text in texts:
+            row = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :max_tokens]
+            if row.shape[1] < 2:
+                continue
+            row = row.to(device)
+            logits = model(input_ids=row).logits[:, :-1].float()
+            ids.append(row)
+            refs.append(F.log_softmax(logits, dim=-1))
+        model.train(was_training)
+        return cls(ids, refs)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(r.shape[1] for r in self.reference)
+
+    def loss(self, model) -> torch.Tensor:
+        """KL(reference || model) per token, averaged, on the next anchor text (round robin)."""
+        i = self._next % len(self.input_ids)
+        self._next += 1
+        logits = model(input_ids=self.input_ids[i]).logits[:, :-1].float()
+        return F.kl_div(F.log_softmax(logits, dim=-1), self.reference[i], log_target=True,
+                        reduction="none").sum(-1).mean()
