@@ -1,9 +1,10 @@
 """The paper's continual experiment at small scale: 8 bundled documents learned one after another.
 
 (a) naive: each document's self-edit adapter is merged into the weights, always (as in the paper's forgetting
-    experiment); (b) replay + gate: each plan mixes in earlier documents' examples and the candidate is
-    promoted only if the gate passes (new document gained, earlier documents dropped <= 2 points on average,
-    regression suite within 2%).
+    experiment); (b) replay + anchor + gate: each plan mixes in earlier documents' examples, every step
+    also pays a KL anchor to the promoted model on general text, and the candidate is promoted only if the
+    gate passes (new document gained, earlier documents dropped <= 2 points on average, regression suite
+    within 2%).
 
 Both arms use the same self-edits (written once, greedily, by the base model) and the same seeds. After each
 step every document's labelled questions are scored on the promoted model:
@@ -112,7 +113,7 @@ def summarise(steps, docs, metric="soft_accuracy"):
 
 
 METRIC_NAMES = {"soft_accuracy": "soft accuracy", "accuracy": "accuracy", "loglik": "log-likelihood"}
-ARM_LABELS = {"naive": "(a) naive sequential merge", "gated": "(b) replay + gate",
+ARM_LABELS = {"naive": "(a) naive sequential merge", "gated": "(b) replay + KL anchor + gate",
               "gated-loglik": "(c) replay + gate (log-likelihood objectives)"}
 
 
@@ -153,6 +154,8 @@ def main() -> None:
                    help="the document score reported and used by (b)'s gate")
     p.add_argument("--replay-ratio", type=float, default=1.0)
     p.add_argument("--regularization", type=float, default=0.0, help="(b): L2 pull toward the promoted weights")
+    p.add_argument("--anchor-weight", type=float, default=5.0,
+                   help="(b): KL anchor to the promoted model on the model's own general texts (0 = off)")
     p.add_argument("--retries", type=int, default=3, help="(b): gentler retries (lr x 0.35 each) after a refusal")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arms", default="naive,gated", help="comma-separated: naive, gated, gated-loglik")
@@ -183,7 +186,7 @@ def main() -> None:
         del model
         print(f"self-edits written in {time.perf_counter() - start:.0f} s", flush=True)
     gated = {"promotion": "gate", "replay_ratio": args.replay_ratio, "gentler_retries": args.retries,
-             "regularization": args.regularization}
+             "regularization": args.regularization, "anchor_weight": args.anchor_weight}
     arms = {
         "naive": {"promotion": "always", "replay_ratio": 0.0},
         "gated": {**gated, "thresholds": GateThresholds(probe_metric=args.metric)},
@@ -211,12 +214,13 @@ def main() -> None:
                                                                  "steps": results, "self_edits": edits}, indent=1))
     m = METRIC_NAMES[args.metric]
     lines = [
-        "", f"## Continual adaptation: naive sequential merge vs replay + gate ({time.strftime('%Y-%m-%d %H:%M')})", "",
+        "", f"## Continual adaptation: naive sequential merge vs replay + anchor + gate ({time.strftime('%Y-%m-%d %H:%M')})", "",
         f"`python benchmarks/continual.py {' '.join(sys.argv[1:])}`. Model `{args.model}`; {len(docs)} bundled train "
         "documents in order; the same greedy self-edit per document for every arm (written once by the base model, "
         f"<= {args.max_new_tokens} tokens, <= {args.max_lines} lines, plus the passage); LoRA r={args.lora_r} on all "
         f"projections, lr {args.lr:g}, {args.epochs} epochs. (b): replay ratio {args.replay_ratio:g}, L2 toward the "
-        f"promoted weights {args.regularization:g}, up to {args.retries} gentler retries (lr x 0.35 each) after a "
+        f"promoted weights {args.regularization:g}, KL anchor weight {args.anchor_weight:g} (general texts: the "
+        f"model's own answers to generic prompts), up to {args.retries} gentler retries (lr x 0.35 each) after a "
         f"refusal for forgetting or regression; gate defaults on {m} (new-document gain > 0, mean earlier-document "
         "drop <= 2 points, held-out perplexity +2%, QA soft accuracy -2%). Per document, over its labelled "
         "questions, each gold answer competes with the document's other gold answers (4-6 candidates) by mean "

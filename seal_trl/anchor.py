@@ -5,7 +5,7 @@ fine-tune on a few sentences also moves its predictions on everyday text (the ga
 as a perplexity rise). The anchor adds `weight * KL(reference || current)`, averaged over the tokens of a few
 general texts, to every training step. The reference distributions are computed once, from the model as it is
 before the fine-tune (the promoted model). With no texts given, the model writes its own from generic prompts,
-so the anchor needs no data, and it never sees the regression suite's held-out text.
+so the anchor needs no data; its prompts are not the regression suite's text or questions.
 """
 
 from __future__ import annotations
@@ -24,19 +24,25 @@ GENERIC_PROMPTS = (
     "Write a short paragraph about why people keep diaries.",
     "Explain what a library does for the people who live near it.",
     "Describe how bread is made, step by step.",
+    "How many hours are there in a day?",
+    "What is the tallest animal in the world?",
+    "Which metal is most used in electrical wires?",
+    "What do caterpillars turn into?",
+    "How many months are there in a year?",
+    "What is the main ingredient of guacamole?",
 )
 
 
 def write_anchor_texts(model, tokenizer, prompts: Sequence[str] = GENERIC_PROMPTS, *, max_new_tokens: int = 64
                        ) -> list[str]:
-    """The model's own greedy answers to generic prompts (chat template when the tokenizer has one); a prompt
-    whose answer is empty stands for itself."""
+    """Each generic prompt followed by the model's own greedy answer (chat template when the tokenizer has one):
+    everyday prose and short question answering, the general behaviour a fine-tune should leave alone."""
     chat = bool(getattr(tokenizer, "chat_template", None))
     texts = []
     for prompt in prompts:
-        text = generate_text(model, tokenizer, [{"role": "user", "content": prompt}] if chat else prompt,
-                             max_new_tokens=max_new_tokens)
-        texts.append(text.strip() or prompt)
+        answer = generate_text(model, tokenizer, [{"role": "user", "content": prompt}] if chat else prompt,
+                               max_new_tokens=max_new_tokens)
+        texts.append(f"{prompt}\n{answer.strip()}".strip())
     return texts
 
 
@@ -44,7 +50,8 @@ class KLAnchor:
     """General texts and a reference model's next-token log-probabilities on them.
 
     `loss(model)` is the mean over anchor tokens of KL(reference || model), on one text per call in turn, so
-    each training step pays one short extra forward and backward pass.
+    each training step pays one short extra forward and backward pass. The reference is kept whole: texts x
+    tokens x vocabulary floats (12 texts of 64 tokens over SmolLM2's 49,152-token vocabulary: 150 MB in fp32).
     """
 
     def __init__(self, input_ids: list[torch.Tensor], reference: list[torch.Tensor]):

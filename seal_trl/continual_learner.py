@@ -434,6 +434,7 @@ class ContinualLearner:
                                  "final_loss": result.losses[-1] if result.losses else None},
                        "config": {"mode": cfg.mode, "promotion": cfg.promotion, "replay_ratio": cfg.replay_ratio,
                                   "regularization": cfg.regularization, "anchor_weight": cfg.anchor_weight,
+                                  "anchor_texts": len(self._anchor_texts or ()),
                                   "thresholds": asdict(cfg.thresholds)}}
             version = self.registry.add_version(
                 best["state"], self._adapter_config(), parent=parent,

@@ -70,3 +70,22 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(tmp_path, tiny_model_dir
     assert "'v0007' does not exist" in capsys.readouterr().err
     assert main(["registry", "rollback", "--registry", str(reg)]) == 2
     assert "nothing to roll back" in capsys.readouterr().err
+
+
+def test_adapt_with_a_kl_anchor_file(tmp_path, tiny_model_dir, capsys):
+    doc = tmp_path / "a.txt"
+    doc.write_text("The river Velmora runs through Ostrand. It feeds three lakes. The capital is Harlow.")
+    reg = tmp_path / "reg"
+    missing = ["adapt", "--model", str(tiny_model_dir), "--documents", str(doc), "--registry", str(reg),
+               "--anchor-weight", "2", "--anchor-text", str(tmp_path / "nope.txt"), *FAST]
+    assert main(missing) == 2
+    assert "nope.txt: no such file (--anchor-text)" in capsys.readouterr().err
+    assert not reg.exists()
+    anchor = tmp_path / "general.txt"
+    anchor.write_text("Bread is baked in the morning.\n\nA bicycle has two wheels and a chain.\n")
+    code = main(["adapt", "--model", str(tiny_model_dir), "--documents", str(doc), "--registry", str(reg),
+                 "--anchor-weight", "2", "--anchor-text", str(anchor), "--no-regression", *FAST])
+    assert code == 0, capsys.readouterr()
+    entry = json.loads((reg / "registry.json").read_text())["versions"]["v0001"]
+    assert entry["metrics"]["config"]["anchor_weight"] == 2.0
+    assert entry["metrics"]["config"]["anchor_texts"] == 2  # the file's two paragraphs
