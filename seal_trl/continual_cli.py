@@ -38,7 +38,9 @@ def add_continual_commands(sub) -> None:
     adapt.add_argument("--inner-epochs", type=int, default=10)
     adapt.add_argument("--inner-lr", type=float, default=1e-3)
     adapt.add_argument("--inner-lora-r", type=int, default=32)
-    adapt.add_argument("--probe-metric", choices=["accuracy", "soft_accuracy", "loglik"], default="accuracy")
+    adapt.add_argument("--probe-metric", choices=["accuracy", "soft_accuracy", "loglik"], default="soft_accuracy",
+                       help="the document score the gate compares (soft accuracy: the gold answer's mean softmax "
+                            "weight among the probe's answers, percent)")
     adapt.add_argument("--min-new-gain", type=float, default=0.0)
     adapt.add_argument("--max-earlier-drop", type=float, default=2.0, help="points of the probe metric")
     adapt.add_argument("--max-perplexity-increase", type=float, default=0.02, help="relative, 0.02 = 2%%")

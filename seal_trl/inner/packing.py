@@ -23,7 +23,8 @@ class PackedBatch:
 
     `pad_index` (G, L): the positions of each slot's tokens, padded with position 0 to the longest slot, in the
     order of `slots` (G,). `unpad_index` (T,): where each token sits in that (G * L) layout. The LoRA layers use
-    both to run all slots in one batched matmul.
+    both to run all slots in one batched matmul where the grouped matmul over the row's per-slot spans (which
+    needs neither) does not run.
     """
 
     input_ids: torch.Tensor
