@@ -40,6 +40,14 @@ def make_loop(model_dir, tokenizer, **overrides):
     return InnerLoop(AutoModelForCausalLM.from_pretrained(model_dir), tokenizer, config)
 
 
+def record_run_many(loop, monkeypatch) -> list[int]:
+    """The number of jobs of each `loop.run_many` call, recorded as they happen."""
+    calls = []
+    original = loop.run_many
+    monkeypatch.setattr(loop, "run_many", lambda jobs: calls.append(len(jobs)) or original(jobs))
+    return calls
+
+
 def assert_same(sequential, batch, tol=1e-4):
     for one, many in zip(sequential, batch, strict=True):
         assert one.error == many.error
@@ -183,9 +191,7 @@ def test_reward_function_batches_its_completions(tiny_model_dir, tiny_tokenizer,
     rewards = {}
     for k in (1, 3):
         loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=k, num_epochs=3)
-        calls = []
-        original = loop.run_many
-        monkeypatch.setattr(loop, "run_many", lambda jobs, original=original: calls.append(len(jobs)) or original(jobs))
+        calls = record_run_many(loop, monkeypatch)
         rewards[k] = SelfEditReward(task, loop, repeats=2)(prompts=[""] * 3, completions=completions, **columns)
         assert calls == [6]  # 3 self-edits x 2 repeats in one call
     assert rewards[3] == pytest.approx(rewards[1], abs=1e-4)
@@ -202,9 +208,7 @@ def test_held_out_evaluation_batches_its_self_edits(tiny_model_dir, tiny_tokeniz
     out = {}
     for k in (1, 2):
         loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=k, num_epochs=2)
-        calls = []
-        original = loop.run_many
-        monkeypatch.setattr(loop, "run_many", lambda jobs, original=original: calls.append(len(jobs)) or original(jobs))
+        calls = record_run_many(loop, monkeypatch)
         monkeypatch.setattr("seal_trl.evaluation.generate_self_edits",
                             lambda model, tok, task, ctx, **kw: [edits[contexts.index(ctx[0])]])
         scores, details = evaluate_methods(loop, task, contexts, ["passage", "self-edit"], policy=object(),
