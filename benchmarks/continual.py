@@ -188,7 +188,7 @@ def main() -> None:
     gated = {"promotion": "gate", "replay_ratio": args.replay_ratio, "gentler_retries": args.retries,
              "regularization": args.regularization, "anchor_weight": args.anchor_weight}
     arms = {
-        "naive": {"promotion": "always", "replay_ratio": 0.0},
+        "naive": {"promotion": "always", "replay_ratio": 0.0, "anchor_weight": 0.0},
         "gated": {**gated, "thresholds": GateThresholds(probe_metric=args.metric)},
         # the document objectives on the answer log-likelihood (nats) instead
         "gated-loglik": {**gated, "thresholds": GateThresholds(probe_metric="loglik",

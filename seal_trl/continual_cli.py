@@ -23,7 +23,7 @@ def add_continual_commands(sub) -> None:
     adapt.add_argument("--max-replay-examples", type=int, default=16)
     adapt.add_argument("--regularization", type=float, default=0.0,
                        help="L2 weight on the candidate's weight delta (pull toward the promoted weights)")
-    adapt.add_argument("--anchor-weight", type=float, default=0.0,
+    adapt.add_argument("--anchor-weight", type=float, default=5.0,
                        help="weight of a KL anchor to the promoted model on general text at every step (0 = off)")
     adapt.add_argument("--anchor-text", default=None, metavar="FILE",
                        help="general texts for the anchor, one per paragraph (default: the model's own answers to "

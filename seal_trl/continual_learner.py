@@ -50,8 +50,8 @@ class ContinualConfig:
     `promotion`: "gate" (promote only when every objective passes), "always" (the paper's naive sequential
     merge; the verdict is still recorded) or "never" (candidates only). `replay_ratio` earlier examples per new
     example are mixed into each plan (at most `max_replay_examples`). `regularization` is the weight of an L2
-    penalty on the candidate's weight delta, i.e. toward the promoted weights. `anchor_weight` > 0 adds a KL
-    anchor (`anchor.py`): every training step also pays `anchor_weight * KL(promoted || candidate)` on general
+    penalty on the candidate's weight delta, i.e. toward the promoted weights. `anchor_weight` (5 by default,
+    0 = off) adds a KL anchor (`anchor.py`): every training step also pays `anchor_weight * KL(promoted || candidate)` on general
     texts, `anchor_texts` or, when empty, the model's own answers to generic prompts (written once, at most
     `anchor_max_tokens` tokens each). When the gate refuses a candidate
     for forgetting, regression or a constraint, up to `gentler_retries` more candidates are trained with the
@@ -69,7 +69,7 @@ class ContinualConfig:
     replay_ratio: float = 1.0
     max_replay_examples: int = 16
     regularization: float = 0.0
-    anchor_weight: float = 0.0
+    anchor_weight: float = 5.0
     anchor_texts: tuple[str, ...] = ()
     anchor_max_tokens: int = 64
     gentler_retries: int = 0

@@ -41,6 +41,11 @@ def test_adapt_then_list_promote_and_rollback(tmp_path, tiny_model_dir, capsys):
     assert code == 0
     entry = json.loads((reg / "registry.json").read_text())["versions"]["v0003"]
     assert entry["parent"] == "v0002" and entry["metrics"]["replay_examples"] > 0
+    from seal_trl.anchor import GENERIC_PROMPTS
+
+    # the KL anchor is on by default, on the model's own answers to the generic prompts
+    assert entry["metrics"]["config"]["anchor_weight"] == 5.0
+    assert entry["metrics"]["config"]["anchor_texts"] == len(GENERIC_PROMPTS)
     assert set(entry["metrics"]["after"]["earlier"]) == {"a", "b"}
 
 
