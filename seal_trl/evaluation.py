@@ -8,7 +8,8 @@ from statistics import mean
 from typing import Any
 
 from .generation import generate_text
-from .inner.engine import InnerLoop, InnerResult
+from .inner.engine import InnerLoop
+from .inner.jobs import InnerJob, InnerResult
 from .plans import SelfEditError
 from .seeding import derive_seed
 
@@ -47,8 +48,6 @@ def score_self_edits(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str
 
     All runs go to `InnerLoop.run_many` in one call, so with `batch_self_edits=K` they train K at a time.
     """
-    from .inner.batched import InnerJob
-
     config = inner_loop.config
     hp = {"learning_rate": config.learning_rate, "epochs": config.num_epochs, "batch_size": config.batch_size,
           **(hyperparameters or {})}

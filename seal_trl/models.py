@@ -366,3 +366,23 @@ def load_model_and_tokenizer(
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
+
+
+def load_policy(model: str | None, adapter: str | None) -> tuple[str, object, object]:
+    """(path, policy model, tokenizer): the base model, with a PEFT adapter on top when given."""
+    path = model or str(embedded_model_path())
+    policy, tokenizer = load_model_and_tokenizer(path)
+    if adapter:
+        from pathlib import Path
+
+        from peft import PeftModel
+
+        local = Path(adapter)
+        if local.exists() and not (local / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"--adapter {adapter!r} has no adapter_config.json (pass a PEFT adapter directory)")
+        try:
+            policy = PeftModel.from_pretrained(policy, adapter)
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(f"--adapter {adapter!r} could not be loaded as a local directory or Hub repo: "
+                                    f"{str(err).splitlines()[0]}") from None
+    return path, policy.eval(), tokenizer

@@ -14,8 +14,8 @@ from collections.abc import Callable, Sequence
 from statistics import mean
 from typing import Any
 
-from .inner.batched import InnerJob
-from .inner.engine import InnerLoop, InnerResult
+from .inner.engine import InnerLoop
+from .inner.jobs import InnerJob, InnerResult
 from .plans import SelfEditError
 from .seeding import derive_seed
 from .tasks.base import Task, completion_text

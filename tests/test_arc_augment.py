@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from seal_trl.tasks import arc_augment as aug
+from seal_trl.tasks.arc import augment as aug
 
 
 def grids(max_side=12):

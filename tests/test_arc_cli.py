@@ -2,7 +2,7 @@
 
 import json
 
-from seal_trl.cli import main
+from seal_trl.cli.main import main
 
 
 def test_evaluate_arc_writes_success_table(tiny_model_dir, tmp_path, capsys):

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from seal_trl.plans import SelfEditError
-from seal_trl.tasks.arc_config import DEFAULT_CONFIG, ArcConfig, parse_config, sample_parseable_config
+from seal_trl.tasks.arc.config import DEFAULT_CONFIG, ArcConfig, parse_config, sample_parseable_config
 
 GOOD = {"data_generation": {"use_basic_augmentations": True, "use_size_augmentations": False,
                             "use_chain_augmentations": True, "use_repeat_augmentations": False},

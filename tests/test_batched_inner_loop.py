@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from seal_trl.inner import InnerLoop, InnerLoopConfig
 from seal_trl.inner import batched
-from seal_trl.inner.batched import InnerJob
+from seal_trl.inner.jobs import InnerJob
 from seal_trl.plans import PlanBounds, TrainingPlan
 from seal_trl.probes import knowledge_probe
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from seal_trl.cli import main
+from seal_trl.cli.main import main
 
 
 def evaluate_args(model_dir, data, out, *extra):
@@ -60,7 +60,7 @@ def test_train_errors_and_help(capsys, tmp_path):
         main(["demo", "--help"])
     assert done.value.code == 0 and "--train-contexts" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="neither a file nor one of"):
-        from seal_trl.cli import accelerate_config_path
+        from seal_trl.cli.main import accelerate_config_path
 
         accelerate_config_path("zero9")
 
@@ -76,7 +76,7 @@ def test_evaluate_with_a_teacher_model(tiny_model_dir, squad_file, tmp_path):
 
 
 def test_ctrl_c_keeps_finished_results(tiny_model_dir, squad_file, tmp_path, monkeypatch, capsys):
-    import seal_trl.evaluate_cli as evaluate_cli
+    import seal_trl.cli.evaluate as evaluate_cli
 
     def interrupted(*args, scores, details, **kwargs):
         scores["none"] = [-1.0, -2.0]

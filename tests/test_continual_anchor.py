@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seal_trl.anchor import KLAnchor, write_anchor_texts
-from seal_trl.continual_learner import ContinualConfig
+from seal_trl.continual.anchor import KLAnchor, write_anchor_texts
+from seal_trl.continual.learner import ContinualConfig
 
 from test_continual_learner import DOC_A, EDIT_A, make_learner
 

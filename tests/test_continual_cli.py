@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from seal_trl.cli import main
+from seal_trl.cli.main import main
 
 FAST = ["--inner-epochs", "2", "--inner-lora-r", "4", "--max-new-tokens", "8"]
 
@@ -41,7 +41,7 @@ def test_adapt_then_list_promote_and_rollback(tmp_path, tiny_model_dir, capsys):
     assert code == 0
     entry = json.loads((reg / "registry.json").read_text())["versions"]["v0003"]
     assert entry["parent"] == "v0002" and entry["metrics"]["replay_examples"] > 0
-    from seal_trl.anchor import GENERIC_PROMPTS
+    from seal_trl.continual.anchor import GENERIC_PROMPTS
 
     # the KL anchor is on by default, on the model's own answers to the generic prompts
     assert entry["metrics"]["config"]["anchor_weight"] == 5.0
@@ -68,7 +68,7 @@ def test_bad_input_is_a_clear_error_and_changes_nothing(tmp_path, tiny_model_dir
     reg.mkdir()
     assert main(["registry", "list", "--registry", str(reg)]) == 2  # an empty dir is not a registry yet
     assert "not a seal-trl registry" in capsys.readouterr().err
-    from seal_trl.registry import AdapterRegistry
+    from seal_trl.continual.registry import AdapterRegistry
 
     AdapterRegistry(reg, create=True)
     assert main(["registry", "promote", "v0007", "--registry", str(reg)]) == 2

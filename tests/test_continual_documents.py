@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from seal_trl.documents import DocumentError, read_documents, split_text
-from seal_trl.regression import RegressionSuite, RegressionSuiteError
+from seal_trl.continual.documents import DocumentError, read_documents, split_text
+from seal_trl.continual.regression import RegressionSuite, RegressionSuiteError
 
 
 def test_text_json_and_squad_documents(tmp_path):

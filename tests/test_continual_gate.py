@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from seal_trl.continual import CandidateOutputs, GateThresholds, banned_phrases, evaluate_gate, run_constraints
+from seal_trl.continual.gate import CandidateOutputs, GateThresholds, banned_phrases, evaluate_gate, run_constraints
 
 
 def scores(new, earlier, ppl=10.0, qa=60.0):
@@ -66,7 +66,7 @@ def test_constraints_are_objectives_and_never_crash_the_gate():
 def test_regression_scores_on_the_tiny_model(tiny_model, tiny_tokenizer):
     import torch
 
-    from seal_trl.regression import regression_scores
+    from seal_trl.continual.regression import regression_scores
 
     first = regression_scores(tiny_model, tiny_tokenizer)
     assert first["perplexity"] > 1 and 0 <= first["qa_accuracy"] <= 100 and 0 < first["qa_soft_accuracy"] < 100

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from seal_trl.continual import GateThresholds
-from seal_trl.continual_learner import ContinualConfig, ContinualLearner
-from seal_trl.doc_probes import cloze_pairs, drop_held_out, parse_probe_pairs, self_written_probe
-from seal_trl.documents import Document
+from seal_trl.continual.gate import GateThresholds
+from seal_trl.continual.learner import ContinualConfig, ContinualLearner
+from seal_trl.continual.document_probes import cloze_pairs, drop_held_out, parse_probe_pairs, self_written_probe
+from seal_trl.continual.documents import Document
 from seal_trl.inner.config import InnerLoopConfig
-from seal_trl.registry import AdapterRegistry
+from seal_trl.continual.registry import AdapterRegistry
 
 INNER = InnerLoopConfig(lora_r=8, lora_alpha=16, num_epochs=20, learning_rate=1e-2, lr_schedule="constant",
                         target_modules=("q_proj", "v_proj", "o_proj", "up_proj", "down_proj"))
@@ -139,7 +139,7 @@ def test_replay_mixes_earlier_examples_seeded_and_configurable(tmp_path, tiny_mo
 
 
 def test_regularisation_pulls_the_candidate_toward_the_promoted_weights(tmp_path, tiny_model, tiny_tokenizer):
-    from seal_trl.continual_learner import _deltas
+    from seal_trl.continual.learner import _deltas
 
     learner = make_learner(tmp_path, tiny_model, tiny_tokenizer)
     probe = learner.make_probe(DOC_A)

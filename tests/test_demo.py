@@ -3,7 +3,7 @@
 import json
 
 import seal_trl.models as models
-from seal_trl.cli import main
+from seal_trl.cli.main import main
 
 
 def test_demo_runs_round_and_writes_report(tiny_model_dir, tmp_path, monkeypatch, capsys):

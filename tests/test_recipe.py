@@ -63,7 +63,7 @@ def test_recipe_missing_config_file(tmp_path):
 def test_shipped_recipes_and_accelerate_configs_parse():
     from trl import ModelConfig, TrlParser
 
-    from seal_trl.recipe import SEALScriptArguments
+    from seal_trl.cli.train import SEALScriptArguments
 
     from seal_trl.config import SEALConfig
 
@@ -86,7 +86,7 @@ def test_cli_train_launches_the_recipe_on_two_cpu_processes(tiny_model_dir, squa
     out = tmp_path / "mp"
     config = write_yaml(tmp_path / "mp.yaml", tiny_model_dir, squad_file, out, save_strategy="no")
     proc = subprocess.run(
-        [sys.executable, "-m", "seal_trl.cli", "train", "--config", str(config), "--accelerate-config", "multi_cpu",
+        [sys.executable, "-m", "seal_trl.cli.main", "train", "--config", str(config), "--accelerate-config", "multi_cpu",
          "--max_steps", "1"],
         env={**ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]

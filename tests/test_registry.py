@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from seal_trl.registry import AdapterRegistry, RegistryError, RegistryLockedError
+from seal_trl.continual.registry import AdapterRegistry, RegistryError, RegistryLockedError
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "scripts" / "registry_worker.py"

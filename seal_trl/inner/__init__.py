@@ -1,8 +1,8 @@
 """The inner loop: execute a self-edit as a LoRA fine-tune and score the probe."""
 
-from .batched import InnerJob
 from .config import DEFAULT_TARGET_MODULES, InnerLoopConfig
-from .engine import InnerLoop, InnerResult
+from .engine import InnerLoop
+from .jobs import InnerJob, InnerResult
 from .graders import AnswerMatchGrader, Grader, JudgeGrader, LogLikelihoodGrader, make_grader
 
 __all__ = [

@@ -29,24 +29,16 @@ import torch.nn.functional as F
 from ..plans import SelfEditError, TrainingPlan
 from ..probes import Probe
 from .graders import LogLikelihoodGrader
+from .jobs import INNER_ADAPTER, InnerJob, InnerResult
+from .sync import POLICY_ADAPTER
 from .steps import learning_rate_at, lora_a_inits, plan_batches
 from .packing import pack_slots
 from .tensors import IGNORE_INDEX, EncodedExample, pad_right
 
 if TYPE_CHECKING:
-    from .engine import InnerLoop, InnerResult
+    from .engine import InnerLoop
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InnerJob:
-    """One self-edit to execute: its plan, the probe that scores it, the cache key of the probe and a seed."""
-
-    plan: TrainingPlan
-    probe: Probe
-    context_id: str | None = None
-    seed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -243,8 +235,6 @@ class BatchedTrainer:
     """Trains up to K plans at once in the slots of one `SlotLoRA` and scores each on its probe."""
 
     def __init__(self, loop: InnerLoop, num_slots: int):
-        from .engine import INNER_ADAPTER
-
         self.loop = loop
         self.num_slots = num_slots
         self.slots = SlotLoRA(loop._layers, INNER_ADAPTER, num_slots, dropout=loop.config.lora_dropout)
@@ -261,8 +251,6 @@ class BatchedTrainer:
     @contextmanager
     def _session(self):
         """Slots on, the engine's own inner adapter off (the policy adapter, if any, stays on and frozen)."""
-        from .sync import POLICY_ADAPTER
-
         keep = [POLICY_ADAPTER] if POLICY_ADAPTER in self.loop.model.peft_config else []
         for layer in self.slots.layers:
             layer.set_adapter(keep, inference_mode=True)
@@ -405,8 +393,6 @@ def run_batched(loop: InnerLoop, jobs: Sequence[InnerJob], num_slots: int) -> li
     A plan that fails validation scores 0 at once and takes no slot. If a whole batched group fails for a
     reason that is not one self-edit's fault (e.g. out of memory), its jobs are rerun one at a time.
     """
-    from .engine import InnerResult
-
     trainer = loop._batched_trainer(num_slots)
     results: list[InnerResult] = []
     pending: list[_Slot] = []

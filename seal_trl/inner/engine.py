@@ -15,49 +15,20 @@ import time
 import weakref
 from contextlib import contextmanager
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 
 from ..plans import SelfEditError, TrainingPlan
 from ..probes import Probe
 from . import sync
-from .batched import InnerJob
+from .batched import BatchedTrainer, run_batched
 from .config import InnerLoopConfig
 from .graders import Grader, make_grader
+from .jobs import INNER_ADAPTER, InnerJob, InnerResult
 from .steps import learning_rate_at, lora_a_inits, plan_batches
 from .tensors import EncodedExample, encode_example, masked_mean_nll, pad_right
 
 logger = logging.getLogger(__name__)
-
-INNER_ADAPTER = "inner"
-
-
-@dataclass
-class InnerResult:
-    """The outcome of one self-edit run. `error` is a reason from `plans.FAILURE_REASONS`, or None."""
-
-    score_before: float
-    score_after: float | None
-    reward: float
-    error: str | None = None
-    error_message: str | None = None
-    losses: list[float] = field(default_factory=list)
-    steps: int = 0
-    tokens_trained: int = 0
-    train_seconds: float = 0.0
-    score_seconds: float = 0.0
-    seconds: float = 0.0
-    seed: int | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    @property
-    def gain(self) -> float | None:
-        return None if self.score_after is None else self.score_after - self.score_before
-
 
 class InnerLoop:
     """Executes self-edits as real LoRA fine-tunes of one in-memory inner model.
@@ -243,13 +214,9 @@ class InnerLoop:
         """
         if self.config.batch_self_edits <= 1 or len(jobs) <= 1:
             return [self.run(j.plan, j.probe, context_id=j.context_id, seed=j.seed) for j in jobs]
-        from .batched import run_batched
-
         return run_batched(self, jobs, self.config.batch_self_edits)
 
     def _batched_trainer(self, num_slots: int):
-        from .batched import BatchedTrainer
-
         if self._batched is None or self._batched.num_slots != num_slots:
             self._batched = None  # free the old slot buffers first
             self._batched = BatchedTrainer(self, num_slots)

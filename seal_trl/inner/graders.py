@@ -12,6 +12,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from importlib import import_module
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
@@ -234,6 +235,9 @@ class JudgeGrader:
 
 
 GRADER_NAMES = ("loglik", "exact_match", "f1", "judge", "arc")
+# Graders that belong to a task live with the task (which imports the inner loop, not the other way round);
+# they are loaded by name when first asked for.
+TASK_GRADERS = {"arc": "seal_trl.tasks.arc.grader:ArcGrader"}
 
 
 def make_grader(name: str, *, max_new_tokens: int = 32, judge=None) -> Grader:
@@ -246,8 +250,7 @@ def make_grader(name: str, *, max_new_tokens: int = 32, judge=None) -> Grader:
         if judge is None:
             raise ValueError("grader='judge' needs a judge model: pass judge=(model, tokenizer)")
         return JudgeGrader(*judge, max_new_tokens=max_new_tokens)
-    if name == "arc":
-        from .arc_grader import ArcGrader
-
-        return ArcGrader(max_new_tokens=max_new_tokens)
+    if name in TASK_GRADERS:
+        module, attr = TASK_GRADERS[name].split(":")
+        return getattr(import_module(module), attr)(max_new_tokens=max_new_tokens)
     raise ValueError(f"unknown grader {name!r}; choose one of {GRADER_NAMES}")

@@ -11,8 +11,8 @@ import signal
 import sys
 import time
 
-from seal_trl import registry as reg_mod
-from seal_trl.registry import AdapterRegistry
+from seal_trl.continual import registry as reg_mod
+from seal_trl.continual.registry import AdapterRegistry
 
 
 def _kill_at(target):

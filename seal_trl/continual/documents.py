@@ -151,7 +151,7 @@ def make_documents(doc_id: str, title: str, text: str, *, questions: Sequence[Ma
 def _from_json(data: Any, path: Path, chunk_chars: int) -> list[Document]:
     where = str(path)
     if isinstance(data, Mapping) and isinstance(data.get("data"), list):  # SQuAD v1.1
-        from .tasks.squad import DatasetFormatError, contexts_from_squad
+        from ..tasks.squad import DatasetFormatError, contexts_from_squad
 
         try:
             contexts = contexts_from_squad(data, source=where)

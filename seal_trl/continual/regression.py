@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .inner.graders import completion_logprobs
-from .inner.tensors import encode_example, token_logprobs
+from ..inner.graders import completion_logprobs
+from ..inner.tensors import encode_example, token_logprobs
 
 
 class RegressionSuiteError(ValueError):

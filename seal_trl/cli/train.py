@@ -18,13 +18,13 @@ import torch
 from transformers.trainer_utils import get_last_checkpoint
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
-from .config import SEALConfig
-from .models import embedded_model_path, load_tokenizer
-from .tasks.knowledge import KnowledgeTask
-from .tasks.squad import load_contexts
-from .trainer import SEALTrainer
+from ..config import SEALConfig
+from ..models import embedded_model_path, load_tokenizer
+from ..tasks.knowledge import KnowledgeTask
+from ..tasks.squad import load_contexts
+from ..trainer import SEALTrainer
 
-logger = logging.getLogger("seal_trl.recipe")
+logger = logging.getLogger("seal_trl.cli.train")
 
 
 @dataclass
@@ -69,7 +69,7 @@ def main(script_args: SEALScriptArguments, training_args: SEALConfig, model_args
     training_args.model_init_kwargs = {k: v for k, v in init_kwargs.items() if v is not None}
 
     if script_args.task == "arc":
-        from .arc_recipe import build_arc_trainer
+        from .train_arc import build_arc_trainer
 
         trainer = build_arc_trainer(script_args, training_args, model_args, model_path, tokenizer)
     else:

@@ -3,7 +3,7 @@
 For each new document the current promoted model writes self-edits; each is trained (with replay of earlier
 documents' examples, optionally regularised toward the promoted weights) into a candidate LoRA adapter on
 top of the promoted model; the best by the new document's probe is scored on every objective of the gate
-(`continual.py`) and committed to the registry (`registry.py`), promoted only when the gate passes.
+(`gate.py`) and committed to the registry (`registry.py`), promoted only when the gate passes.
 
 The promoted model lives in memory as the inner model's base weights plus the promoted chain: `merge` mode
 folds each promoted adapter into the base weights (W0 + sum of B@A*scaling, recomputed from a pristine copy
@@ -25,16 +25,17 @@ from typing import Any, Literal
 import torch
 
 from .anchor import KLAnchor, write_anchor_texts
-from .continual import CandidateOutputs, Constraint, GateThresholds, GateVerdict, evaluate_gate, run_constraints
-from .doc_probes import (DocumentProbe, drop_held_out, labelled_probe, score_probe, self_written_probe,
+from .gate import CandidateOutputs, Constraint, GateThresholds, GateVerdict, evaluate_gate, run_constraints
+from .document_probes import (DocumentProbe, drop_held_out, labelled_probe, score_probe, self_written_probe,
                          write_probe_text)
 from .documents import Document
-from .inner.config import InnerLoopConfig
-from .inner.engine import INNER_ADAPTER, InnerLoop, InnerResult
-from .plans import SelfEditError, TrainingPlan
+from ..inner.config import InnerLoopConfig
+from ..inner.engine import InnerLoop
+from ..inner.jobs import INNER_ADAPTER, InnerResult
+from ..plans import SelfEditError, TrainingPlan
 from .regression import RegressionSuite, regression_scores
 from .registry import AdapterRegistry
-from .seeding import derive_seed
+from ..seeding import derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -310,8 +311,8 @@ class ContinualLearner:
 
     def write_self_edits(self, document: Document) -> list[str]:
         """`num_self_edits` self-edits from the promoted model: the first greedy, the rest sampled."""
-        from .evaluation import generate_self_edits
-        from .tasks.knowledge import KnowledgeTask
+        from ..evaluation import generate_self_edits
+        from ..tasks.knowledge import KnowledgeTask
 
         chat = bool(getattr(self.tokenizer, "chat_template", None))
         task = KnowledgeTask(style=self.config.self_edit_style, chat=chat)
@@ -329,7 +330,7 @@ class ContinualLearner:
                    ) -> tuple[TrainingPlan, list[str], list[str], str | None]:
         """(plan, new examples, replay examples, self-edit error). The probe's held-out sentences are removed from
         every new example; an unusable self-edit leaves the passage alone (the error is reported)."""
-        from .tasks.knowledge import KnowledgeTask
+        from ..tasks.knowledge import KnowledgeTask
 
         cfg = self.inner.config
         passage = " ".join(drop_held_out([document.text], probe.held_out)) or document.text
@@ -376,7 +377,7 @@ class ContinualLearner:
         return cache
 
     def _outputs(self, probe: DocumentProbe) -> CandidateOutputs:
-        from .inner.graders import greedy_answers
+        from ..inner.graders import greedy_answers
 
         prompts = [i.prompt for i in probe.probe.items] + [f"Question: {q}\nAnswer:" for q, _, _ in self.suite.qa[:4]]
         answers = greedy_answers(self.model, self.tokenizer, prompts, max_new_tokens=24)

@@ -5,44 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 
-from .evaluation import evaluate_methods
-from .reporting import method_table, new_run_dir, write_report
-
-
-def load_policy(model: str | None, adapter: str | None):
-    """(path, policy model, tokenizer): the base model, with a PEFT adapter on top when given."""
-    from .models import embedded_model_path, load_model_and_tokenizer
-
-    path = model or str(embedded_model_path())
-    policy, tokenizer = load_model_and_tokenizer(path)
-    if adapter:
-        from pathlib import Path
-
-        from peft import PeftModel
-
-        local = Path(adapter)
-        if local.exists() and not (local / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"--adapter {adapter!r} has no adapter_config.json (pass a PEFT adapter directory)")
-        try:
-            policy = PeftModel.from_pretrained(policy, adapter)
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(f"--adapter {adapter!r} could not be loaded as a local directory or Hub repo: "
-                                    f"{str(err).splitlines()[0]}") from None
-    return path, policy.eval(), tokenizer
+from ..evaluation import evaluate_methods
+from ..models import load_policy
+from ..reporting import method_table, new_run_dir, write_report
 
 
 def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, title: str | None = None) -> int:
     if getattr(args, "task", "knowledge") == "arc":
-        from .arc_evaluation import run_evaluate_arc
+        from ..tasks.arc.evaluation import run_evaluate_arc
 
         return run_evaluate_arc(args, policy_bundle=policy_bundle, run_dir=run_dir)
     for name, default in (("methods", ["none", "passage", "self-edit"]), ("inner_epochs", 10), ("inner_lr", 1e-3),
                           ("inner_lora_r", 32)):
         if getattr(args, name, None) is None:
             setattr(args, name, default)
-    from .inner import InnerLoop, InnerLoopConfig
-    from .tasks.knowledge import KnowledgeTask
-    from .tasks.squad import load_contexts
+    from ..inner import InnerLoop, InnerLoopConfig
+    from ..tasks.knowledge import KnowledgeTask
+    from ..tasks.squad import load_contexts
 
     contexts = load_contexts(args.data, split=args.split, limit=args.limit)
     path, policy, tokenizer = policy_bundle or load_policy(args.model, args.adapter)
@@ -57,7 +36,7 @@ def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, 
     if "teacher" in args.methods:
         if not args.teacher:
             raise ValueError("method 'teacher' needs --teacher MODEL")
-        from .models import load_model_and_tokenizer
+        from ..models import load_model_and_tokenizer
 
         teacher = load_model_and_tokenizer(args.teacher)
     run_dir = run_dir or new_run_dir(args.output_dir, "evaluate")

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _info(_: argparse.Namespace) -> int:
@@ -22,14 +22,14 @@ def _info(_: argparse.Namespace) -> int:
         except metadata.PackageNotFoundError:
             version = "not installed"
         print(f"{dist:14s} {version}")
-    from .models import cache_dir
+    from ..models import cache_dir
 
     print(f"{'cache dir':14s} {cache_dir()}")
     return 0
 
 
 def _embedded(_: argparse.Namespace) -> int:
-    from .models import embedded_model_path
+    from ..models import embedded_model_path
 
     print(embedded_model_path())
     return 0
@@ -53,16 +53,16 @@ def _train(args: argparse.Namespace, extra: list[str]) -> int:
     recipe_args = ["--config", args.config, *extra]
     if args.accelerate_config:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-               str(accelerate_config_path(args.accelerate_config)), "-m", "seal_trl.recipe", *recipe_args]
+               str(accelerate_config_path(args.accelerate_config)), "-m", "seal_trl.cli.train", *recipe_args]
         return subprocess.call(cmd)
-    from .recipe import cli
+    from .train import cli
 
     cli(recipe_args)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate_cli import run_evaluate
+    from .evaluate import run_evaluate
 
     return run_evaluate(args)
 
@@ -134,7 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="runs")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
-    from .continual_cli import add_continual_commands
+    from .adapt import add_continual_commands
 
     add_continual_commands(sub)
     return parser
@@ -146,9 +146,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "takes_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from .models import ModelLoadError
-    from .tasks.squad import DatasetFormatError
-    from .continual_learner import ContinualError
+    from ..models import ModelLoadError
+    from ..tasks.squad import DatasetFormatError
+    from ..continual.learner import ContinualError
 
     try:
         return args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)

@@ -3,7 +3,7 @@
     seal-trl train --config recipes/arc_rest_em.yaml [--flag value ...]
     accelerate launch recipes/seal.py --config recipes/arc_rest_em.yaml
 
-The recipe (`seal_trl.recipe`) parses the YAML with TrlParser and calls `build_arc_trainer` when
+The recipe (`seal_trl.cli.train`) parses the YAML with TrlParser and calls `build_arc_trainer` when
 `task == "arc"`. The inner loop always uses the ARC grader (2 voted attempts over augmented queries) and
 reward = success, whatever `inner_grader`/`inner_reward` say; rank, alpha, target modules, step budget and
 the example cap come from `SEALConfig`'s inner_* fields.
@@ -16,13 +16,13 @@ import logging
 
 from trl import ModelConfig, get_peft_config
 
-from .config import SEALConfig
-from .models import load_model_and_tokenizer
-from .tasks.arc import ARC_BOUNDS, ArcTask, arc_inner_config
-from .tasks.arc_data import load_arc, select_small
-from .trainer import SEALTrainer
+from ..config import SEALConfig
+from ..models import load_model_and_tokenizer
+from ..tasks.arc.task import ARC_BOUNDS, ArcTask, arc_inner_config
+from ..tasks.arc.data import load_arc, select_small
+from ..trainer import SEALTrainer
 
-logger = logging.getLogger("seal_trl.arc_recipe")
+logger = logging.getLogger("seal_trl.cli.train_arc")
 
 
 def build_arc_trainer(script_args, training_args: SEALConfig, model_args: ModelConfig, model_path: str,
@@ -42,7 +42,7 @@ def build_arc_trainer(script_args, training_args: SEALConfig, model_args: ModelC
     if not contexts:
         raise ValueError(f"no puzzle in {script_args.arc_data} fits arc_max_tokens={script_args.arc_max_tokens}; "
                          "raise arc_max_tokens")
-    from .inner import InnerLoop
+    from ..inner import InnerLoop
 
     inner_model, _ = load_model_and_tokenizer(model_path, load_in_4bit=config.load_in_4bit)
     if not config.load_in_4bit:

@@ -9,12 +9,13 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .generation import generate_text
-from .inner.engine import InnerLoop, InnerResult
-from .plans import SelfEditError
-from .seeding import derive_seed
-from .tasks.arc import ArcTask
-from .tasks.arc_config import DEFAULT_CONFIG, ArcConfig, sample_parseable_config
+from ...generation import generate_text
+from ...inner.engine import InnerLoop
+from ...inner.jobs import InnerResult
+from ...plans import SelfEditError
+from ...seeding import derive_seed
+from .task import ArcTask
+from .config import DEFAULT_CONFIG, ArcConfig, sample_parseable_config
 
 ARC_METHODS = ("in-context", "ttt-default", "self-edit")
 
@@ -93,11 +94,11 @@ def evaluate_arc(inner: InnerLoop, task: ArcTask, contexts: Sequence[Mapping[str
 
 def run_evaluate_arc(args: argparse.Namespace, *, policy_bundle=None, run_dir=None) -> int:
     """`seal-trl evaluate --task arc`: success rates per method, into a new run directory."""
-    from .evaluate_cli import load_policy
-    from .inner import InnerLoop
-    from .reporting import method_table, new_run_dir, write_report
-    from .tasks.arc import arc_inner_config
-    from .tasks.arc_data import load_arc, select_small
+    from ...models import load_policy
+    from ...inner import InnerLoop
+    from ...reporting import method_table, new_run_dir, write_report
+    from .task import arc_inner_config
+    from .data import load_arc, select_small
 
     methods = args.methods or list(ARC_METHODS)
     unknown = [m for m in methods if m not in ARC_METHODS]

@@ -1,12 +1,12 @@
 """Few-shot ARC: the self-edit is a JSON tool configuration; the plan is leave-one-out test-time training data.
 
-Context = one puzzle (demonstration pairs + test pairs, see `arc_data`). The policy sees the demonstrations and
-writes a JSON configuration (`arc_config`). The plan built from it: leave-one-out tasks over the demonstrations
+Context = one puzzle (demonstration pairs + test pairs, see `data`). The policy sees the demonstrations and
+writes a JSON configuration (`config`). The plan built from it: leave-one-out tasks over the demonstrations
 (leave 1 and 2 out), each copied under the chosen augmentation groups, every copy with its demonstrations
 reordered and, except the originals, its colours permuted (0 stays 0); capped at the plan bounds' example
 limit. Each example is a chat prompt (the remaining demonstrations + the held-out input, rendered with the
 tokenizer's chat template) and a completion (the held-out output grid). The probe is the test input(s),
-scored by `inner.arc_grader.ArcGrader`: 1 when one of 2 voted attempts reproduces every test output exactly.
+scored by `tasks.arc.grader.ArcGrader`: 1 when one of 2 voted attempts reproduces every test output exactly.
 """
 
 from __future__ import annotations
@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from ..plans import PlanBounds, SelfEditError, TrainingPlan
-from ..probes import Probe, ProbeItem
-from ..seeding import derive_seed
-from . import arc_augment as aug
-from .arc_config import DEFAULT_CONFIG, ArcConfig, parse_config
-from .arc_data import validate_context
-from .arc_grids import MAX_SIDE, Grid, grid_to_text, to_tuple
-from .base import Prompt
-from .squad import DatasetFormatError
+from ...plans import PlanBounds, SelfEditError, TrainingPlan
+from ...probes import Probe, ProbeItem
+from ...seeding import derive_seed
+from . import augment as aug
+from .config import DEFAULT_CONFIG, ArcConfig, parse_config
+from .data import validate_context
+from .grids import MAX_SIDE, Grid, grid_to_text, to_tuple
+from ..base import Prompt
+from ..squad import DatasetFormatError
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -231,7 +231,7 @@ class ArcTask:
 def arc_inner_config(**overrides):
     """An `InnerLoopConfig` for ARC: the paper's LoRA r=128, alpha=16, the ARC grader (2 voted attempts),
     reward = success, and `ARC_BOUNDS`. Override anything, e.g. `lora_r=16` on a CPU."""
-    from ..inner.config import InnerLoopConfig
+    from ...inner.config import InnerLoopConfig
 
     settings = dict(lora_r=128, lora_alpha=16, learning_rate=DEFAULT_CONFIG.learning_rate,
                     num_epochs=DEFAULT_CONFIG.num_train_epochs, grader="arc", reward="success", max_new_tokens=256,

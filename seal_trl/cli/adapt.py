@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .registry import AdapterRegistry, RegistryError
+from ..continual.registry import AdapterRegistry, RegistryError
 
 
 def add_continual_commands(sub) -> None:
@@ -74,7 +74,7 @@ def _base_model_name(args: argparse.Namespace) -> str:
 
 def _read_anchor_texts(path: str) -> tuple[str, ...]:
     """The paragraphs (blank-line separated) of a UTF-8 text file, validated like a document."""
-    from .documents import DocumentError, read_document_file
+    from ..continual.documents import DocumentError, read_document_file
 
     if not Path(path).is_file():
         raise DocumentError(f"{path}: no such file (--anchor-text)")
@@ -86,11 +86,11 @@ def _read_anchor_texts(path: str) -> tuple[str, ...]:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
-    from .continual import GateThresholds, banned_phrases
-    from .continual_learner import ContinualConfig, ContinualLearner
-    from .documents import read_documents
-    from .inner.config import InnerLoopConfig
-    from .models import load_model_and_tokenizer
+    from ..continual.gate import GateThresholds, banned_phrases
+    from ..continual.learner import ContinualConfig, ContinualLearner
+    from ..continual.documents import read_documents
+    from ..inner.config import InnerLoopConfig
+    from ..models import load_model_and_tokenizer
 
     # everything that can be refused is checked before the model loads and before the registry changes
     documents = read_documents(args.documents, max_bytes=int(args.max_document_mb * 1_000_000),

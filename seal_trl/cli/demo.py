@@ -14,18 +14,18 @@ import json
 import os
 import time
 
-from .reporting import method_table, new_run_dir, write_report
+from ..reporting import method_table, new_run_dir, write_report
 
 
 def run_demo(args: argparse.Namespace) -> int:
     from peft import LoraConfig
 
-    from .config import SEALConfig
-    from .evaluation import evaluate_methods
-    from .models import embedded_model_path, load_tokenizer
-    from .tasks.knowledge import KnowledgeTask
-    from .tasks.squad import load_bundled
-    from .trainer import SEALTrainer
+    from ..config import SEALConfig
+    from ..evaluation import evaluate_methods
+    from ..models import embedded_model_path, load_tokenizer
+    from ..tasks.knowledge import KnowledgeTask
+    from ..tasks.squad import load_bundled
+    from ..trainer import SEALTrainer
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()

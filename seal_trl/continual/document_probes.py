@@ -23,10 +23,10 @@ from dataclasses import dataclass, field
 import torch
 
 from .documents import Document
-from .generation import generate_text
-from .inner.graders import completion_logprobs
-from .inner.tensors import encode_example
-from .probes import Probe, ProbeItem, knowledge_prompt
+from ..generation import generate_text
+from ..inner.graders import completion_logprobs
+from ..inner.tensors import encode_example
+from ..probes import Probe, ProbeItem, knowledge_prompt
 
 PROBE_WRITER_INSTRUCTION = (
     "Read the passage below. Then write {n} short quiz questions about its facts, each with its answer taken "

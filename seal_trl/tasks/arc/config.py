@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ..plans import SelfEditError, decode_self_edit
+from ...plans import SelfEditError, decode_self_edit
 
 Strategy = Literal["train_using_all_tokens", "train_using_output_tokens"]
 STRATEGIES = ("train_using_all_tokens", "train_using_output_tokens")
@@ -41,7 +41,7 @@ class ArcConfig:
 
     @property
     def groups(self) -> tuple[str, ...]:
-        """The augmentation groups switched on, by name (see `arc_augment.GROUPS`)."""
+        """The augmentation groups switched on, by name (see `augment.GROUPS`)."""
         flags = zip(("basic", "size", "chain", "repeat"), (self.use_basic_augmentations, self.use_size_augmentations,
                                                           self.use_chain_augmentations, self.use_repeat_augmentations))
         return tuple(name for name, on in flags if on)

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 
 import torch
 
-from ..probes import Probe
-from ..tasks import arc_augment as aug
-from ..tasks.arc import ArcProbe, format_query
-from ..tasks.arc_grids import GridError, Grid, text_to_grid, to_tuple
-from .tensors import pad_left
+from ...probes import Probe
+from . import augment as aug
+from .task import ArcProbe, format_query
+from .grids import GridError, Grid, text_to_grid, to_tuple
+from ...inner.tensors import pad_left
 
 
 def parse_answer(text: str) -> Grid | None:
@@ -53,7 +53,7 @@ class ArcGrader:
                  attempts: int = 2, batch_size: int = 8):
         if not augmentations or any(a.inverse is None for a in augmentations):
             raise ValueError("ArcGrader needs voting augmentations that all have an inverse "
-                             "(e.g. arc_augment.DIHEDRAL)")
+                             "(e.g. augment.DIHEDRAL)")
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
         self.max_new_tokens = max_new_tokens
