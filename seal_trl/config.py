@@ -5,6 +5,8 @@ Every field is flat with `help` metadata, so `TrlParser` reads it from YAML and 
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig
@@ -65,8 +67,23 @@ class SEALConfig(GRPOConfig):
     )
     inner_grader: str = field(
         default="loglik",
-        metadata={"help": "How the probe is scored: loglik, exact_match, f1.",
-                  "choices": ["loglik", "exact_match", "f1"]},
+        metadata={"help": "How the probe is scored: loglik, exact_match, f1, or judge (a local model's yes/no "
+                          "verdict; set inner_judge_model).",
+                  "choices": ["loglik", "exact_match", "f1", "judge"]},
+    )
+    inner_judge_model: str | None = field(
+        default=None, metadata={"help": "With inner_grader=judge: the judge model's local path or Hub name."}
+    )
+    inner_result_store: bool = field(
+        default=True,
+        metadata={"help": "Keep every finished inner run in output_dir/inner_results/ (by content: policy version, "
+                          "context, self-edit, settings, seed), so a killed run restarted with the same command "
+                          "recomputes none of them."},
+    )
+    inner_max_exception_rate: float = field(
+        default=0.5,
+        metadata={"help": "A reward call whose inner runs raise an exception more often than this (or all of them) "
+                          "stops training with the first traceback: a setup fault, not bad self-edits."},
     )
     inner_reward: str = field(
         default="gain", metadata={"help": "'gain' (after - before) or 'binary' (1 if improved).",
@@ -113,6 +130,26 @@ class SEALConfig(GRPOConfig):
             raise ValueError(f"reward_repeats must be >= 1, got {self.reward_repeats}")
         if self.self_edit_style not in STYLES:
             raise ValueError(f"self_edit_style={self.self_edit_style!r}; choose one of {STYLES}")
+        for name in ("inner_epochs", "inner_batch_size", "inner_step_budget", "inner_max_examples",
+                     "inner_max_new_tokens", "max_completion_length", "per_device_train_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("inner_learning_rate", "temperature"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.inner_grader == "judge" and not self.inner_judge_model:
+            raise ValueError("inner_grader='judge' needs inner_judge_model (a local path or Hub name of the judge)")
+        if not 0.0 <= self.inner_max_exception_rate <= 1.0:
+            raise ValueError(f"inner_max_exception_rate must be in [0, 1], got {self.inner_max_exception_rate}")
+        if self.multi_objective_aggregation != "sum_then_normalize":
+            raise ValueError(f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not supported by "
+                             "SEAL's variants, which weight the summed rewards; use 'sum_then_normalize'")
+        if self.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"):
+            raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
+                             "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
+                             "or plain DDP (accelerate_configs/multi_gpu.yaml)")
         super().__post_init__()
         # Builds (and so validates) the inner-loop settings now, not at the first training step.
         self.inner_loop_config()

@@ -307,6 +307,30 @@ def quantization_config_4bit(compute_dtype: torch.dtype | None = None):
     )
 
 
+def keep_4bit_trainable(model) -> int:
+    """Keep a bitsandbytes 4-bit model trainable on CPUs with AVX512-BF16; returns the layers changed.
+
+    On such a CPU, bitsandbytes repacks a `Linear4bit` layer's weights into an inference-only layout the first
+    time the layer runs in eval mode on an input without grad (scoring a probe, generating). Every later forward,
+    training included, then takes a kernel with no autograd: a layer with a bias raises, a layer without one
+    (Llama, SmolLM2) silently passes no gradient to its input, so LoRA adapters below it learn from wrong
+    gradients. The models we train are also scored and sampled, so the repacking is switched off here, and a
+    layer already repacked is unpacked back to the standard layout.
+    """
+    changed = 0
+    for module in model.modules():
+        if not hasattr(module, "support_avx512bf16_for_cpu"):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = module.weight
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+        changed += 1
+    return changed
+
+
 # ------------------------------------------------------------------------------------------------- public
 
 
@@ -363,6 +387,8 @@ def load_model_and_tokenizer(
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config
     model = _from_pretrained(AutoModelForCausalLM, name, local, **kwargs)
+    if load_in_4bit:
+        keep_4bit_trainable(model)
     if model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer

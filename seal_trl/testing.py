@@ -65,12 +65,17 @@ def build_tiny_tokenizer(vocab_size: int = 1024):
     return fast
 
 
-def build_tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2):
-    """A randomly initialised Qwen2 causal LM sized for CPU tests (about 0.2M parameters)."""
-    import torch
-    from transformers import AutoModelForCausalLM, Qwen2Config
+def build_tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 64, num_layers: int = 2,
+                     architecture: str = "qwen2"):
+    """A randomly initialised causal LM sized for CPU tests (about 0.2M parameters).
 
-    config = Qwen2Config(
+    `architecture`: "qwen2" (biases on q/k/v) or "llama" (no bias anywhere, like SmolLM2).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+
+    config_class = {"qwen2": Qwen2Config, "llama": LlamaConfig}[architecture]
+    config = config_class(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         intermediate_size=hidden_size * 2,
@@ -90,11 +95,11 @@ def build_tiny_model(tokenizer, *, seed: int = 0, hidden_size: int = 64, num_lay
     return model
 
 
-def save_tiny_model(directory: str | Path, *, seed: int = 0) -> Path:
+def save_tiny_model(directory: str | Path, *, seed: int = 0, architecture: str = "qwen2") -> Path:
     """Build and save a tiny model + tokenizer into `directory`; returns the path."""
     directory = Path(directory)
     tokenizer = build_tiny_tokenizer()
-    model = build_tiny_model(tokenizer, seed=seed)
+    model = build_tiny_model(tokenizer, seed=seed, architecture=architecture)
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -12,19 +12,24 @@ What it adds to GRPOTrainer, and nothing more:
 from __future__ import annotations
 
 import logging
+import os
 import textwrap
 from contextlib import contextmanager
 
 import torch
+from torch.utils.data import Sampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
 from .config import SEALConfig
 from .inner import sync
 from .inner.engine import InnerLoop
+from .inner.store import ResultStore
+from .models import keep_4bit_trainable, load_model_and_tokenizer
 from .reward import SelfEditReward
 from .tasks.knowledge import KnowledgeTask
-from .variants import get_variant, rest_em_loss
+from .variants import get_variant, rank_failures_last, rest_em_loss
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +89,8 @@ class SEALTrainer(GRPOTrainer):
                             "GRPOConfig field")
         self.task = task or KnowledgeTask(style=args.self_edit_style)
         self.variant = get_variant(args.algorithm)
-        self.seal_reward = SelfEditReward(self.task, inner_loop, repeats=args.reward_repeats, seed=args.seed)
+        self.seal_reward = SelfEditReward(self.task, inner_loop, repeats=args.reward_repeats, seed=args.seed,
+                                          max_exception_rate=args.inner_max_exception_rate)
         if reward_funcs is None:
             extra = []
         elif callable(reward_funcs) or isinstance(reward_funcs, str):
@@ -95,10 +101,19 @@ class SEALTrainer(GRPOTrainer):
         super().__init__(model=model, reward_funcs=[self.seal_reward, *extra], args=args,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          callbacks=callbacks, optimizers=optimizers, peft_config=peft_config, **kwargs)
+        if self.is_fsdp_enabled:
+            raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
+                             "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
+                             "or plain DDP (accelerate_configs/multi_gpu.yaml)")
+        keep_4bit_trainable(self.model)  # a QLoRA policy is sampled (eval, no grad) and then trained
+        if args.inner_result_store and self.seal_reward.store is None:
+            self.seal_reward.store = ResultStore(os.path.join(
+                args.output_dir, "inner_results", f"rank-{self.accelerator.process_index}.jsonl"))
         if self.seal_reward.inner_loop is None:
             self.seal_reward.inner_loop = self._build_inner_loop()
         self.inner_loop = self.seal_reward.inner_loop
         self._gathered_rewards: torch.Tensor | None = None
+        self._generating = False
 
     # ----- the inner loop --------------------------------------------------------------------
     def _build_inner_loop(self) -> InnerLoop:
@@ -114,8 +129,6 @@ class SEALTrainer(GRPOTrainer):
         if path:
             # Its own copy of the weights the policy came from (never a deepcopy: trainers patch methods on the
             # policy instance that a copy would share); sync_from then makes it current.
-            from .models import load_model_and_tokenizer
-
             inner_model, _ = load_model_and_tokenizer(path, dtype=dtype, load_in_4bit=config.load_in_4bit)
         elif config.load_in_4bit:
             raise ValueError("inner_load_in_4bit=True needs a policy loaded from a path or Hub name (its config "
@@ -127,7 +140,11 @@ class SEALTrainer(GRPOTrainer):
         if not config.load_in_4bit:
             inner_model.to(self.accelerator.device, dtype=dtype)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
-        return InnerLoop(inner_model, tokenizer, config)
+        judge = None
+        if config.grader == "judge":
+            judge_model, judge_tokenizer = load_model_and_tokenizer(self.args.inner_judge_model, dtype=dtype)
+            judge = (judge_model.to(self.accelerator.device).eval(), judge_tokenizer)
+        return InnerLoop(inner_model, tokenizer, config, judge=judge)
 
     def _sync_inner_loop(self) -> None:
         # Every rank enters together (all generate at the same boundary), so the ZeRO-3 gather is collective.
@@ -135,16 +152,55 @@ class SEALTrainer(GRPOTrainer):
                                          gather_deepspeed3_params=True) as unwrapped:
             self.inner_loop.sync_from(unwrapped)
 
+    # ----- exact resume ---------------------------------------------------------------------------
+    def _get_train_sampler(self, dataset=None):
+        return _EpochSeeded(super()._get_train_sampler(dataset))
+
+    def _save_checkpoint(self, model, trial):
+        # TRL's step counter and buffered generation batch, written before the parent's files: transformers writes
+        # trainer_state.json last, so a checkpoint that has one has this file too.
+        folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+        os.makedirs(folder, exist_ok=True)
+        torch.save({"step": self._step, "buffered_inputs": self._buffered_inputs}, self._generation_file(folder))
+        super()._save_checkpoint(model, trial)
+
+    def _load_rng_state(self, checkpoint):
+        # Trainer calls this once, right before the first resumed step: restore the generation buffer with the RNG.
+        super()._load_rng_state(checkpoint)
+        path = self._generation_file(checkpoint) if checkpoint else None
+        if path and os.path.isfile(path):
+            state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
+            self._step, self._buffered_inputs = state["step"], state["buffered_inputs"]
+
+    def _generation_file(self, folder: str) -> str:
+        rank = "" if self.args.world_size <= 1 else f"_{self.args.process_index}"
+        return os.path.join(folder, f"seal_generation_state{rank}.pt")
+
     # ----- rewards -> variant weights -------------------------------------------------------------
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         self._gathered_rewards = rewards_per_func
+        # Which self-edits failed (parse or run), in the same cross-rank order as the gathered rewards.
+        local = torch.tensor([any(not r.ok for r in runs) for runs in self.seal_reward.last_results],
+                             device=rewards_per_func.device)
+        self._gathered_failed = self.accelerator.gather(local).bool()
         return rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
         self._sync_inner_loop()
-        output = super()._generate_and_score_completions(inputs)
+        self._generating = True
+        try:
+            output = super()._generate_and_score_completions(inputs)
+        finally:
+            self._generating = False
         return self._apply_variant(output)
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        # ReST-EM's loss has no importance ratio, so the "old" log-probs TRL computes (without grad) while it
+        # generates would be thrown away: skip that forward pass.
+        if self._generating and not self.variant.uses_grpo_loss and not torch.is_grad_enabled():
+            return None, None, None
+        return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
     def _apply_variant(self, output: dict) -> dict:
         mode = "train" if self.model.training else "eval"
@@ -153,42 +209,106 @@ class SEALTrainer(GRPOTrainer):
         unscorable = torch.isnan(per_func).all(dim=1)
         rewards = (per_func * self.reward_weights.to(per_func.device).unsqueeze(0)).nansum(dim=1)
         rewards[unscorable] = torch.nan
+        rewards = rewards.cpu()
+        failed = self._gathered_failed.cpu()
+        if failed.any():  # a failed self-edit is never kept (ReST-EM) and ranks below every one that ran (GRPO)
+            rewards = (rank_failures_last(rewards, failed, group) if self.variant.uses_grpo_loss
+                       else rewards.masked_fill(failed, torch.nan))
         weights = self.variant.weights(
-            rewards.cpu(), group, scale=self.scale_rewards != "none", top_k=self.args.rest_em_top_k,
+            rewards, group, scale=self.scale_rewards != "none", top_k=self.args.rest_em_top_k,
             margin=self.args.rest_em_margin,
         )
         n_local = output["advantages"].shape[0]
         start = self.accelerator.process_index * n_local
-        output["advantages"] = weights[start : start + n_local].to(output["advantages"].device)
+        local = weights[start : start + n_local].to(output["advantages"].device)
+        output["advantages"] = local
         for _ in range(min(len(weights), len(self._logs["advantages"]))):
             self._logs["advantages"].pop()
         self._logs["advantages"].extend(weights.tolist())
+        if not self.variant.uses_grpo_loss:
+            # The M-step's NLL is a mean over the kept tokens of the whole generation batch (every rank), so a
+            # kept token weighs the same whichever micro-batch it lands in.
+            kept_tokens = (_loss_mask(output).sum(1) * (local > 0)).sum().float()
+            total = self.accelerator.reduce(kept_tokens, reduction="sum")
+            output["rest_em_kept_tokens"] = total.reshape(1).expand(n_local).clone()
+        self._log_scores(per_func[:, 0].cpu(), weights, group, mode)
+        return output
 
-        gains = per_func[:, 0].cpu()
+    def _log_scores(self, scores: torch.Tensor, weights: torch.Tensor, group: int, mode: str) -> None:
+        """seal/<kind>_mean, _max_per_context (and for ReST-EM keep_fraction, _kept_mean), over valid scores
+        only. <kind> says what the inner reward is: gain, improved (binary) or success."""
+        kind = {"gain": "gain", "binary": "improved", "success": "success"}.get(self.inner_loop.config.reward, "reward")
         metrics = self._metrics[mode]
-        metrics["seal/gain_mean"].append(torch.nanmean(gains).item())
-        metrics["seal/gain_max_per_context"].append(torch.nan_to_num(gains.view(-1, group), nan=-1e9).max(1)
-                                                   .values.mean().item())
+        valid = ~torch.isnan(scores)
+        if valid.any():
+            metrics[f"seal/{kind}_mean"].append(scores[valid].mean().item())
+        best = torch.where(valid, scores, torch.full_like(scores, float("-inf"))).view(-1, group).max(1).values
+        best = best[torch.isfinite(best)]
+        if best.numel():
+            metrics[f"seal/{kind}_max_per_context"].append(best.mean().item())
         if not self.variant.uses_grpo_loss:
             kept = weights > 0
             metrics["seal/keep_fraction"].append(kept.float().mean().item())
-            metrics["seal/gain_kept_mean"].append(gains[kept].mean().item() if kept.any() else float("nan"))
-        return output
+            if kept.any():
+                metrics[f"seal/{kind}_kept_mean"].append(scores[kept].mean().item())
 
     # ----- the loss ----------------------------------------------------------------------------
     def _compute_loss(self, model, inputs):
         if self.variant.uses_grpo_loss:
             return super()._compute_loss(model, inputs)
-        prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
-        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
-        attention_mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
-        per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
-            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=False
-        )
-        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
-        loss = rest_em_loss(per_token_logps, mask, inputs["advantages"])
         mode = "train" if self.model.training else "eval"
-        self._metrics[mode]["seal/kept_nll"].append(self.accelerator.gather(loss.detach()).mean().item())
+        kept = (inputs["advantages"] > 0).nonzero().squeeze(1)
+        if kept.numel() == 0:  # nothing kept in this micro-batch: no forward, no backward, no gradient
+            return torch.zeros((), device=inputs["advantages"].device, requires_grad=True)
+        completion_ids = inputs["completion_ids"][kept]
+        input_ids = torch.cat([inputs["prompt_ids"][kept], completion_ids], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"][kept], inputs["completion_mask"][kept]], dim=1)
+        with _temperature(self, 1.0):  # the NLL of the self-edit itself, not of the sampling distribution
+            per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=False
+            )
+        mask = _loss_mask(inputs)[kept]
+        self._metrics[mode]["seal/kept_nll"].append(
+            self.accelerator.gather(rest_em_loss(per_token_logps, mask, mask.sum().clamp_min(1)).detach())
+            .mean().item())
+        # Same normalisation as TRL's token-level losses: the generation batch's kept tokens, spread over its
+        # micro-batches; DDP's gradient mean over ranks is undone by the process count.
+        normalizer = inputs["rest_em_kept_tokens"][0].clamp_min(1.0) / self.accelerator.num_processes
         if mode == "train":
-            loss = loss / self.current_gradient_accumulation_steps
-        return loss
+            normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        return rest_em_loss(per_token_logps, mask, normalizer)
+
+
+class _EpochSeeded(Sampler):
+    """TRL's RepeatSampler with each epoch's shuffle drawn from (seed, epoch) alone: TRL's draws every epoch from
+    one generator, which a resumed run restarts, so a run resumed at epoch e would see epoch 0's order.
+    accelerate's DataLoaderShard.set_epoch reaches `set_epoch` here."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self):
+        if getattr(self.sampler, "shuffle", False) and self.sampler.seed is not None:
+            self.sampler.generator.manual_seed(self.sampler.seed + self.epoch)
+        return iter(self.sampler)
+
+
+def _loss_mask(inputs: dict) -> torch.Tensor:
+    mask = inputs["completion_mask"]
+    return mask if "tool_mask" not in inputs else mask * inputs["tool_mask"]
+
+
+@contextmanager
+def _temperature(trainer, value: float):
+    saved = trainer.temperature
+    trainer.temperature = value
+    try:
+        yield
+    finally:
+        trainer.temperature = saved

@@ -5,7 +5,7 @@ column per self-edit. NaN marks an unscorable completion; it never gets weight.
 
 - `grpo`: group-normalised advantages (reward - group mean) / (group std + eps); TRL's clipped loss uses them.
 - `rest_em`: ReST-EM's E-step filter, a 0/1 keep mask (best-k per context and/or gain above a margin); the
-  M-step loss is `rest_em_loss`, a masked NLL on kept completions (no KL, no ratio, no clip).
+  M-step loss is `rest_em_loss`, the NLL of kept completions per kept token (no KL, no ratio, no clip).
 """
 
 from __future__ import annotations
@@ -66,6 +66,27 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, *, scale: bool = Tru
     return advantages.reshape(-1)
 
 
+def rank_failures_last(rewards: torch.Tensor, failed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Rewards where a failed self-edit ranks below every self-edit of its group that ran.
+
+    A failed self-edit scores 0, which ties "no change" and beats a harmful self-edit (negative gain): under
+    GRPO that teaches the policy to fail on purpose. Here it gets its group's lowest scored reward (0 when none
+    of the group scored) minus one group standard deviation (1e-3 when the group has no spread).
+    """
+    grouped = _grouped(rewards.float(), group_size).clone()
+    failed = _grouped(failed.bool(), group_size)
+    scored = ~failed & ~torch.isnan(grouped)
+    lowest = torch.where(scored, grouped, torch.full_like(grouped, float("inf"))).min(1, keepdim=True).values
+    lowest = torch.where(torch.isinf(lowest), torch.zeros_like(lowest), lowest)
+    filled = torch.where(scored, grouped, torch.zeros_like(grouped))
+    count = scored.sum(1, keepdim=True)
+    mean = filled.sum(1, keepdim=True) / count.clamp_min(1)
+    var = (torch.where(scored, grouped - mean, torch.zeros_like(grouped)) ** 2).sum(1, keepdim=True)
+    std = (var / (count - 1).clamp_min(1)).sqrt()
+    penalty = torch.where(std > 0, std, torch.full_like(std, 1e-3))
+    return torch.where(failed, lowest - penalty, grouped).reshape(-1)
+
+
 @register("rest_em", uses_grpo_loss=False)
 def rest_em_keep_mask(rewards: torch.Tensor, group_size: int, *, top_k: int | None = 1,
                       margin: float | None = 0.0, **_) -> torch.Tensor:
@@ -94,13 +115,12 @@ def rest_em_keep_mask(rewards: torch.Tensor, group_size: int, *, top_k: int | No
     return keep.float().reshape(-1)
 
 
-def rest_em_loss(per_token_logps: torch.Tensor, completion_mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood over the tokens of kept completions (an SFT loss on the E-step's picks).
+def rest_em_loss(per_token_logps: torch.Tensor, loss_mask: torch.Tensor, kept_tokens: torch.Tensor | float
+                 ) -> torch.Tensor:
+    """ReST-EM's M-step loss on kept completions: their summed token NLL divided by `kept_tokens`.
 
-    Returns a zero that still carries the graph when nothing in the batch is kept.
+    `per_token_logps`/`loss_mask` hold only kept rows (unkept ones cost no forward pass). `kept_tokens` is the
+    number of kept tokens in the whole generation batch (scaled to one micro-batch's share by the caller), so
+    the loss is a mean over kept tokens whose weights do not depend on how rows fall into micro-batches.
     """
-    weights = completion_mask.float() * keep.float().view(-1, 1)
-    total = weights.sum()
-    if total == 0:
-        return (per_token_logps * 0.0).sum()
-    return -(per_token_logps * weights).sum() / total
+    return -(per_token_logps * loss_mask.float()).sum() / kept_tokens

@@ -18,6 +18,12 @@ def tiny_model_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    """A bias-free (Llama) tiny model, like SmolLM2: 4-bit layers without a bias fail differently from Qwen's."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"), architecture="llama")
+
+
 @pytest.fixture()
 def tiny_model(tiny_model_dir):
     from transformers import AutoModelForCausalLM

@@ -44,7 +44,7 @@ def record_run_many(loop, monkeypatch) -> list[int]:
     """The number of jobs of each `loop.run_many` call, recorded as they happen."""
     calls = []
     original = loop.run_many
-    monkeypatch.setattr(loop, "run_many", lambda jobs: calls.append(len(jobs)) or original(jobs))
+    monkeypatch.setattr(loop, "run_many", lambda jobs, **kw: calls.append(len(jobs)) or original(jobs, **kw))
     return calls
 
 

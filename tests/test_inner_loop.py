@@ -248,3 +248,72 @@ def test_four_bit_inner_loop_runs_and_syncs_on_cpu(tiny_model_dir, probe):
     source = policy.model.layers[0].self_attn.q_proj.weight
     assert (dequantized - source).norm() / source.norm() < 0.2  # nf4 error, not the old (sign-flipped) weights
     assert loop.run(answer_plan(), probe, seed=1).ok
+
+
+def _qlora_policy(path):
+    """A QLoRA policy, the usual way to train a large model with TRL: 4-bit base + a LoRA adapter (B nonzero)."""
+    from peft import LoraConfig, get_peft_model
+
+    from seal_trl.models import load_model_and_tokenizer
+
+    base, _ = load_model_and_tokenizer(str(path), load_in_4bit=True)
+    policy = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+    return policy.eval()
+
+
+@pytest.mark.parametrize("inner_4bit", [False, True])
+def test_sync_from_qlora_policy_matches_outputs(tiny_model_dir, tiny_tokenizer, probe, inner_4bit):
+    """A 4-bit policy base goes into a full-precision inner model dequantised, and into a 4-bit one as the
+    same packed bytes: either way the inner model then computes what the policy computes."""
+    policy = _qlora_policy(tiny_model_dir)
+    loop = InnerLoop.from_pretrained(str(tiny_model_dir), InnerLoopConfig(lora_r=8, lora_alpha=16,
+                                                                         load_in_4bit=inner_4bit))
+    ids = tiny_tokenizer("The river Velmora runs", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        unsynced = loop.model(ids).logits
+        expected = policy(ids).logits
+    assert not torch.allclose(unsynced, expected, atol=1e-3)  # the adapter and the 4-bit base make a difference
+    loop.sync_from(policy)
+    loop.reset_adapter(0)
+    with torch.no_grad():
+        assert torch.allclose(loop.model(ids).logits, expected, atol=1e-4)
+    result = loop.run(answer_plan(), probe, seed=1)
+    assert result.ok and result.losses[-1] < result.losses[0] and result.score_after != result.score_before
+
+
+def test_a_model_repacked_for_cpu_inference_is_unpacked_by_the_inner_loop(tiny_llama_dir, tiny_tokenizer, probe):
+    """bitsandbytes repacks 4-bit weights for inference on AVX512-BF16 CPUs (forced here, on any CPU); a model
+    handed to InnerLoop after such a scoring pass must train like one that never was (bias-free Llama layers,
+    where the inference kernel raised nothing and passed no gradient to the layer input)."""
+    from transformers import AutoModelForCausalLM
+
+    from seal_trl.models import quantization_config_4bit
+
+    def four_bit(force: bool):
+        model = AutoModelForCausalLM.from_pretrained(tiny_llama_dir, quantization_config=quantization_config_4bit())
+        layers = [m for m in model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+        for layer in layers:
+            layer.support_avx512bf16_for_cpu = force
+        ids = tiny_tokenizer("The river Velmora runs", return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            model.eval()(ids)
+        packed = [getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers]
+        assert all(packed) if force else not any(packed)
+        return model
+
+    config = InnerLoopConfig(lora_r=8, lora_alpha=16, num_epochs=10)
+    expected = InnerLoop(four_bit(False), tiny_tokenizer, config).run(answer_plan(), probe, seed=1)
+    repacked = InnerLoop(four_bit(True), tiny_tokenizer, config)
+    layers = [m for m in repacked.model.modules() if hasattr(m, "support_avx512bf16_for_cpu")]
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in layers)
+    result = repacked.run(answer_plan(), probe, seed=1)
+    assert expected.ok and result.ok, (expected.error_message, result.error_message)
+    # Unpacking re-quantises the 4-bit scales, so equal up to that rounding, not bit for bit.
+    assert result.score_before == pytest.approx(expected.score_before, abs=2e-3)
+    assert result.reward == pytest.approx(expected.reward, rel=0.02, abs=2e-3)
+    assert result.losses == pytest.approx(expected.losses, rel=0.02, abs=2e-3)

@@ -15,6 +15,7 @@ import torch
 
 import seal_trl.models as models
 from seal_trl.models import (
+    keep_4bit_trainable,
     EMBEDDED_MODEL,
     ModelLoadError,
     cache_dir,
@@ -138,33 +139,75 @@ def test_missing_bitsandbytes_says_the_extra(monkeypatch, tiny_dir):
         load_model_and_tokenizer(tiny_dir, load_in_4bit=True)
 
 
-def test_four_bit_on_cpu_forward_and_lora_backward(tiny_dir):
+def _dequantized_twin(four_bit, path):
+    """A full-precision copy of `path` whose linear weights are exactly what `four_bit`'s 4-bit layers hold."""
     import bitsandbytes as bnb
+
+    twin, _ = load_model_and_tokenizer(str(path))
+    modules = dict(twin.named_modules())
+    for name, module in four_bit.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = bnb.functional.dequantize_4bit(module.weight.data, module.weight.quant_state)
+            modules[name].weight.data.copy_(weight)
+    return twin
+
+
+def _input_and_lora_grads(model, ids):
+    """Gradients of a LoRA-on-q/v loss w.r.t. the input embeddings and the LoRA weights (B nonzero)."""
     from peft import LoraConfig, get_peft_model
 
-    model, tokenizer = load_model_and_tokenizer(str(tiny_dir), load_in_4bit=True)
-    reference, _ = load_model_and_tokenizer(str(tiny_dir))
-    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
-    assert len(quantized) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
-    weight = quantized[0].weight
-    assert weight.dtype == torch.uint8 and weight.quant_state.quant_type == "nf4" and weight.quant_state.nested
-
-    ids = tokenizer("The river Velmora runs through the valley", return_tensors="pt")["input_ids"]
-    with torch.no_grad():
-        logits, ref = model(ids).logits, reference(ids).logits
-    assert torch.isfinite(logits).all()
-    assert 0 < (logits - ref).abs().max() < 0.5 * ref.abs().max()  # quantised: close to, but not, fp32
-
+    torch.manual_seed(0)
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     for name, param in peft.named_parameters():
         if "lora_B" in name:  # B starts at zero, so A would get no gradient; give both a signal
             torch.nn.init.normal_(param, std=0.02)
-    out = peft(ids, labels=ids)
-    assert torch.isfinite(out.loss)
-    out.loss.backward()
-    grads = {n: p.grad for n, p in peft.named_parameters() if p.requires_grad}
-    assert grads and all("lora_" in n for n in grads)
-    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads.values())
+    peft.train()
+    embeds = peft.get_input_embeddings()(ids).detach().requires_grad_(True)
+    loss = peft(inputs_embeds=embeds, labels=ids).loss
+    loss.backward()
+    lora = {n: p.grad for n, p in peft.named_parameters() if p.requires_grad}
+    return loss.detach(), embeds.grad, lora
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama"])  # llama: no bias, where the broken path raised nothing
+@pytest.mark.parametrize("force_repacking", [False, True])
+def test_four_bit_on_cpu_forward_and_lora_backward(tiny_dir, tiny_llama_dir, arch, force_repacking):
+    """A 4-bit model that was scored (eval, no grad) first still trains right: the gradient reaching each
+    layer's input equals a full-precision twin's. `force_repacking` makes bitsandbytes take its AVX512-BF16
+    inference repacking on any CPU (the flag it sets from the CPU), as it does on such a CPU by default."""
+    import bitsandbytes as bnb
+
+    path = tiny_dir if arch == "qwen2" else tiny_llama_dir
+    model, tokenizer = load_model_and_tokenizer(str(path), load_in_4bit=True)
+    quantized = [m for m in model.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(quantized) == 2 * 7  # q, k, v, o, gate, up, down in each of 2 layers
+    weight = quantized[0].weight
+    assert weight.dtype == torch.uint8 and weight.quant_state.quant_type == "nf4" and weight.quant_state.nested
+    reference, _ = load_model_and_tokenizer(str(path))
+
+    ids = tokenizer("The river Velmora runs through the valley", return_tensors="pt")["input_ids"]
+    if force_repacking:
+        for module in quantized:
+            module.support_avx512bf16_for_cpu = True
+    with torch.no_grad():  # scoring a probe: eval mode, no grad (what triggers the repacking)
+        logits, ref = model.eval()(ids).logits, reference(ids).logits
+    assert torch.isfinite(logits).all()
+    assert 0 < (logits - ref).abs().max() < 0.5 * ref.abs().max()  # quantised: close to, but not, fp32
+    if force_repacking:
+        assert any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in quantized)
+        assert keep_4bit_trainable(model) == len(quantized)
+    assert not any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in quantized)
+
+    twin = _dequantized_twin(model, path)  # after any unpacking, which re-quantises the scales (not bit-exact)
+    loss, input_grad, lora = _input_and_lora_grads(model, ids)
+    twin_loss, twin_input_grad, twin_lora = _input_and_lora_grads(twin, ids)
+    assert torch.isfinite(loss) and torch.allclose(loss, twin_loss, atol=1e-3)
+    assert input_grad.abs().sum() > 0
+    assert torch.allclose(input_grad, twin_input_grad, rtol=1e-2, atol=1e-5)
+    assert lora and all("lora_" in n for n in lora)
+    for name, grad in lora.items():
+        assert grad is not None and grad.abs().sum() > 0
+        assert torch.allclose(grad, twin_lora[name], rtol=1e-2, atol=1e-5), name
 
 
 # ---------------------------------------------------------------------------------------- cache / embedded

@@ -47,6 +47,17 @@ def test_two_processes_score_their_own_completions_and_save_one_checkpoint(ddp_r
     assert digest.hexdigest() == ranks[0]["param_sha"]
 
 
+def test_each_rank_trains_on_its_own_slice_of_the_gathered_weights(ddp_run):
+    """The variant's weights cover the whole generation batch (every rank); rank r must keep rows
+    [r*n, (r+1)*n). The script makes every weight distinct (1, 2, 3, ...), so a wrong slice cannot pass."""
+    _, ranks = ddp_run
+    for generation in range(len(ranks[0]["advantages"])):
+        n = len(ranks[0]["advantages"][generation])
+        for rank in ranks:
+            start = rank["rank"] * n
+            assert rank["advantages"][generation] == [float(i + 1) for i in range(start, start + n)]
+
+
 @pytest.mark.parametrize("config", ["zero2_cpu", "zero3_cpu"])
 def test_deepspeed_on_cpu_gives_the_same_inner_rewards_as_ddp(config, ddp_run, tiny_model_dir, tmp_path):
     """ZeRO-3 shards the policy; each rank must gather it whole into its own inner model. Same seeds and data

@@ -158,9 +158,10 @@ def test_a_second_run_fails_clearly_or_waits_for_the_lock(tmp_path):
         with pytest.raises(RegistryLockedError):
             add(reg, 1)
         assert reg.versions() == []
-        start = time.monotonic()
+        released = Path(f"{ready}.released")
+        assert not released.exists()  # the holder is still sleeping with the lock
         with reg.locked(timeout=60):  # waits for the holder to finish
-            assert holder.poll() is not None or time.monotonic() - start > 0
+            assert released.exists()  # got the lock only once the holder was done with it
             add(reg, 1)
     finally:
         holder.wait(timeout=60)

@@ -32,6 +32,17 @@ def tiny_args(tmp_path, **overrides):
     return SEALConfig(**settings)
 
 
+def mean_completion_logp(model, batch):
+    """Each completion's mean token log-prob under `model` (the batch as TRL built it)."""
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
+    mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, -batch["completion_ids"].shape[1] - 1:-1]
+    logp = torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
+    m = batch["completion_mask"].float()
+    return (logp * m).sum(1) / m.sum(1)
+
+
 @pytest.fixture()
 def dataset(tiny_tokenizer):
     return KnowledgeTask().build_dataset(CONTEXTS, tiny_tokenizer)
@@ -64,16 +75,7 @@ def test_rest_em_moves_policy_toward_kept_self_edits(tiny_model_dir, tiny_tokeni
     assert torch.equal(keep, torch.tensor([bool(k) for k in (rewards.view(-1, 4) == rewards.view(-1, 4).max(1,
                        keepdim=True).values).view(-1) & (rewards > 0)]))
 
-    def mean_logp(model):
-        ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], 1)
-        mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], 1)
-        with torch.no_grad():
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, -batch["completion_ids"].shape[1] - 1:-1]
-        logp = torch.log_softmax(logits.float(), -1).gather(-1, batch["completion_ids"].unsqueeze(-1)).squeeze(-1)
-        m = batch["completion_mask"].float()
-        return (logp * m).sum(1) / m.sum(1)
-
-    before, after = mean_logp(start), mean_logp(trainer.model.eval())
+    before, after = mean_completion_logp(start, batch), mean_completion_logp(trainer.model.eval(), batch)
     rise = after - before
     assert rise[keep].mean() > 0.5  # the kept self-edits became much more likely
     assert rise[keep].mean() > rise[~keep].mean() + 0.3
@@ -99,6 +101,137 @@ def test_grpo_variant_uses_group_normalised_inner_rewards(tiny_model_dir, tiny_t
     rewards = torch.tensor([r[0].reward for r in trainer.seal_reward.last_results])
     assert torch.allclose(captured[0]["advantages"], grpo_advantages(rewards, 2), atol=1e-5)
     assert "grpo" in trainer._tag_names and "seal" in trainer._tag_names
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rest_em"])
+def test_the_variant_decides_the_advantages(algorithm, tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    """What the policy trains on comes from the variant, not from TRL's own advantages (which equal GRPO's on
+    plain rewards, so the test above alone could not tell): a variant with recognisable weights must show."""
+    import dataclasses
+
+    args = tiny_args(tmp_path, algorithm=algorithm, max_steps=1, num_generations=2)
+    trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer)
+    seen = []
+
+    def marked(rewards, group_size, **_):
+        seen.append(rewards.clone())
+        return torch.arange(len(rewards), dtype=torch.float32) * 0.25 + 0.5
+
+    trainer.variant = dataclasses.replace(trainer.variant, weights=marked)
+    captured = []
+    original = trainer._apply_variant
+    trainer._apply_variant = lambda output: captured.append(original(output)) or captured[-1]
+    trainer.train()
+    assert len(seen) == 1 and len(seen[0]) == 2
+    assert captured[0]["advantages"].tolist() == [0.5, 0.75]
+
+
+def test_inner_model_follows_the_policy_after_each_optimizer_step(tiny_model_dir, tiny_tokenizer, dataset,
+                                                                   tmp_path):
+    """At every generation boundary the inner model is synced to the policy as it is then: after an optimizer
+    step moved it, not as it was at the first generation."""
+    args = tiny_args(tmp_path, algorithm="grpo", max_steps=3, num_generations=2, learning_rate=5e-2)
+    trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    snapshots = []
+    original = trainer.seal_reward.score_many
+
+    def check_sync(contexts, self_edits):
+        # called while scoring, after this generation's sync and before any training on it
+        trainer.inner_loop.reset_adapter(0)
+        with torch.no_grad():
+            policy = trainer.model(input_ids=ids).logits
+            inner = trainer.inner_loop.model(input_ids=ids).logits
+        snapshots.append((policy, inner))
+        return original(contexts, self_edits)
+
+    trainer.seal_reward.score_many = check_sync
+    trainer.train()
+    assert len(snapshots) == 3
+    for policy, inner in snapshots:
+        assert torch.allclose(policy, inner, atol=1e-5)
+    assert not torch.allclose(snapshots[0][0], snapshots[2][0], atol=1e-4)  # the policy did move
+
+
+def test_rest_em_m_step_with_accumulation_and_several_steps_per_generation(tiny_model_dir, tiny_tokenizer, dataset,
+                                                                           tmp_path):
+    """The shipped recipes' shape: gradient accumulation 2, a generation batch spread over 4 micro-batches
+    (2 optimizer steps), 2 epochs over it. Only kept rows go through the model in the M-step, no unused old
+    log-probs are computed, and the kept self-edits become more likely than the rest."""
+    from transformers import AutoModelForCausalLM
+
+    args = tiny_args(tmp_path, max_steps=4, num_iterations=2, num_generations=4, per_device_train_batch_size=2,
+                     gradient_accumulation_steps=2, steps_per_generation=4, learning_rate=5e-3,
+                     max_completion_length=10)
+    trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer)
+    start = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    captured, forwards = [], []
+    original_apply, original_logps = trainer._apply_variant, trainer._get_per_token_logps_and_entropies
+    trainer._apply_variant = lambda output: captured.append(original_apply(output)) or captured[-1]
+
+    def counting(model, input_ids, *a, **k):
+        out = original_logps(model, input_ids, *a, **k)
+        forwards.append((input_ids.shape[0], torch.is_grad_enabled(), out[0] is None))
+        return out
+
+    trainer._get_per_token_logps_and_entropies = counting
+    trainer.train()
+    assert len(captured) == 1
+    batch = captured[0]
+    keep = batch["advantages"] > 0
+    assert 0 < keep.sum() < len(keep)
+    kept_tokens = batch["completion_mask"][keep].sum().item()
+    assert batch["rest_em_kept_tokens"].tolist() == [kept_tokens] * len(keep)
+    generation_calls = [f for f in forwards if f[2]]
+    training_rows = sum(rows for rows, grad, skipped in forwards if grad and not skipped)
+    assert len(generation_calls) == 1  # the old log-probs were asked for, and skipped
+    assert training_rows == 2 * keep.sum().item()  # kept rows only, once per epoch
+
+    rise = mean_completion_logp(trainer.model.eval(), batch) - mean_completion_logp(start, batch)
+    assert rise[keep].mean() > rise[~keep].mean() + 0.1
+
+
+def test_a_reward_call_whose_runs_all_raise_stops_training(tiny_model_dir, tiny_tokenizer, dataset, tmp_path,
+                                                           monkeypatch):
+    """An exception in every inner run is a setup fault: training must stop with the traceback, not score 0s."""
+    from seal_trl.reward import SystematicInnerFailure
+
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path, max_steps=1), train_dataset=dataset,
+                          processing_class=tiny_tokenizer)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation")
+
+    monkeypatch.setattr(trainer.inner_loop, "_train", broken)
+    with pytest.raises(SystematicInnerFailure, match="2 of 2 inner runs raised") as info:
+        trainer.train()
+    assert "leaf Variable" in str(info.value) and "Traceback" in str(info.value)
+
+
+def test_qlora_policy_trains_with_real_rewards(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    """The usual way to train a large model with TRL: a 4-bit base + LoRA. Its weights reach the inner model
+    (full precision here), rewards are real (nonzero, varying), and the inner model computes what the policy
+    computes after a sync."""
+    from peft import LoraConfig
+
+    from seal_trl.models import load_model_and_tokenizer
+
+    policy, _ = load_model_and_tokenizer(str(tiny_model_dir), load_in_4bit=True)
+    args = tiny_args(tmp_path, algorithm="grpo", max_steps=2, num_generations=2)
+    trainer = SEALTrainer(policy, args=args, train_dataset=dataset, processing_class=tiny_tokenizer,
+                          peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    rewards = []
+    original = trainer.seal_reward.score_many
+    trainer.seal_reward.score_many = lambda c, e: [rewards.append(s[0]) or s for s in original(c, e)]
+    trainer.train()
+    assert len(rewards) == 4 and all(r != 0.0 for r in rewards) and len(set(rewards)) > 1
+    assert all(runs[0].ok for runs in trainer.seal_reward.last_results)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    trainer._sync_inner_loop()
+    trainer.inner_loop.reset_adapter(0)
+    with torch.no_grad():
+        assert torch.allclose(trainer.inner_loop.model(input_ids=ids).logits,
+                              trainer.model.eval()(input_ids=ids).logits, atol=1e-4)
 
 
 def test_lora_policy_trains_and_pushes_adapter_with_seal_card(tiny_model_dir, tiny_tokenizer, dataset, tmp_path,
@@ -183,6 +316,16 @@ def test_config_rejects_inconsistent_settings(tmp_path):
         SEALConfig(output_dir=str(tmp_path), algorithm="grpo", scale_rewards="batch")
     with pytest.raises(ValueError, match="target_modules"):
         SEALConfig(output_dir=str(tmp_path), inner_target_modules=[])
+    for bad in ({"inner_epochs": 0}, {"max_completion_length": 0}, {"per_device_train_batch_size": 0},
+                {"temperature": -1.0}, {"inner_learning_rate": float("nan")}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            SEALConfig(output_dir=str(tmp_path), **bad)
+    with pytest.raises(ValueError, match="inner_judge_model"):
+        SEALConfig(output_dir=str(tmp_path), inner_grader="judge")
+    with pytest.raises(ValueError, match="multi_objective_aggregation"):
+        SEALConfig(output_dir=str(tmp_path), multi_objective_aggregation="normalize_then_sum")
+    with pytest.raises(ValueError, match="FSDP is not supported.*zero3.yaml"):
+        SEALConfig(output_dir=str(tmp_path), fsdp="full_shard")
     config = SEALConfig(output_dir=str(tmp_path), use_cpu=True)
     assert config.bf16 is False and config.learning_rate == 3e-4 and config.gradient_checkpointing is False
 

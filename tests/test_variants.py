@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from seal_trl.variants import get_variant, grpo_advantages, rest_em_keep_mask, rest_em_loss
+from seal_trl.variants import get_variant, grpo_advantages, rank_failures_last, rest_em_keep_mask, rest_em_loss
 
 
 def test_grpo_advantages_are_group_normalised():
@@ -47,19 +47,35 @@ def test_rest_em_never_keeps_nan_and_validates():
         rest_em_keep_mask(torch.ones(6), 4)
 
 
-def test_rest_em_loss_is_masked_nll_on_kept_tokens():
-    logps = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.1, 0.1, 0.1]], requires_grad=False))
-    logps.requires_grad_(True)
+def test_rest_em_loss_is_nll_per_kept_token_of_the_whole_batch():
+    logps = torch.log(torch.tensor([[0.5, 0.25, 0.9], [0.1, 0.1, 0.1]])).requires_grad_(True)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    loss = rest_em_loss(logps, mask, torch.tensor([1.0, 0.0]))
-    assert loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.25)) / 2)
+    loss = rest_em_loss(logps, mask, 5.0)
+    assert loss.item() == pytest.approx(-(math.log(0.5) + math.log(0.25) + 3 * math.log(0.1)) / 5)
     loss.backward()
-    assert logps.grad[1].abs().sum() == 0 and logps.grad[0, 2] == 0 and logps.grad[0, 0] < 0
-    empty = rest_em_loss(logps, mask, torch.zeros(2))
-    assert empty.item() == 0 and empty.requires_grad
+    assert logps.grad[0, 2] == 0 and torch.all(logps.grad[mask.bool()] == -1 / 5)
+    # Split into two micro-batches, each over the same whole-batch count: the parts add up to the whole, so a
+    # token's weight does not depend on which micro-batch it is in.
+    parts = rest_em_loss(logps[:1], mask[:1], 5.0) + rest_em_loss(logps[1:], mask[1:], 5.0)
+    assert parts.item() == pytest.approx(loss.item())
 
 
 def test_registry():
     assert get_variant("grpo").uses_grpo_loss and not get_variant("rest_em").uses_grpo_loss
     with pytest.raises(ValueError, match="unknown algorithm 'ppo'"):
         get_variant("ppo")
+
+
+def test_failed_self_edits_rank_below_every_scored_one():
+    rewards = torch.tensor([-0.5, 0.0, 0.2, 0.0, 0.0, 0.0])
+    failed = torch.tensor([False, True, False, True, True, False])
+    ranked = rank_failures_last(rewards, failed, 3)
+    group0, group1 = ranked[:3], ranked[3:]
+    assert group0[1] < group0[0] < group0[2]  # below the harmful (-0.5) self-edit, which a 0 would have beaten
+    assert group0[0] == -0.5 and group0[2] == 0.2  # scored self-edits keep their reward
+    assert group1[0] == group1[1] < group1[2] == 0.0  # a flat group: one failure step of 1e-3 below
+    assert group1[0].item() == pytest.approx(-1e-3)
+    advantages = grpo_advantages(ranked, 3)
+    assert advantages[1] < advantages[0] < advantages[2]
+    all_failed = rank_failures_last(torch.zeros(2), torch.tensor([True, True]), 2)
+    assert torch.equal(all_failed, torch.full((2,), -1e-3))

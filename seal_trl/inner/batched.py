@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -387,7 +387,8 @@ class BatchedTrainer:
                 for p, ((_, owner), s) in enumerate(zip(per_slot, slots))]
 
 
-def run_batched(loop: InnerLoop, jobs: Sequence[InnerJob], num_slots: int) -> list[InnerResult]:
+def run_batched(loop: InnerLoop, jobs: Sequence[InnerJob], num_slots: int, *,
+                on_result: Callable[[int, InnerResult], None] | None = None) -> list[InnerResult]:
     """Execute `jobs` K at a time; results in the order of `jobs`. Never raises for a bad self-edit.
 
     A plan that fails validation scores 0 at once and takes no slot. If a whole batched group fails for a
@@ -396,6 +397,14 @@ def run_batched(loop: InnerLoop, jobs: Sequence[InnerJob], num_slots: int) -> li
     trainer = loop._batched_trainer(num_slots)
     results: list[InnerResult] = []
     pending: list[_Slot] = []
+
+    def finish(position: int) -> None:
+        result = results[position]
+        if result.error is not None:
+            result.score_after, result.reward = None, 0.0
+        if on_result is not None:
+            on_result(position, result)
+
     for position, job in enumerate(jobs):
         start = time.perf_counter()
         seed = loop.config.seed if job.seed is None else job.seed
@@ -407,6 +416,7 @@ def run_batched(loop: InnerLoop, jobs: Sequence[InnerJob], num_slots: int) -> li
         except SelfEditError as err:
             result.error, result.error_message = err.reason, str(err)
             result.seconds = time.perf_counter() - start
+            finish(position)
             continue
         pending.append(_Slot(job=job, encoded=encoded, result=result, seed=seed, position=position,
                              setup_seconds=time.perf_counter() - start))
@@ -423,6 +433,7 @@ def run_batched(loop: InnerLoop, jobs: Sequence[InnerJob], num_slots: int) -> li
             for slot in group:
                 rerun = loop.run(slot.job.plan, slot.job.probe, context_id=slot.job.context_id, seed=slot.seed)
                 results[slot.position] = rerun
+                finish(slot.position)
             continue
         share = (time.perf_counter() - start) / len(group)
         for slot in group:
@@ -431,7 +442,5 @@ def run_batched(loop: InnerLoop, jobs: Sequence[InnerJob], num_slots: int) -> li
             if result.error is None:
                 result.reward = loop._reward(result.score_before, result.score_after)
             result.seconds = slot.setup_seconds + share
-    for result in results:
-        if result.error is not None:
-            result.score_after, result.reward = None, 0.0
+            finish(slot.position)
     return results

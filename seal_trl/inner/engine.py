@@ -12,19 +12,22 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 import weakref
 from contextlib import contextmanager
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from ..plans import SelfEditError, TrainingPlan
+from ..models import keep_4bit_trainable
 from ..probes import Probe
 from . import sync
 from .batched import BatchedTrainer, run_batched
 from .config import InnerLoopConfig
 from .graders import Grader, make_grader
 from .jobs import INNER_ADAPTER, InnerJob, InnerResult
+from .store import tensors_fingerprint
 from .steps import learning_rate_at, lora_a_inits, plan_batches
 from .tensors import EncodedExample, encode_example, masked_mean_nll, pad_right
 
@@ -54,6 +57,7 @@ class InnerLoop:
                                             judge=judge)
         for p in model.parameters():
             p.requires_grad_(False)
+        keep_4bit_trainable(model)
         lora = LoraConfig(
             r=self.config.lora_r,
             lora_alpha=self.config.lora_alpha,
@@ -74,6 +78,7 @@ class InnerLoop:
         self._score_cache: dict[tuple[str, str], float] = {}
         self._batched = None  # BatchedTrainer, built on first use of run_many with batch_self_edits > 1
         self._synced_policy = None  # weakref to the LoRA policy whose base weights are already copied
+        self._policy_version: str | None = None
         self._activate_adapters()
 
     @classmethod
@@ -147,6 +152,7 @@ class InnerLoop:
             else:
                 sync.copy_full_weights(self.model, policy.state_dict())
         self._score_cache.clear()
+        self._policy_version = None
 
     # ----- scoring ----------------------------------------------------------------------------
     def score(self, probe: Probe, *, context_id: str | None = None) -> float:
@@ -196,6 +202,7 @@ class InnerLoop:
         except Exception as err:  # a self-edit must never take the trainer down
             logger.exception("inner run failed (context %s, seed %s)", context_id or probe.context_id, seed)
             result.error, result.error_message = "exception", f"{type(err).__name__}: {err}"
+            result.traceback = traceback.format_exc()
         finally:
             self.model.eval()
             for p in self._trainable:
@@ -206,15 +213,32 @@ class InnerLoop:
         result.seconds = time.perf_counter() - start
         return result
 
-    def run_many(self, jobs: Sequence[InnerJob]) -> list[InnerResult]:
+    def run_many(self, jobs: Sequence[InnerJob], *, on_result: Callable[[int, InnerResult], None] | None = None
+                 ) -> list[InnerResult]:
         """Run several self-edits; with `config.batch_self_edits = K > 1`, K at a time in one batched pass.
 
         Results come back in the order of `jobs` and equal those of `run` on each job (same seeds) up to
-        float rounding.
+        float rounding. `on_result(index, result)` is called as each run finishes (to persist it, or to count).
         """
         if self.config.batch_self_edits <= 1 or len(jobs) <= 1:
-            return [self.run(j.plan, j.probe, context_id=j.context_id, seed=j.seed) for j in jobs]
-        return run_batched(self, jobs, self.config.batch_self_edits)
+            results = []
+            for i, job in enumerate(jobs):
+                results.append(self.run(job.plan, job.probe, context_id=job.context_id, seed=job.seed))
+                if on_result is not None:
+                    on_result(i, results[-1])
+            return results
+        return run_batched(self, jobs, self.config.batch_self_edits, on_result=on_result)
+
+    @property
+    def policy_version(self) -> str:
+        """A fingerprint of the weights the inner model computes with before training (base and synced policy
+        adapter, not the trained inner adapter): what a run's result depends on besides its job. Computed on
+        first use after each sync."""
+        if self._policy_version is None:
+            state = self.model.state_dict()
+            self._policy_version = tensors_fingerprint(
+                {k: v for k, v in state.items() if f".{INNER_ADAPTER}." not in k})
+        return self._policy_version
 
     def _batched_trainer(self, num_slots: int):
         if self._batched is None or self._batched.num_slots != num_slots:

@@ -30,6 +30,7 @@ class InnerResult:
     score_seconds: float = 0.0
     seconds: float = 0.0
     seed: int | None = None
+    traceback: str | None = None  # where `error == "exception"`: the formatted traceback, for a systematic fault
 
     @property
     def ok(self) -> bool:

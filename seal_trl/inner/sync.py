@@ -7,6 +7,7 @@ into a frozen "policy" adapter that stays active under the inner adapter.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import torch
@@ -80,12 +81,36 @@ def copy_full_weights(inner_peft_model, source: Mapping[str, torch.Tensor]) -> i
         src = source[key]
         if key in quantized:
             module, name = quantized[key]
-            setattr(module, name, _requantize_into(target, src))
+            fresh = _copy_4bit(src, module) if _is_4bit(src) else _requantize_into(target, src)
+            setattr(module, name, fresh)
         else:
+            if _is_4bit(src):  # a QLoRA policy's base weight into a full-precision inner model
+                src = _dequantize(src)
             if target.shape != src.shape:
                 raise ValueError(f"sync_from: {key} has shape {tuple(src.shape)}, inner model {tuple(target.shape)}")
             target.copy_(src.detach())
     return len(targets)
+
+
+def _is_4bit(tensor: torch.Tensor) -> bool:
+    return type(tensor).__name__ == "Params4bit"
+
+
+def _dequantize(param: torch.Tensor) -> torch.Tensor:
+    """The full-precision weight a 4-bit parameter stands for (what its layer multiplies by)."""
+    from bitsandbytes.functional import dequantize_4bit
+
+    return dequantize_4bit(param.data, param.quant_state)
+
+
+def _copy_4bit(param: torch.Tensor, module: torch.nn.Module) -> torch.nn.Parameter:
+    """A 4-bit policy weight into a 4-bit inner layer: the same packed bytes and quantisation state, so the
+    inner layer computes exactly what the policy's does (re-quantising the packed bytes as if they were
+    weights would give garbage)."""
+    fresh = copy.deepcopy(param)
+    fresh.module = module
+    module.quant_state = fresh.quant_state
+    return fresh.to(module.weight.device)
 
 
 def _quantized_params(peft_model) -> dict[str, tuple[torch.nn.Module, str]]:
@@ -115,7 +140,12 @@ def copy_lora_policy(inner_peft_model, policy_peft_model, *, copy_base: bool) ->
         copy_full_weights(inner_peft_model, base_parameters(policy_peft_model))
     if POLICY_ADAPTER not in inner_peft_model.peft_config:
         mirrored = config.__class__(**{**config.to_dict(), "lora_dropout": 0.0, "inference_mode": True})
-        inner_peft_model.add_adapter(POLICY_ADAPTER, mirrored)
+        # PEFT initialises the new adapter from torch's global RNG (its values are overwritten just below): fork
+        # it, so the caller's random stream (the policy's sampling) does not depend on when the first sync ran,
+        # e.g. before or after a resumed run restored its RNG state.
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            inner_peft_model.add_adapter(POLICY_ADAPTER, mirrored)
     state = get_peft_model_state_dict(policy_peft_model, adapter_name=name)
     result = set_peft_model_state_dict(inner_peft_model, state, adapter_name=POLICY_ADAPTER)
     unexpected = getattr(result, "unexpected_keys", [])

@@ -3,6 +3,7 @@
 Each rank trains SEALTrainer on the tiny model for two steps and writes what it did to OUT/rank-N.json.
 """
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,6 +44,20 @@ def main(model_dir: str, out_dir: str) -> None:
         return scored
 
     trainer.seal_reward.score_many = counting
+    # Distinct weights for every completion of the generation batch (0, 1, 2, ... across all ranks), so each rank
+    # can check it trains on its own slice of them and not another rank's.
+    variant = trainer.variant
+    trainer.variant = dataclasses.replace(variant, weights=lambda rewards, *a, **k: torch.arange(
+        len(rewards), dtype=torch.float32) + 1.0)
+    advantages = []
+    original_apply = trainer._apply_variant
+
+    def capture(output):
+        output = original_apply(output)
+        advantages.append(output["advantages"].tolist())
+        return output
+
+    trainer._apply_variant = capture
     trainer.train()
     trainer.save_model()
     digest = hashlib.sha256()
@@ -52,7 +67,7 @@ def main(model_dir: str, out_dir: str) -> None:
     rank = trainer.accelerator.process_index
     with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as fh:
         json.dump({"rank": rank, "world": trainer.accelerator.num_processes, "runs": runs,
-                   "param_sha": digest.hexdigest()}, fh)
+                   "advantages": advantages, "param_sha": digest.hexdigest()}, fh)
     trainer.accelerator.wait_for_everyone()
     if torch.distributed.is_initialized():
         torch.distributed.destroy_process_group()

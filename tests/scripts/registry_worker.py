@@ -2,7 +2,7 @@
 
 usage: registry_worker.py crash REGISTRY VERSION_TO_PROMOTE HOOK   (SIGKILL itself at HOOK during a promotion)
        registry_worker.py crash-add REGISTRY HOOK                  (SIGKILL itself at HOOK while adding a version)
-       registry_worker.py hold REGISTRY READY_FILE SECONDS        (hold the lock, touch READY_FILE, sleep)
+       registry_worker.py hold REGISTRY READY_FILE SECONDS        (hold the lock, touch READY_FILE, sleep, touch READY_FILE.released)
        registry_worker.py add REGISTRY N TAG                      (add N versions, waiting for the lock)
 """
 
@@ -50,6 +50,7 @@ def main():
         with registry.locked():
             open(sys.argv[3], "w").close()
             time.sleep(float(sys.argv[4]))
+            open(sys.argv[3] + ".released", "w").close()  # the last thing done while holding the lock
     elif action == "add":
         registry = AdapterRegistry(root, lock_timeout=60)
         for i in range(int(sys.argv[3])):
