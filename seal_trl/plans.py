@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
 LossOn = Literal["all", "completion"]
+
+#: The longest self-edit (characters) any parser reads; checked before any regex, JSON parser or tokenizer.
+MAX_SELF_EDIT_CHARS = 100_000
+#: A cheap character bound checked before tokenizing: an example of more than `max_tokens *
+#: CHARS_PER_TOKEN_BOUND` characters cannot fit in `max_tokens` tokens, because no token is that long (the
+#: longest SmolLM2 token is 81 characters, a run of spaces; the tiny test tokenizer's is 13; English prose
+#: averages about 4). The exact token counts are still checked after tokenizing.
+CHARS_PER_TOKEN_BOUND = 128
 
 #: Every reason a self-edit can be rejected or a run can fail; metrics are keyed by these.
 FAILURE_REASONS = (
@@ -22,7 +31,8 @@ FAILURE_REASONS = (
     "unparseable",  # text/JSON that does not have the expected shape
     "out_of_bounds",  # a hyperparameter outside PlanBounds
     "too_many_examples",
-    "too_long",  # an example or the whole plan over the token limits
+    "too_long",  # a self-edit over its character cap, or an example or the whole plan over the token limits
+    "too_deep",  # JSON with more brackets than the nesting bound checked before parsing
     "over_budget",  # more optimizer steps than the step budget
     "nan_loss",  # training diverged
     "out_of_memory",
@@ -121,6 +131,7 @@ class PlanBounds:
                 f"{len(plan.examples)} examples; at most {self.max_examples} allowed (PlanBounds.max_examples)",
                 field="examples",
             )
+        self.check_char_counts([len(ex.prompt) + len(ex.completion) for ex in plan.examples])
         lr = plan.learning_rate
         if not (isinstance(lr, (int, float)) and math.isfinite(lr)):
             raise SelfEditError("out_of_bounds", f"{lr!r} is not a finite number", field="learning_rate")
@@ -147,6 +158,23 @@ class PlanBounds:
             )
         return plan
 
+    def check_char_counts(self, counts: Sequence[int]) -> None:
+        """Raise `SelfEditError` if an example, or the plan, has too many characters to fit the token limits
+        (see `CHARS_PER_TOKEN_BOUND`); cheap, so a giant text is refused before the tokenizer reads it."""
+        limit = self.max_example_tokens * CHARS_PER_TOKEN_BOUND
+        for i, n in enumerate(counts):
+            if n > limit:
+                raise SelfEditError(
+                    "too_long", f"{n} characters; at most {limit} per example ({CHARS_PER_TOKEN_BOUND} x "
+                    "PlanBounds.max_example_tokens), checked before tokenizing", field=f"examples[{i}]",
+                )
+        total, limit = sum(counts), self.max_total_tokens * CHARS_PER_TOKEN_BOUND
+        if total > limit:
+            raise SelfEditError(
+                "too_long", f"{total} characters in all; at most {limit} ({CHARS_PER_TOKEN_BOUND} x "
+                "PlanBounds.max_total_tokens), checked before tokenizing", field="examples",
+            )
+
     def check_token_counts(self, counts: Sequence[int]) -> None:
         """Raise `SelfEditError` if any example, or all of them together, is over the token limits."""
         for i, n in enumerate(counts):
@@ -172,40 +200,86 @@ def _check_int(name: str, value: object, low: int, high: int) -> None:
         raise SelfEditError("out_of_bounds", f"{value} is outside [{low}, {high}]", field=name)
 
 
-def decode_self_edit(raw: str | bytes) -> str:
-    """The self-edit as text; bytes must be UTF-8."""
+def decode_self_edit(raw: str | bytes, *, max_chars: int = MAX_SELF_EDIT_CHARS) -> str:
+    """The self-edit as text, at most `max_chars` characters (checked first); bytes must be UTF-8 and a str
+    must not hold lone surrogates (what undecodable bytes become under `surrogateescape`)."""
+    if not isinstance(raw, (str, bytes)):
+        raise SelfEditError("unparseable", f"expected text, got {type(raw).__name__}", field="self_edit")
+    # UTF-8 spends at most 4 bytes a character, so more bytes than that cannot decode to max_chars characters
+    if len(raw) > (4 * max_chars if isinstance(raw, bytes) else max_chars):
+        unit = "bytes" if isinstance(raw, bytes) else "characters"
+        raise SelfEditError("too_long", f"{len(raw)} {unit}; at most {max_chars} characters", field="self_edit")
     if isinstance(raw, bytes):
         try:
-            return raw.decode("utf-8")
+            raw = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             raise SelfEditError(
                 "not_utf8", f"byte {err.start} is not valid UTF-8; pass text or UTF-8 bytes", field="self_edit"
             ) from None
-    if not isinstance(raw, str):
-        raise SelfEditError("unparseable", f"expected text, got {type(raw).__name__}", field="self_edit")
+        if len(raw) > max_chars:
+            raise SelfEditError("too_long", f"{len(raw)} characters; at most {max_chars}", field="self_edit")
+    surrogate = _SURROGATE.search(raw)
+    if surrogate:
+        raise SelfEditError(
+            "not_utf8", f"character {surrogate.start()} is a lone surrogate (U+{ord(surrogate.group()):04X}), "
+            "which is not text: the completion was not valid UTF-8", field="self_edit",
+        )
     return raw
 
 
-_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,3}[.):]|\(?[a-zA-Z][.)])\s+")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Terminal escape sequences (CSI such as colours, OSC such as titles, two-character escapes); each part is
+# unambiguous, so matching is linear.
+_ANSI = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-Z\\-_])")
+_LINE_BREAKS = str.maketrans(dict.fromkeys("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029", "\n"))
+# Hangul fillers are letters to `str.isalnum` but render as nothing.
+_BLANK_LETTERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def _visible(ch: str) -> bool:
+    if ch.isprintable():  # fast path: no control, format, surrogate or private-use character is printable
+        return ch not in _BLANK_LETTERS
+    return ch in "\n\t" or unicodedata.category(ch) not in ("Cc", "Cf")
+
+
+def strip_invisible(text: str) -> str:
+    """`text` without terminal escape sequences, control characters (but newline and tab) and format
+    characters (zero-width spaces, bidi marks, soft hyphens...). Every line break `str.splitlines` knows
+    (`\\r\\n`, `\\r`, form feed, U+2028...) becomes `\\n`."""
+    text = _ANSI.sub("", text.replace("\r\n", "\n").translate(_LINE_BREAKS))
+    return "".join(filter(_visible, text))
+
+
+def has_word(text: str) -> bool:
+    """Whether `text` holds a letter or a digit: a line without one has nothing to learn."""
+    return any(ch.isalnum() for ch in text)
+
+
+def clean_self_edit(raw: str | bytes, *, max_chars: int = MAX_SELF_EDIT_CHARS) -> str:
+    """`decode_self_edit` then `strip_invisible`: the text every self-edit parser reads."""
+    return strip_invisible(decode_self_edit(raw, max_chars=max_chars))
+
+
+# A list marker is followed by a space, or ends the line (a bare "1." has nothing to learn).
+_LIST_MARKER = re.compile(r"^\s*(?:[-*\u2022]+|\(?\d{1,3}[.):]|\(?[a-zA-Z][.)])(?:\s+|$)")
 _PREAMBLE = re.compile(
     r"^\s*(?:sure|here (?:are|is)|okay|ok|certainly|of course|below (?:are|is))\b.*[:!.]\s*$", re.IGNORECASE
 )
 
 
-def self_edit_lines(raw: str | bytes, *, max_chars: int = 100_000) -> list[str]:
-    """The non-empty lines of a self-edit, with list markers and chatty preambles removed.
+def self_edit_lines(raw: str | bytes, *, max_chars: int = MAX_SELF_EDIT_CHARS) -> list[str]:
+    """The lines of a self-edit that hold a letter or digit, with list markers and chatty preambles removed.
 
-    Raises `SelfEditError` for non-UTF-8 input, text over `max_chars`, or nothing left.
+    Control and format characters are stripped first (`strip_invisible`). Raises `SelfEditError` for non-UTF-8
+    input, text over `max_chars` (checked before anything else), or nothing left ("empty").
     """
-    text = decode_self_edit(raw)
-    if len(text) > max_chars:
-        raise SelfEditError("too_long", f"{len(text)} characters; at most {max_chars}", field="self_edit")
+    text = clean_self_edit(raw, max_chars=max_chars)
     lines = []
-    for line in text.replace("\r\n", "\n").split("\n"):
+    for line in text.split("\n"):
         line = _LIST_MARKER.sub("", line).strip()
-        if not line or _PREAMBLE.match(line):
+        if not has_word(line) or _PREAMBLE.match(line):
             continue
         lines.append(line)
     if not lines:
-        raise SelfEditError("empty", "the self-edit has no non-empty lines", field="self_edit")
+        raise SelfEditError("empty", "the self-edit has no line with a letter or digit", field="self_edit")
     return lines

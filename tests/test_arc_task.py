@@ -207,3 +207,12 @@ def test_inner_loop_success_reward_on_a_learnable_toy_puzzle(tiny_model, tiny_to
     bad = inner.run(task.plan(puzzle, config(use_basic_augmentations=False, learning_rate=1e-6,
                                              num_train_epochs=1).to_json()), task.probe(puzzle))
     assert bad.ok and bad.reward == 0.0
+
+
+def test_a_deeply_nested_puzzle_file_is_a_format_error_not_a_recursion_error(tmp_path):
+    from seal_trl.tasks.arc.data import load_arc_directory
+    from seal_trl.tasks.squad import DatasetFormatError
+
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DatasetFormatError, match="deep.json: JSON nested more than"):
+        load_arc_directory(tmp_path)

@@ -16,13 +16,20 @@ def test_evaluate_writes_table_report_and_chart_in_fresh_run_dirs(tiny_model_dir
     out = tmp_path / "runs"
     assert main(evaluate_args(tiny_model_dir, squad_file, out)) == 0
     printed = capsys.readouterr().out
-    assert "| none |" in printed and "| passage |" in printed and "| self-edit |" in printed
+    assert "| none |" in printed and "| passage | " in printed and "| self-edit |" in printed
+    assert "difference vs passage" in printed and "answer contained %" in printed  # paired, with QA accuracy
     (run,) = list(out.iterdir())
     report = json.loads((run / "report.json").read_text())
     assert set(report["summary"]) == {"none", "passage", "self-edit"}
     assert all(len(v) == 4 for v in report["scores"].values())
     assert report["summary"]["passage"]["mean"] > report["summary"]["none"]["mean"]  # training on it helps
-    assert (run / "chart.png").stat().st_size > 1000 and (run / "report.md").exists()
+    # without an adapter the reference is passage-only; every other method is paired with it on the same 4
+    assert report["reference"] == "passage" and set(report["paired"]) == {"none", "self-edit"}
+    assert report["paired"]["none"]["n"] == 4 and report["paired"]["none"]["mean_difference"] < 0
+    assert set(report["qa"]) == {"none", "passage", "self-edit"} and len(report["qa"]["passage"]["f1"]) == 4
+    text = (run / "report.md").read_text()
+    assert "## Per passage" in text and "| 4 | Place 3 (`place-3-0`) |" in text
+    assert (run / "chart.png").stat().st_size > 1000
     assert main(evaluate_args(tiny_model_dir, squad_file, out, "--methods", "none")) == 0
     assert len(list(out.iterdir())) == 2  # a second run never overwrites the first
 
@@ -32,6 +39,12 @@ def test_evaluate_writes_table_report_and_chart_in_fresh_run_dirs(tiny_model_dir
     ({"--model": "/no/such/model"}, "model_name_or_path"),
     ({"--methods": "bogus"}, "unknown method"),
     ({"--methods": "teacher"}, "--teacher"),
+    ({"--samples": "0"}, "--samples must be >= 1"),
+    ({"--samples": "3", "--temperature": "0"}, "--temperature 0 scores the same greedy self-edit 3 times"),
+    ({"--temperature": "-1"}, "--temperature must be >= 0"),
+    ({"--reference": "teacher"}, "--reference 'teacher' is not one of the evaluated --methods"),
+    ({"--methods": "base-self-edit"}, "base-self-edit needs --adapter"),
+    ({"--task": "arc", "--samples": "2"}, "--samples and --reference apply to --task knowledge only"),
 ])
 def test_evaluate_bad_input(tiny_model_dir, squad_file, tmp_path, capsys, change, message):
     args = evaluate_args(tiny_model_dir, squad_file, tmp_path / "runs")
@@ -54,12 +67,12 @@ def test_evaluate_rejects_non_squad_json(tiny_model_dir, tmp_path, capsys):
 
 
 def test_train_errors_and_help(capsys, tmp_path):
-    with pytest.raises(SystemExit, match="does not exist"):
-        main(["train", "--config", str(tmp_path / "none.yaml")])
+    assert main(["train", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit) as done:
         main(["demo", "--help"])
     assert done.value.code == 0 and "--train-contexts" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="neither a file nor one of"):
+    with pytest.raises(ValueError, match="neither a file nor one of"):
         from seal_trl.cli.main import accelerate_config_path
 
         accelerate_config_path("zero9")
@@ -88,6 +101,26 @@ def test_ctrl_c_keeps_finished_results(tiny_model_dir, squad_file, tmp_path, mon
     (run,) = list(out.iterdir())
     assert json.loads((run / "partial.json").read_text())["scores"] == {"none": [-1.0, -2.0]}
     assert "interrupted" in capsys.readouterr().out
+
+
+def test_with_an_adapter_the_base_methods_run_on_the_base_and_are_the_reference(tiny_model_dir, squad_file,
+                                                                                tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"  # a random, non-identity adapter: the policy differs from the base
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(adapter)
+    reports = {}
+    for name, extra in (("adapter", ["--adapter", str(adapter)]), ("base", ["--methods", "none"])):
+        out = tmp_path / name
+        assert main(evaluate_args(tiny_model_dir, squad_file, out, "--limit", "2", "--no-qa-metrics", *extra)) == 0
+        reports[name] = json.loads(next(out.glob("*/report.json")).read_text())
+    report = reports["adapter"]
+    assert list(report["scores"]) == ["none", "passage", "base-self-edit", "self-edit"]
+    assert report["reference"] == "base-self-edit" and set(report["paired"]) == {"none", "passage", "self-edit"}
+    assert report["scores"]["none"] == reports["base"]["scores"]["none"]  # no adaptation = the base model's score
+    assert "qa" not in report
 
 
 def test_evaluate_with_an_adapter_and_a_bad_adapter(tiny_model_dir, squad_file, tmp_path, capsys):

@@ -16,7 +16,13 @@ def test_demo_runs_round_and_writes_report(tiny_model_dir, tmp_path, monkeypatch
     report = json.loads((run / "report.json").read_text())
     assert list(report["summary"]) == ["none", "passage", "self-edit (base model)", "self-edit (SEAL, 1 round)"]
     assert all(len(v) == 2 for v in report["scores"].values())
+    # paired against the base model's self-edits, with QA accuracy and a per-passage table
+    assert report["reference"] == "self-edit (base model)"
+    assert set(report["paired"]) == {"none", "passage", "self-edit (SEAL, 1 round)"}
+    assert all(stats["n"] == 2 for stats in report["paired"].values())
+    assert list(report["qa"]) == list(report["scores"]) and "## Per passage" in (run / "report.md").read_text()
     assert report["round"] and 0 <= report["round"][0]["seal/keep_fraction"] <= 1
     assert (run / "chart.png").exists() and (run / "policy" / "adapter_model.safetensors").exists()
     assert not (run / "partial.json").exists()
-    assert "| self-edit (SEAL, 1 round) |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| self-edit (SEAL, 1 round) |" in printed and "difference vs self-edit (base model)" in printed

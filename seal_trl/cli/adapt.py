@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
-from ..continual.registry import AdapterRegistry, RegistryError
+from ..continual.registry import MANIFEST, AdapterRegistry, RegistryError, check_new_registry_location
+from ..tasks.knowledge import STYLES
+from .flags import check_adapter, inner_epochs, inner_learning_rate, integer, number
 
 
 def add_continual_commands(sub) -> None:
@@ -19,38 +22,41 @@ def add_continual_commands(sub) -> None:
     adapt.add_argument("--mode", choices=["merge", "separate"], default="merge",
                        help="fold promoted adapters into the weights, or keep them as separate adapters")
     adapt.add_argument("--promotion", choices=["gate", "always", "never"], default="gate")
-    adapt.add_argument("--replay-ratio", type=float, default=1.0, help="earlier examples per new example")
-    adapt.add_argument("--max-replay-examples", type=int, default=16)
-    adapt.add_argument("--regularization", type=float, default=0.0,
+    adapt.add_argument("--replay-ratio", type=number(0), default=1.0, help="earlier examples per new example")
+    adapt.add_argument("--max-replay-examples", type=integer(0), default=16)
+    adapt.add_argument("--regularization", type=number(0), default=0.0,
                        help="L2 weight on the candidate's weight delta (pull toward the promoted weights)")
-    adapt.add_argument("--anchor-weight", type=float, default=5.0,
+    adapt.add_argument("--anchor-weight", type=number(0), default=5.0,
                        help="weight of a KL anchor to the promoted model on general text at every step (0 = off)")
     adapt.add_argument("--anchor-text", default=None, metavar="FILE",
                        help="general texts for the anchor, one per paragraph (default: the model's own answers to "
                             "generic prompts)")
-    adapt.add_argument("--gentler-retries", type=int, default=0,
+    adapt.add_argument("--gentler-retries", type=integer(0), default=0,
                        help="when the gate refuses for forgetting/regression, retrain with a smaller learning rate "
                             "up to this many times")
-    adapt.add_argument("--retry-lr-factor", type=float, default=0.35, help="learning-rate factor per retry")
-    adapt.add_argument("--num-self-edits", type=int, default=1, help="self-edits per document; the best is kept")
-    adapt.add_argument("--style", default="implications", help="self-edit prompt: implications, rewrite, self_qa")
-    adapt.add_argument("--max-new-tokens", type=int, default=128, help="longest self-edit")
-    adapt.add_argument("--inner-epochs", type=int, default=10)
-    adapt.add_argument("--inner-lr", type=float, default=1e-3)
-    adapt.add_argument("--inner-lora-r", type=int, default=32)
+    adapt.add_argument("--retry-lr-factor", type=number(0, 1, exclusive=True), default=0.35,
+                       help="learning-rate factor per retry")
+    adapt.add_argument("--num-self-edits", type=integer(1), default=1, help="self-edits per document; the best is kept")
+    adapt.add_argument("--style", default="implications", choices=STYLES, help="self-edit prompt")
+    adapt.add_argument("--max-new-tokens", type=integer(1), default=128, help="longest self-edit")
+    adapt.add_argument("--inner-epochs", type=inner_epochs, default=10)
+    adapt.add_argument("--inner-lr", type=inner_learning_rate, default=1e-3)
+    adapt.add_argument("--inner-lora-r", type=integer(1), default=32)
     adapt.add_argument("--probe-metric", choices=["accuracy", "soft_accuracy", "loglik"], default="soft_accuracy",
                        help="the document score the gate compares (soft accuracy: the gold answer's mean softmax "
                             "weight among the probe's answers, percent)")
-    adapt.add_argument("--min-new-gain", type=float, default=0.0)
-    adapt.add_argument("--max-earlier-drop", type=float, default=2.0, help="points of the probe metric")
-    adapt.add_argument("--max-perplexity-increase", type=float, default=0.02, help="relative, 0.02 = 2%%")
-    adapt.add_argument("--max-qa-drop", type=float, default=0.02, help="relative, 0.02 = 2%%")
+    adapt.add_argument("--min-new-gain", type=number(), default=0.0)
+    adapt.add_argument("--max-earlier-drop", type=number(0), default=2.0, help="points of the probe metric")
+    adapt.add_argument("--max-perplexity-increase", type=number(0), default=0.02, help="relative, 0.02 = 2%%")
+    adapt.add_argument("--max-qa-drop", type=number(0), default=0.02, help="relative, 0.02 = 2%%")
     adapt.add_argument("--no-regression", action="store_true", help="skip the regression suite objectives")
     adapt.add_argument("--banned-phrase", action="append", default=[],
                        help="a constraint: refuse candidates whose answers contain this phrase (repeatable)")
-    adapt.add_argument("--max-document-mb", type=float, default=1.0, help="refuse larger document files")
-    adapt.add_argument("--chunk-chars", type=int, default=2000, help="split longer texts into documents this long")
-    adapt.add_argument("--lock-timeout", type=float, default=0.0,
+    adapt.add_argument("--max-document-mb", type=number(0, 1000, exclusive=True), default=1.0,
+                       help="refuse larger document files")
+    adapt.add_argument("--chunk-chars", type=integer(200), default=2000,
+                       help="split longer texts into documents this long")
+    adapt.add_argument("--lock-timeout", type=number(0), default=0.0,
                        help="seconds to wait for another run holding the registry (0: fail at once)")
     adapt.add_argument("--push-to-hub", default=None, metavar="REPO_ID",
                        help="after the run, push the promoted version (and its chain) with a model card")
@@ -63,7 +69,7 @@ def add_continual_commands(sub) -> None:
     reg.add_argument("--registry", required=True, help="registry directory")
     reg.add_argument("--reason", default="", help="promote: why a version the gate refused is promoted anyway")
     reg.add_argument("--repo-id", default=None, help="push: the Hub repository")
-    reg.add_argument("--lock-timeout", type=float, default=10.0)
+    reg.add_argument("--lock-timeout", type=number(0), default=10.0)
     reg.set_defaults(func=run_registry)
 
 
@@ -75,14 +81,25 @@ def _base_model_name(args: argparse.Namespace) -> str:
 def _read_anchor_texts(path: str) -> tuple[str, ...]:
     """The paragraphs (blank-line separated) of a UTF-8 text file, validated like a document."""
     from ..continual.documents import DocumentError, read_document_file
+    from ..safe_json import check_regular_file
 
-    if not Path(path).is_file():
+    if not Path(path).exists():
         raise DocumentError(f"{path}: no such file (--anchor-text)")
+    check_regular_file(Path(path), error=DocumentError, hint=" (--anchor-text takes a UTF-8 text file)")
     docs = read_document_file(Path(path), max_bytes=1_000_000, chunk_chars=10**9)
     texts = tuple(p.strip() for d in docs for p in d.text.split("\n\n") if p.strip())
     if not texts:
         raise DocumentError(f"{path}: no text in it (--anchor-text)")
     return texts
+
+
+def _existing_registry(args: argparse.Namespace) -> AdapterRegistry | None:
+    """The registry at --registry, its manifest and base model checked now; None when the directory is new (or
+    empty) and could become one."""
+    if (Path(args.registry) / MANIFEST).exists():
+        return AdapterRegistry(args.registry, base_model=_base_model_name(args), lock_timeout=args.lock_timeout)
+    check_new_registry_location(args.registry)
+    return None
 
 
 def run_adapt(args: argparse.Namespace) -> int:
@@ -93,6 +110,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     from ..models import load_model_and_tokenizer
 
     # everything that can be refused is checked before the model loads and before the registry changes
+    check_adapter(args.policy_adapter, "--policy-adapter")
     documents = read_documents(args.documents, max_bytes=int(args.max_document_mb * 1_000_000),
                                chunk_chars=args.chunk_chars)
     anchor_texts = _read_anchor_texts(args.anchor_text) if args.anchor_text else ()
@@ -108,18 +126,22 @@ def run_adapt(args: argparse.Namespace) -> int:
                                   max_perplexity_increase=args.max_perplexity_increase, max_qa_drop=args.max_qa_drop))
     inner = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
                             lora_alpha=2 * args.inner_lora_r, seed=args.seed)
-    registry = AdapterRegistry(args.registry, create=True, base_model=_base_model_name(args),
-                               lock_timeout=args.lock_timeout)
+    registry = _existing_registry(args)
     constraints = [banned_phrases(args.banned_phrase)] if args.banned_phrase else []
-    with registry.locked():
+    with registry.locked() if registry else contextlib.nullcontext():
         model, tokenizer = load_model_and_tokenizer(args.model)
         if args.policy_adapter:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, args.policy_adapter).merge_and_unload()
-        learner = ContinualLearner(model, tokenizer, registry, config, inner, constraints=constraints)
-        print(f"{len(documents)} document(s); registry {registry.root} (promoted: {registry.promoted or 'base'})")
-        reports = learner.adapt_all(documents, progress=lambda r: print(r.summary(), flush=True))
+        # a new registry is created only now, so a model that fails to load leaves none behind (built on the wrong
+        # base model name, it would refuse the corrected command)
+        registry = registry or AdapterRegistry(args.registry, create=True, base_model=_base_model_name(args),
+                                               lock_timeout=args.lock_timeout)
+        with registry.locked():
+            learner = ContinualLearner(model, tokenizer, registry, config, inner, constraints=constraints)
+            print(f"{len(documents)} document(s); registry {registry.root} (promoted: {registry.promoted or 'base'})")
+            reports = learner.adapt_all(documents, progress=lambda r: print(r.summary(), flush=True))
     promoted = sum(r.promoted for r in reports)
     print(f"done: {promoted} of {len(reports)} candidate(s) promoted; promoted version: {registry.promoted or 'base'}")
     if args.push_to_hub and registry.promoted:

@@ -3,8 +3,9 @@
 1. Baselines on held-out passages: no adaptation, the passage alone, the base model's own self-edits.
 2. One ReST-EM round on training passages (sample self-edits, fine-tune on each, keep the best per passage,
    SFT the policy's LoRA on the kept ones).
-3. The trained policy's self-edits on the same held-out passages. Table, JSON/markdown report and a PNG chart
-   go into a fresh run directory.
+3. The trained policy's self-edits on the same held-out passages. Every method is compared with the base model's
+   self-edits passage by passage (paired table, per-passage table, QA accuracy of greedy answers); report.md,
+   report.json and a chart of the paired differences go into a fresh run directory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import json
 import os
 import time
 
-from ..reporting import method_table, new_run_dir, write_report
+from ..reporting import new_run_dir, summary_tables, write_report
+from .evaluate import check_sampling_flags
+
+BASE, SEAL = "self-edit (base model)", "self-edit (SEAL, 1 round)"
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -27,6 +31,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from ..tasks.squad import load_bundled
     from ..trainer import SEALTrainer
 
+    check_sampling_flags(args.samples, args.temperature)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     started = time.perf_counter()
     run_dir = new_run_dir(args.output_dir, "demo")
@@ -50,38 +55,40 @@ def run_demo(args: argparse.Namespace) -> int:
     trainer = SEALTrainer(path, args=config, train_dataset=task.build_dataset(train, tokenizer),
                           processing_class=tokenizer, task=task, peft_config=lora)
     scores, details = {}, {}
+    sampling = {"samples": args.samples, "temperature": args.temperature, "qa_metrics": args.qa_metrics}
 
-    def evaluate(methods, rename=None):
+    def evaluate(methods, names):
         trainer.model.eval()
         trainer._sync_inner_loop()
-        found, info = evaluate_methods(trainer.inner_loop, task, validation, methods, policy=trainer.model,
-                                       tokenizer=tokenizer, max_new_tokens=args.max_new_tokens, seed=args.seed)
-        for method, values in found.items():
-            name = (rename or {}).get(method, method)
-            scores[name] = values
-            details[name] = {"errors": info["errors"][method], "self_edits": info["self_edits"].get(method)}
-        (run_dir / "partial.json").write_text(json.dumps({"scores": scores}, indent=2))
+        try:
+            evaluate_methods(trainer.inner_loop, task, validation, methods, policy=trainer.model, tokenizer=tokenizer,
+                             max_new_tokens=args.max_new_tokens, seed=args.seed, names=names, scores=scores,
+                             details=details, **sampling)
+        finally:
+            (run_dir / "partial.json").write_text(json.dumps({"scores": scores, **details}, indent=2, default=str))
 
     try:
         print("\n[1/3] baselines on held-out passages")
-        evaluate(["none", "passage", "self-edit"], {"self-edit": "self-edit (base model)"})
+        evaluate(["none", "passage", "self-edit"], {"self-edit": BASE})
         print(f"\n[2/3] one ReST-EM round: {args.train_contexts} passages x {args.generations} self-edits")
         trainer.train()
         trainer.save_model(str(run_dir / "policy"))
         print("\n[3/3] the trained policy's self-edits on the held-out passages")
-        evaluate(["self-edit"], {"self-edit": "self-edit (SEAL, 1 round)"})
+        evaluate(["self-edit"], {"self-edit": SEAL})
     except KeyboardInterrupt:
         print(f"\ninterrupted: what finished is in {run_dir / 'partial.json'}; run `seal-trl demo` again for a "
               "fresh run (earlier run directories are kept)")
         return 130
     round_logs = [h for h in trainer.state.log_history if "seal/keep_fraction" in h]
     minutes = (time.perf_counter() - started) / 60
+    qa = details.get("qa")
+    passages = [f"{t} (`{c}`)" for c, t in zip(details["contexts"], details["titles"])]
     paths = write_report(run_dir, title="SEAL demo: held-out QA log-likelihood after adaptation", scores=scores,
-                         metric="answer log-likelihood", details={
-                             "per_method": details, "round": round_logs, "minutes": minutes,
-                             "settings": {k: v for k, v in vars(args).items() if k != "func"}})
+                         metric="answer log-likelihood", reference=BASE, passages=passages, qa=qa, seed=args.seed,
+                         details={**details, "round": round_logs, "minutes": minutes,
+                                  "settings": {k: v for k, v in vars(args).items() if k != "func"}})
     (run_dir / "partial.json").unlink(missing_ok=True)
-    print("\n" + method_table(scores, metric="answer log-likelihood"))
+    print("\n" + summary_tables(scores, metric="answer log-likelihood", reference=BASE, qa=qa, seed=args.seed))
     if round_logs:
         r = round_logs[0]
         print(f"\nReST-EM round: keep fraction {r['seal/keep_fraction']:.2f}, mean gain all "

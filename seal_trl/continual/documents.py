@@ -9,12 +9,13 @@ split at paragraph / sentence boundaries into several documents (`<id>#1`, `<id>
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from ..safe_json import check_regular_file, parse_json
 
 #: Files larger than this are refused (not read); 1 MiB of text is ~500 chunks, i.e. ~500 adapt steps.
 DEFAULT_MAX_BYTES = 1_000_000
@@ -179,8 +180,7 @@ def read_document_file(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
     """The document(s) in one file: `.json` (one object, a list, or SQuAD v1.1) or UTF-8 text (title = the
     file name). Files over `max_bytes` are refused before reading."""
     path = Path(path)
-    if not path.is_file():
-        raise DocumentError(f"{path}: no such file; pass document files or a directory of them")
+    check_regular_file(path, error=DocumentError, hint="; pass document files or a directory of them (--documents)")
     size = path.stat().st_size
     if size > max_bytes:
         raise DocumentError(f"{path}: {size / 1e6:.1f} MB is over the {max_bytes / 1e6:.1f} MB limit per document "
@@ -189,11 +189,8 @@ def read_document_file(path: str | Path, *, max_bytes: int = DEFAULT_MAX_BYTES,
         raise DocumentError(f"{path}: the file is empty; give it some text to learn")
     text = _decode(path.read_bytes(), str(path))
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DocumentError(f"{path}: not valid JSON ({err}); expected {{'title', 'text', 'questions'?}}, a list "
-                                "of them, or SQuAD v1.1") from None
+        data = parse_json(text, str(path), error=DocumentError,
+                          hint="; expected {'title', 'text', 'questions'?}, a list of them, or SQuAD v1.1")
         return _from_json(data, path, chunk_chars)
     return make_documents(_slug(path.stem), path.stem.replace("_", " "), text, source=str(path),
                           chunk_chars=chunk_chars)

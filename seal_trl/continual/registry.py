@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..safe_json import read_json_file
+
 if TYPE_CHECKING:
     import torch
 
@@ -37,6 +39,9 @@ FORMAT = "seal-trl-registry"
 FORMAT_VERSION = 1
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
+#: A manifest lists versions, their documents' ids and gate verdicts: megabytes for thousands of versions.
+MAX_MANIFEST_BYTES = 64 * 2**20
+_DAMAGED = "; the manifest is damaged: restore registry.json from a backup, or start a new registry directory"
 
 #: Test seam: called with a hook name at each step of a write ("version_files_written", "version_renamed",
 #: "manifest_temp_written", "manifest_replaced"); a crash test kills the process from here.
@@ -107,6 +112,50 @@ def _leftover_of_creation(path: Path) -> bool:
                                                       and not any(path.iterdir()))
 
 
+def check_new_registry_location(root: str | os.PathLike) -> None:
+    """Raise `RegistryError` unless `root` can become a new registry (missing, empty, or what a killed creation
+    left); nothing is created."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise RegistryError(f"{root} is a file, not a registry directory; pass a directory (--registry)")
+    if root.exists() and any(not _leftover_of_creation(p) for p in root.iterdir()):
+        raise RegistryError(f"{root} is not a seal-trl registry (no {MANIFEST}) and is not empty; pass an existing "
+                            "registry or a new/empty directory (nothing was changed)")
+
+
+_VERSION_FIELDS = (("parent", (str, type(None)), "a version name or null"), ("created", str, "a timestamp"),
+                   ("documents", list, "a list"), ("gate", dict, "an object"), ("promoted_at", list, "a list"))
+
+
+def _check_manifest(data: dict[str, Any], path: Path) -> None:
+    """Every field the registry reads has the type it expects, and every version named exists."""
+    def damaged(field: str, expected: str):
+        raise RegistryError(f"{path}: field `{field}` is missing or not {expected}{_DAMAGED}")
+
+    if "promoted" not in data or not isinstance(data["promoted"], (str, type(None))):
+        damaged("promoted", "a version name or null")
+    versions = data.get("versions")
+    if not isinstance(versions, dict):
+        damaged("versions", "an object of versions")
+    if not isinstance(data.get("base_model"), (str, type(None))):
+        damaged("base_model", "a model name or null")
+    if not isinstance(data.get("log"), list):
+        damaged("log", "a list")
+    for name, entry in versions.items():
+        if not isinstance(entry, dict):
+            damaged(f"versions.{name}", "an object")
+        for field, kinds, expected in _VERSION_FIELDS:
+            if field not in entry or not isinstance(entry[field], kinds):
+                damaged(f"versions.{name}.{field}", expected)
+        if not all(isinstance(d, dict) and isinstance(d.get("doc_id"), str) for d in entry["documents"]):
+            damaged(f"versions.{name}.documents", "a list of objects with a `doc_id`")
+        if entry["parent"] is not None and entry["parent"] not in versions:
+            damaged(f"versions.{name}.parent", f"an existing version (it names {entry['parent']!r})")
+    if data["promoted"] is not None and data["promoted"] not in versions:
+        damaged("promoted", f"an existing version (it names {data['promoted']!r})")
+
+
+
 class AdapterRegistry:
     """Versioned adapters with a manifest, a lock, promotion and rollback.
 
@@ -125,9 +174,7 @@ class AdapterRegistry:
         if self.root.exists() and not self.root.is_dir():
             raise RegistryError(f"{self.root} is a file, not a registry directory; pass a directory (--registry)")
         if not manifest.exists():
-            if self.root.exists() and any(not _leftover_of_creation(p) for p in self.root.iterdir()):
-                raise RegistryError(f"{self.root} is not a seal-trl registry (no {MANIFEST}) and is not empty; pass "
-                                    "an existing registry or a new/empty directory (nothing was changed)")
+            check_new_registry_location(self.root)
             if not create:
                 raise RegistryError(f"{self.root} is not a seal-trl registry (no {MANIFEST}); create one with "
                                     "`seal-trl adapt --registry DIR` or AdapterRegistry(DIR, create=True)")
@@ -147,14 +194,12 @@ class AdapterRegistry:
 
     # ----- reading -------------------------------------------------------------------------------
     def manifest(self) -> dict[str, Any]:
-        """The manifest as on disk now."""
+        """The manifest as on disk now, checked field by field (bounded in size and depth before it is parsed)."""
         path = self.root / MANIFEST
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RegistryError(f"{path}: unreadable manifest ({err}); restore it from a backup") from None
+        data = read_json_file(path, max_bytes=MAX_MANIFEST_BYTES, error=RegistryError, hint=_DAMAGED)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise RegistryError(f"{path} is not a seal-trl registry manifest (field `format` is not {FORMAT!r})")
+        _check_manifest(data, path)
         return data
 
     @property
@@ -198,7 +243,8 @@ class AdapterRegistry:
         return load_file(str(self.version_dir(version) / ADAPTER_FILE))
 
     def read_json(self, version: str, name: str) -> Any:
-        return json.loads((self.version_dir(version) / name).read_text(encoding="utf-8"))
+        return read_json_file(self.version_dir(version) / name, error=RegistryError,
+                              hint=f"; version {version}'s files are damaged: roll back past it or restore them")
 
     # ----- locking ---------------------------------------------------------------------------------
     @contextmanager
@@ -213,9 +259,9 @@ class AdapterRegistry:
         except Timeout:
             holder = ""
             try:
-                info = json.loads((self.root / ".lock.json").read_text())
+                info = read_json_file(self.root / ".lock.json", max_bytes=4096)
                 holder = f" (pid {info['pid']} on {info['host']}, since {info['since']})"
-            except (OSError, ValueError, KeyError):
+            except (ValueError, KeyError, TypeError):
                 pass
             raise RegistryLockedError(
                 f"registry {self.root} is locked by another run{holder}; wait for it to finish, or pass "

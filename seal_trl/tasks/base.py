@@ -34,11 +34,27 @@ class Task(Protocol):
 
 
 def completion_text(completion: Any) -> str:
-    """The text of a TRL completion: a string, or the last message's content for conversational data."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Sequence) and completion and isinstance(completion[-1], Mapping):
-        return str(completion[-1].get("content", ""))
+    """The text of a TRL completion: a string, or the last message's content for conversational data.
+
+    Bytes are decoded as UTF-8 with `surrogateescape`, so bytes that are not UTF-8 arrive as lone surrogates
+    that the task's parser rejects as "not_utf8" (never as their `b'...'` repr).
+    """
+    if isinstance(completion, Sequence) and not isinstance(completion, (str, bytes, bytearray)) and completion \
+            and isinstance(completion[-1], Mapping):
+        return _content_text(completion[-1].get("content", ""))
     if isinstance(completion, Mapping):
-        return str(completion.get("content", ""))
-    return "" if completion is None else str(completion)
+        return _content_text(completion.get("content", ""))
+    return _content_text(completion)
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, (bytes, bytearray)):
+        return bytes(content).decode("utf-8", "surrogateescape")
+    if content is None:
+        return ""
+    if isinstance(content, Sequence) and all(isinstance(part, Mapping) for part in content):
+        # multimodal-style content: a list of {"type": "text", "text": ...} parts
+        return "".join(_content_text(part.get("text", "")) for part in content)
+    return str(content)

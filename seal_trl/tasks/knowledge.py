@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..plans import SelfEditError, TrainingPlan, self_edit_lines
+from ..plans import SelfEditError, TrainingPlan, clean_self_edit, has_word, self_edit_lines
 from ..probes import Probe, knowledge_probe
 from .base import Prompt
 from .squad import DatasetFormatError
@@ -29,8 +29,71 @@ INSTRUCTIONS = {
 }
 STYLES = tuple(INSTRUCTIONS)
 _HEADERS = {"implications": "Implications:", "rewrite": "Rewrites:", "self_qa": "Questions and answers:"}
-_QA = re.compile(r"(?:^|\n)\s*(?:Q(?:uestion)?\s*\d*\s*[:.])\s*(?P<q>.+?)\s*\n?\s*(?:A(?:nswer)?\s*\d*\s*[:.])\s*"
-                 r"(?P<a>[^\n]+)", re.IGNORECASE)
+# Question and answer markers ("Q:", "Question 2.", "A:", "Answer:"), matched at the start of a stripped line;
+# an answer marker may also follow the question on its line after a space. Adjacent parts of a pattern never
+# match the same character, so no match backtracks more than once over a run (linear time).
+_QUESTION = re.compile(r"(?:question|q)[ \t]*(?:\d+[ \t]*)?[:.]", re.IGNORECASE)
+_ANSWER = re.compile(r"(?:answer|a)[ \t]*(?:\d+[ \t]*)?[:.]", re.IGNORECASE)
+_INLINE_ANSWER = re.compile(r"(?<!\S)(?:answer|a)[ \t]*(?:\d+[ \t]*)?[:.]", re.IGNORECASE)
+
+
+def _after_question_marker(rest: str, pairs: list[tuple[str, str]]) -> tuple[str | None, str | None]:
+    """Read the text after a question marker; returns (pending question, what the next line must be)."""
+    if not rest:
+        return None, "question"
+    inline = _INLINE_ANSWER.search(rest)
+    if inline is None:
+        return rest, "answer"
+    question, answer = rest[:inline.start()].strip(), rest[inline.end():].strip()
+    if answer:
+        pairs.append((question, answer))
+        return None, None
+    return question, "answer_text"
+
+
+def qa_pairs(text: str) -> list[tuple[str, str]]:
+    """The (question, answer) pairs of a self_qa self-edit, in one pass over its lines.
+
+    A pair is a question marker at the start of a line, the question (on that line or the next), then an
+    answer marker (later on the question's line, or at the start of the next line) and the answer (the rest of
+    that line, or the next line). Blank lines between the parts are skipped; a new question marker starts over.
+    """
+    pairs: list[tuple[str, str]] = []
+    question, expect = None, None
+    for line in text.split("\n"):
+        line = line.strip()
+        if not line:
+            continue
+        marker = _QUESTION.match(line)
+        if marker:
+            question, expect = _after_question_marker(line[marker.end():].strip(), pairs)
+        elif expect == "question":
+            question, expect = _after_question_marker(line, pairs)
+        elif expect == "answer" and (marker := _ANSWER.match(line)):
+            answer = line[marker.end():].strip()
+            if answer:
+                pairs.append((question, answer))
+            question, expect = (None, None) if answer else (question, "answer_text")
+        elif expect == "answer_text":
+            pairs.append((question, line))
+            question, expect = None, None
+        else:
+            question, expect = None, None
+    return pairs
+
+
+def self_qa_pairs(raw: str | bytes) -> list[tuple[str, str]]:
+    """The pairs of a self_qa self-edit whose question and answer both hold a letter or digit.
+
+    The text is capped and cleaned first (`plans.clean_self_edit`); raises `SelfEditError`: "empty" when no
+    line would be left as training text (`plans.self_edit_lines`), else "unparseable" when no pair is found.
+    """
+    text = clean_self_edit(raw)
+    pairs = [(q, a) for q, a in qa_pairs(text) if has_word(q) and has_word(a)]
+    if not pairs:
+        self_edit_lines(text)  # raises "empty" when nothing but junk, markers and preambles is there
+        raise SelfEditError("unparseable", "no 'Question: ... Answer: ...' pairs found", field="self_edit")
+    return pairs
 
 
 @dataclass
@@ -70,11 +133,7 @@ class KnowledgeTask:
     def plan(self, context: Mapping[str, Any], self_edit: str, **hyperparameters) -> TrainingPlan:
         title = self._field(context, "title")
         if self.style == "self_qa":
-            pairs = [(m["q"].strip(), m["a"].strip()) for m in _QA.finditer(str(self_edit or ""))]
-            if not pairs:
-                if not str(self_edit or "").strip():
-                    raise SelfEditError("empty", "the self-edit is empty", field="self_edit")
-                raise SelfEditError("unparseable", "no 'Question: ... Answer: ...' pairs found", field="self_edit")
+            pairs = self_qa_pairs("" if self_edit is None else self_edit)
             lines = [f"Question: {q}\nAnswer: {a}" for q, a in pairs]
         else:
             lines = self_edit_lines(self_edit)

@@ -8,11 +8,14 @@ the flat SQuAD columns, or the bundled invented-entity set (`"bundled"`).
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from ..safe_json import MAX_BYTES, read_json_file
 
 BUNDLED_SPLITS = ("train", "validation")
 
@@ -39,7 +42,11 @@ def _answers(qa: Mapping, where: str) -> list[str]:
     if isinstance(raw, Mapping):  # flat `datasets` layout: {"text": [...], "answer_start": [...]}
         texts = raw.get("text", [])
     else:
-        texts = [a.get("text") if isinstance(a, Mapping) else a for a in raw]
+        texts = raw
+    if not isinstance(texts, (list, tuple)):
+        raise DatasetFormatError(f"{where}: `answers` must be a list of {{'text', 'answer_start'}}, got "
+                                 f"{type(texts).__name__}")
+    texts = [a.get("text") if isinstance(a, Mapping) else a for a in texts]
     texts = [t.strip() for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise DatasetFormatError(f"{where}: `answers` has no non-empty `text`")
@@ -82,14 +89,14 @@ def contexts_from_squad(data: Mapping[str, Any], *, source: str = "data") -> lis
     return contexts
 
 
-def load_squad_json(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"data file {str(path)!r} does not exist; pass a SQuAD v1.1 JSON file or 'bundled'")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise DatasetFormatError(f"{path}: not a JSON file ({err}); expected SQuAD v1.1 JSON") from None
+def load_squad_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> list[dict]:
+    """Contexts from a SQuAD v1.1 JSON file, refused (never parsed) when too large or nested too deeply."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"data file {str(path)!r} does not exist (--data); pass a SQuAD v1.1 JSON file or "
+                                "'bundled'")
+    data = read_json_file(path, max_bytes=max_bytes, error=DatasetFormatError,
+                          hint="; --data takes a SQuAD v1.1 JSON file")
     return contexts_from_squad(data, source=str(path))
 
 
@@ -125,7 +132,7 @@ def load_contexts(source: str, *, split: str = "train", limit: int | None = None
     """`"bundled"`, a path to a SQuAD JSON file, or a `datasets` name/path (needs network for Hub names)."""
     if source == "bundled":
         contexts = load_bundled(split)
-    elif source.endswith(".json") or Path(source).is_file():
+    elif _is_local_path(source):
         contexts = load_squad_json(source)
     else:
         from datasets import load_dataset
@@ -139,3 +146,12 @@ def load_contexts(source: str, *, split: str = "train", limit: int | None = None
             ) from None
         contexts = contexts_from_rows(rows, source=source)
     return contexts[:limit] if limit else contexts
+
+
+def _is_local_path(source: str) -> bool:
+    """A file or directory here, or a name that can only be one (`x.json`, `./x`, `/x`, `~/x`): never a `datasets`
+    name, which would read a directory as a text dataset and write a cache."""
+    if not source.strip():
+        raise DatasetFormatError("--data is empty; pass 'bundled', a SQuAD v1.1 JSON file or a datasets name")
+    return (source.endswith(".json") or os.path.exists(source) or source.startswith((".", "/", "~"))
+            or source.count("/") > 1)  # a datasets name is `name` or `owner/name`

@@ -7,6 +7,8 @@
 Models wrap JSON in prose or code fences, so the first JSON object in the text is read; everything else about
 it is strict: every key required, no unknown keys, exact types. Any failure is a `SelfEditError` naming the
 field (reward 0). Upper limits (learning rate, epochs, steps) are the plan bounds' job (`ArcTask.plan`).
+Before any JSON is parsed the text's length, its number of brackets (which bounds the nesting depth) and,
+as each integer is read, its number of digits are bounded, so no self-edit can exhaust the parser.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from ...plans import SelfEditError, decode_self_edit
+from ...plans import SelfEditError, clean_self_edit
 
 Strategy = Literal["train_using_all_tokens", "train_using_output_tokens"]
 STRATEGIES = ("train_using_all_tokens", "train_using_output_tokens")
@@ -25,6 +27,11 @@ AUGMENTATION_KEYS = ("use_basic_augmentations", "use_size_augmentations", "use_c
                      "use_repeat_augmentations")
 TRAINING_KEYS = ("strategy", "learning_rate", "num_train_epochs")
 MAX_CHARS = 20_000
+#: At most this many '{' and '[' in a self-edit: the JSON nesting depth cannot exceed it, so the parser's
+#: recursion stays far from Python's limit (the configuration itself needs 3).
+MAX_BRACKETS = 256
+#: The longest integer (digits) the parser converts; Python refuses over 4,300, no setting needs more than 3.
+MAX_INT_DIGITS = 32
 
 
 @dataclass(frozen=True)
@@ -62,9 +69,28 @@ class ArcConfig:
 DEFAULT_CONFIG = ArcConfig()
 
 
+def _bounded_int(digits: str) -> int:
+    n = len(digits.lstrip("-"))
+    if n > MAX_INT_DIGITS:
+        raise SelfEditError("out_of_bounds", f"an integer of {n} digits; at most {MAX_INT_DIGITS}", field="self_edit")
+    return int(digits)
+
+
+def check_json_bounds(text: str) -> None:
+    """Raise `SelfEditError` if `text` is over `MAX_CHARS` or has more brackets than `MAX_BRACKETS`."""
+    if len(text) > MAX_CHARS:
+        raise SelfEditError("too_long", f"{len(text)} characters; at most {MAX_CHARS}", field="self_edit")
+    brackets = text.count("{") + text.count("[")
+    if brackets > MAX_BRACKETS:
+        raise SelfEditError("too_deep", f"{brackets} '{{' and '[' brackets; at most {MAX_BRACKETS}, which bounds "
+                            "the JSON nesting before parsing", field="self_edit")
+
+
 def extract_json_object(text: str) -> dict:
-    """The first JSON object in `text` (prose and code fences around it are ignored)."""
-    decoder = json.JSONDecoder()
+    """The first JSON object in `text` (prose and code fences around it are ignored). `text` is bounded first
+    (`check_json_bounds`): at most `MAX_BRACKETS` starts are tried, each nested at most that deep."""
+    check_json_bounds(text)
+    decoder = json.JSONDecoder(parse_int=_bounded_int)
     start = text.find("{")
     while start != -1:
         try:
@@ -96,11 +122,9 @@ def _exact_keys(obj: object, expected: tuple[str, ...], where: str) -> dict:
 
 def parse_config(raw: str | bytes) -> ArcConfig:
     """Parse a self-edit into an `ArcConfig`; raises `SelfEditError` ("unparseable"/"out_of_bounds"/...)."""
-    text = decode_self_edit(raw)
+    text = clean_self_edit(raw, max_chars=MAX_CHARS)
     if not text.strip():
         raise SelfEditError("empty", "the self-edit is empty; write the JSON configuration", field="self_edit")
-    if len(text) > MAX_CHARS:
-        raise SelfEditError("too_long", f"{len(text)} characters; at most {MAX_CHARS}", field="self_edit")
     root = _exact_keys(extract_json_object(text), ("data_generation", "training"), "")
     data = _exact_keys(root["data_generation"], AUGMENTATION_KEYS, "data_generation")
     training = _exact_keys(root["training"], TRAINING_KEYS, "training")

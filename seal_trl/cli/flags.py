@@ -1,0 +1,117 @@
+"""Checks of `seal-trl`'s flags that run before anything loads: argparse types for numbers, and paths.
+
+A bad value ends the command with one line that names the flag, the allowed range and the value given, e.g.
+`error: argument --limit: must be >= 1, got '-1' (see seal-trl evaluate --help)`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from ..plans import PlanBounds
+
+BOUNDS = PlanBounds()
+
+
+class UsageError(ValueError):
+    """A flag or argument the user can fix; `seal-trl` prints it as one line and exits with code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (with the command's --help to read) instead of the usage block."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        _check_range(value, text, minimum, maximum, exclusive=False)
+        return value
+
+    return parse
+
+
+def number(minimum: float | None = None, maximum: float | None = None, *, exclusive: bool = False
+           ) -> Callable[[str], float]:
+    """An argparse type: a finite number >= minimum (> minimum when `exclusive`) and <= maximum."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        _check_range(value, text, minimum, maximum, exclusive=exclusive)
+        return value
+
+    return parse
+
+
+def _check_range(value: float, text: str, minimum: float | None, maximum: float | None, *, exclusive: bool) -> None:
+    if minimum is not None and (value <= minimum if exclusive else value < minimum):
+        raise argparse.ArgumentTypeError(f"must be {'>' if exclusive else '>='} {minimum:g}, got {text!r}")
+    if maximum is not None and value > maximum:
+        raise argparse.ArgumentTypeError(f"must be at most {maximum:g}, got {text!r}")
+
+
+#: Inner-loop settings a plan may have (PlanBounds): outside them every self-edit would fail as out of bounds.
+inner_epochs = integer(1, BOUNDS.max_epochs)
+inner_learning_rate = number(BOUNDS.min_learning_rate, BOUNDS.max_learning_rate)
+
+
+def check_output_dir(path: str, flag: str = "--output-dir") -> None:
+    """Refuse an output directory that is a file, lies under a file, or cannot be written; nothing is created."""
+    target = Path(path).expanduser()
+    existing = next((p for p in (target, *target.parents) if p.exists()), None)
+    if existing is None:
+        return
+    if not existing.is_dir():
+        raise UsageError(f"{flag} {path!r}: {existing} is not a directory; pass a directory for the run directories")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path!r}: {existing} is not writable; pass a directory you can write to")
+
+
+#: A recipe YAML is a page of settings; a larger file is not one.
+MAX_CONFIG_BYTES = 1_000_000
+
+
+def check_recipe_config(path: str) -> None:
+    """Refuse a recipe YAML (`--config`) that TrlParser would fail on with a traceback: not a regular file, too
+    large, not UTF-8 or not YAML. (TrlParser itself says when it is YAML but not a mapping.)"""
+    import yaml
+
+    from ..safe_json import read_bytes
+
+    raw = read_bytes(path, max_bytes=MAX_CONFIG_BYTES, error=UsageError,
+                     hint=" (--config takes a recipe YAML file, e.g. recipes/cpu_demo.yaml)")
+    try:
+        yaml.safe_load(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as err:
+        raise UsageError(f"--config {path}: byte {err.start} is not valid UTF-8; save the recipe as UTF-8") from None
+    except (yaml.YAMLError, RecursionError) as err:
+        where = getattr(err, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(err, "problem", None) or "nested too deeply"
+        raise UsageError(f"--config {path}: not valid YAML{at} ({problem}); fix the recipe file") from None
+
+
+def check_adapter(path: str | None, flag: str) -> None:
+    """A local adapter must be a directory with adapter_config.json; a Hub name is checked when it loads."""
+    if path is None:
+        return
+    local = Path(path).expanduser()
+    if local.exists() and not (local / "adapter_config.json").is_file():
+        raise UsageError(f"{flag} {path!r} has no adapter_config.json; pass a PEFT adapter directory (e.g. a SEAL "
+                         "run's output_dir) or a Hub name")
+    if not local.exists() and path.startswith((".", "/", "~")):
+        raise UsageError(f"{flag} {path!r} does not exist; pass a PEFT adapter directory or a Hub name")

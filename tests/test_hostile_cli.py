@@ -1,0 +1,320 @@
+"""Hostile input through the `seal-trl` CLI (issue 15): every failure is one line that names the flag or field,
+exit code 2, refused before any model loads, and nothing is left behind (no lock, cache, run directory or file).
+
+Each case builds its bad input inside a fresh workspace; the test snapshots the workspace, runs `main(argv)`
+with model loading and `datasets.load_dataset` replaced by tripwires, and checks the exit code, the one line on
+stderr, the words it must contain and that the workspace is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from seal_trl.cli.main import main
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_INT = "1" * 5_000  # over Python's 4,300-digit int-string limit
+
+
+class Tripwire(BaseException):
+    """Raised where a case must never get to; a BaseException, so no `except Exception` in the CLI hides it."""
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: Callable[[Path], list[str]]  # builds the bad input in the workspace and returns the command line
+    expect: tuple[str, ...]  # words the one-line error must contain (the flag or field, and what is wrong)
+
+
+def squad(ws: Path, name: str = "squad.json", answers=None) -> Path:
+    answer = [{"text": "Ostrand", "answer_start": 30}] if answers is None else answers
+    data = {"data": [{"title": "Velmora", "paragraphs": [{"context": "The river Velmora runs through Ostrand.",
+                                                           "qas": [{"id": "q", "question": "Which valley?",
+                                                                    "answers": answer}]}]}]}
+    path = ws / name
+    path.write_text(json.dumps(data))
+    return path
+
+
+def write(ws: Path, name: str, content: str | bytes) -> Path:
+    path = ws / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return path
+
+
+def sparse(ws: Path, name: str, size: int) -> Path:
+    path = ws / name
+    with open(path, "wb") as fh:
+        fh.truncate(size)  # nothing is written: the size alone must be refused
+    return path
+
+
+def evaluate(ws: Path, *extra: str, data: Path | str | None = None) -> list[str]:
+    data = squad(ws) if data is None else data
+    return ["evaluate", "--model", str(ws / "model"), "--data", str(data), "--split", "train",
+            "--output-dir", str(ws / "runs"), *extra]
+
+
+def adapt(ws: Path, *extra: str, documents: Path | str | None = None, registry: Path | None = None) -> list[str]:
+    documents = write(ws, "doc.txt", "The river Velmora runs through Ostrand.") if documents is None else documents
+    return ["adapt", "--model", str(ws / "model"), "--documents", str(documents), "--registry",
+            str(registry or ws / "reg"), *extra]
+
+
+def registry(ws: Path, manifest: str | None, *argv: str) -> list[str]:
+    if manifest is not None:
+        write(ws, "reg/registry.json", manifest)
+        (ws / "reg" / "versions").mkdir(exist_ok=True)
+    return ["registry", *argv, "--registry", str(ws / "reg")]
+
+
+def train(ws: Path, *extra: str, config: dict | str | None = None) -> list[str]:
+    config = {"data": str(squad(ws)), "output_dir": str(ws / "out"), "use_cpu": True} if config is None else config
+    path = write(ws, "recipe.yaml", config if isinstance(config, str) else json.dumps(config))
+    return ["train", "--config", str(path), *extra]
+
+
+MANIFEST = {"format": "seal-trl-registry", "format_version": 1, "created": "2026-01-01T00:00:00Z", "base_model": None,
+            "promoted": None, "versions": {}, "log": []}
+
+
+def manifest(**fields) -> str:
+    return json.dumps({**MANIFEST, **fields})
+
+
+CASES = [
+    # --- evaluate: the data file ------------------------------------------------------------------------------
+    Case("squad-answers-int", lambda ws: evaluate(ws, data=squad(ws, answers=5)), ("answers", "list")),
+    Case("squad-answers-string", lambda ws: evaluate(ws, data=squad(ws, answers="Ostrand")), ("answers", "list")),
+    Case("squad-nested-100k", lambda ws: evaluate(ws, data=write(ws, "deep.json", DEEP)), ("deep.json", "nested")),
+    Case("squad-5000-digit-int", lambda ws: evaluate(ws, data=write(ws, "int.json", f'{{"data": {HUGE_INT}}}')),
+         ("int.json", "not valid JSON")),
+    Case("squad-not-utf8", lambda ws: evaluate(ws, data=write(ws, "latin.json", b'{"data": "caf\xe9"}')),
+         ("latin.json", "UTF-8")),
+    Case("squad-empty-file", lambda ws: evaluate(ws, data=write(ws, "empty.json", "")), ("empty.json", "empty")),
+    Case("squad-over-size-limit", lambda ws: evaluate(ws, data=sparse(ws, "big.json", 2**31)), ("big.json", "MB")),
+    Case("data-is-a-directory", lambda ws: evaluate(ws, data=write(ws, "dir/a.txt", "x").parent),
+         ("--data", "directory")),
+    Case("data-directory-named-json", lambda ws: evaluate(ws, data=write(ws, "x.json/a.txt", "x").parent),
+         ("--data", "directory")),
+    Case("data-missing-local-path", lambda ws: evaluate(ws, data=ws / "nope" / "squad"), ("--data", "does not exist")),
+    Case("data-not-a-regular-file", lambda ws: evaluate(ws, data="/dev/null"), ("--data", "not a regular file")),
+    Case("data-empty-string", lambda ws: evaluate(ws, data=""), ("--data",)),
+    # --- evaluate: output directory and numeric flags -----------------------------------------------------------
+    Case("output-dir-is-a-file", lambda ws: [*evaluate(ws)[:-1], str(write(ws, "runs-file", "x"))],
+         ("--output-dir", "not a directory")),
+    Case("output-dir-under-a-file", lambda ws: [*evaluate(ws)[:-1], str(write(ws, "f", "x") / "runs")],
+         ("--output-dir", "not a directory")),
+    Case("limit-negative", lambda ws: evaluate(ws, "--limit", "-1"), ("--limit", ">= 1")),
+    Case("limit-zero", lambda ws: evaluate(ws, "--limit", "0"), ("--limit", ">= 1")),
+    Case("limit-not-a-number", lambda ws: evaluate(ws, "--limit", "ten"), ("--limit", "'ten'")),
+    Case("inner-epochs-zero", lambda ws: evaluate(ws, "--inner-epochs", "0"), ("--inner-epochs", ">= 1")),
+    Case("inner-epochs-huge", lambda ws: evaluate(ws, "--inner-epochs", "1000000"), ("--inner-epochs", "at most")),
+    Case("inner-lr-nan", lambda ws: evaluate(ws, "--inner-lr", "nan"), ("--inner-lr", "'nan'")),
+    Case("inner-lr-negative", lambda ws: evaluate(ws, "--inner-lr", "-0.001"), ("--inner-lr", ">= 1e-06")),
+    Case("inner-lr-huge", lambda ws: evaluate(ws, "--inner-lr", "5"), ("--inner-lr", "at most")),
+    Case("inner-lora-r-zero", lambda ws: evaluate(ws, "--inner-lora-r", "0"), ("--inner-lora-r", ">= 1")),
+    Case("inner-lora-alpha-negative", lambda ws: evaluate(ws, "--inner-lora-alpha", "-8"),
+         ("--inner-lora-alpha", ">= 1")),
+    Case("batch-self-edits-zero", lambda ws: evaluate(ws, "--batch-self-edits", "0"), ("--batch-self-edits", ">= 1")),
+    Case("max-new-tokens-zero", lambda ws: evaluate(ws, "--max-new-tokens", "0"), ("--max-new-tokens", ">= 1")),
+    Case("arc-max-tokens-zero", lambda ws: evaluate(ws, "--task", "arc", "--arc-max-tokens", "0"),
+         ("--arc-max-tokens", ">= 1")),
+    Case("methods-unknown", lambda ws: evaluate(ws, "--methods", "none", "bogus"), ("--methods", "bogus")),
+    Case("teacher-method-without-teacher", lambda ws: evaluate(ws, "--methods", "teacher"), ("--teacher",)),
+    Case("temperature-nan", lambda ws: evaluate(ws, "--samples", "2", "--temperature", "nan"),
+         ("--temperature", "'nan'")),
+    Case("style-unknown", lambda ws: evaluate(ws, "--style", "poem"), ("--style", "poem")),
+    Case("adapter-directory-without-config",
+         lambda ws: evaluate(ws, "--adapter", str(write(ws, "ad/x.txt", "").parent)),
+         ("--adapter", "adapter_config.json")),
+    Case("adapter-missing-local-path", lambda ws: evaluate(ws, "--adapter", str(ws / "no-adapter")),
+         ("--adapter", "does not exist")),
+    # --- adapt: documents and flags -------------------------------------------------------------------------------
+    Case("document-nested-100k", lambda ws: adapt(ws, documents=write(ws, "deep.json", DEEP)), ("deep.json", "nested")),
+    Case("document-5000-digit-int", lambda ws: adapt(ws, documents=write(ws, "int.json", f'{{"text": {HUGE_INT}}}')),
+         ("int.json", "not valid JSON")),
+    Case("document-not-a-regular-file", lambda ws: adapt(ws, documents="/dev/null"),
+         ("/dev/null", "not a regular file")),
+    Case("max-document-mb-nan", lambda ws: adapt(ws, "--max-document-mb", "nan"), ("--max-document-mb", "'nan'")),
+    Case("max-document-mb-inf", lambda ws: adapt(ws, "--max-document-mb", "inf"), ("--max-document-mb", "'inf'")),
+    Case("max-document-mb-zero", lambda ws: adapt(ws, "--max-document-mb", "0"), ("--max-document-mb", "> 0")),
+    Case("max-document-mb-negative", lambda ws: adapt(ws, "--max-document-mb", "-1"), ("--max-document-mb", "> 0")),
+    Case("chunk-chars-zero", lambda ws: adapt(ws, "--chunk-chars", "0"), ("--chunk-chars", ">= 200")),
+    Case("num-self-edits-zero", lambda ws: adapt(ws, "--num-self-edits", "0"), ("--num-self-edits", ">= 1")),
+    Case("lock-timeout-negative", lambda ws: adapt(ws, "--lock-timeout", "-1"), ("--lock-timeout", ">= 0")),
+    Case("lock-timeout-nan", lambda ws: adapt(ws, "--lock-timeout", "nan"), ("--lock-timeout", "'nan'")),
+    Case("replay-ratio-negative", lambda ws: adapt(ws, "--replay-ratio", "-1"), ("--replay-ratio", ">= 0")),
+    Case("max-replay-examples-negative", lambda ws: adapt(ws, "--max-replay-examples", "-1"),
+         ("--max-replay-examples", ">= 0")),
+    Case("regularization-nan", lambda ws: adapt(ws, "--regularization", "nan"), ("--regularization", "'nan'")),
+    Case("anchor-weight-nan", lambda ws: adapt(ws, "--anchor-weight", "nan"), ("--anchor-weight", "'nan'")),
+    Case("gentler-retries-negative", lambda ws: adapt(ws, "--gentler-retries", "-1"), ("--gentler-retries", ">= 0")),
+    Case("retry-lr-factor-zero", lambda ws: adapt(ws, "--retry-lr-factor", "0"), ("--retry-lr-factor", "> 0")),
+    Case("min-new-gain-nan", lambda ws: adapt(ws, "--min-new-gain", "nan"), ("--min-new-gain", "'nan'")),
+    Case("max-qa-drop-negative", lambda ws: adapt(ws, "--max-qa-drop", "-0.5"), ("--max-qa-drop", ">= 0")),
+    Case("adapt-inner-epochs-zero", lambda ws: adapt(ws, "--inner-epochs", "0"), ("--inner-epochs", ">= 1")),
+    Case("adapt-inner-lr-nan", lambda ws: adapt(ws, "--inner-lr", "nan"), ("--inner-lr", "'nan'")),
+    Case("adapt-inner-lora-r-zero", lambda ws: adapt(ws, "--inner-lora-r", "0"), ("--inner-lora-r", ">= 1")),
+    Case("adapt-max-new-tokens-zero", lambda ws: adapt(ws, "--max-new-tokens", "0"), ("--max-new-tokens", ">= 1")),
+    Case("policy-adapter-missing", lambda ws: adapt(ws, "--policy-adapter", str(ws / "no-adapter")),
+         ("--policy-adapter", "does not exist")),
+    Case("anchor-text-directory", lambda ws: adapt(ws, "--anchor-text", str(write(ws, "anchors/a.txt", "x").parent)),
+         ("--anchor-text", "directory")),
+    # --- adapt / registry: the manifest ---------------------------------------------------------------------------
+    Case("adapt-manifest-format-only",
+         lambda ws: adapt(ws, registry=Path(registry(ws, '{"format": "seal-trl-registry"}')[-1])),
+         ("registry.json", "promoted")),
+    Case("adapt-manifest-nested-100k", lambda ws: adapt(ws, registry=Path(registry(ws, DEEP)[-1])),
+         ("registry.json", "nested")),
+    Case("list-manifest-format-only", lambda ws: registry(ws, '{"format": "seal-trl-registry"}', "list"),
+         ("registry.json", "promoted")),
+    Case("list-manifest-nested-100k", lambda ws: registry(ws, DEEP, "list"), ("registry.json", "nested")),
+    Case("list-manifest-5000-digit-int", lambda ws: registry(ws, f'{{"format": {HUGE_INT}}}', "list"),
+         ("registry.json", "not valid JSON")),
+    Case("list-manifest-versions-a-list", lambda ws: registry(ws, manifest(versions=[]), "list"),
+         ("registry.json", "versions")),
+    Case("list-manifest-version-without-gate",
+         lambda ws: registry(ws, manifest(versions={"v0001": {"parent": None, "created": "x", "documents": [],
+                                                               "promoted_at": []}}), "list"),
+         ("registry.json", "v0001", "gate")),
+    Case("rollback-promoted-version-missing", lambda ws: registry(ws, manifest(promoted="v0009"), "rollback"),
+         ("registry.json", "v0009")),
+    Case("promote-log-not-a-list",
+         lambda ws: registry(ws, manifest(log={}, versions={"v0001": {"parent": None, "created": "x", "documents": [],
+                                                                      "gate": {"passed": True}, "promoted_at": []}}),
+                             "promote", "v0001"),
+         ("registry.json", "log")),
+    Case("registry-lock-timeout-nan", lambda ws: registry(ws, manifest(), "list", "--lock-timeout", "nan"),
+         ("--lock-timeout", "'nan'")),
+    # --- train ----------------------------------------------------------------------------------------------------
+    Case("train-config-missing", lambda ws: ["train", "--config", str(ws / "none.yaml")],
+         ("--config", "does not exist")),
+    Case("train-config-is-a-directory", lambda ws: ["train", "--config", str(write(ws, "conf/a", "x").parent)],
+         ("--config", "directory")),
+    Case("train-config-yaml-syntax", lambda ws: train(ws, config="data: [unclosed\n"), ("recipe.yaml", "YAML")),
+    Case("train-config-yaml-list", lambda ws: train(ws, config="- a\n- b\n"), ("recipe.yaml", "mapping")),
+    Case("train-unknown-flag", lambda ws: train(ws, "--no_such_field", "1"), ("no_such_field",)),
+    Case("train-bad-flag-value", lambda ws: train(ws, "--max_steps", "many"), ("max_steps", "many")),
+    Case("train-accelerate-config-unknown", lambda ws: train(ws, "--accelerate-config", "zero9"),
+         ("--accelerate-config", "zero9")),
+    Case("train-data-nested-100k", lambda ws: train(ws, "--data", str(write(ws, "deep.json", DEEP))),
+         ("deep.json", "nested")),
+    Case("train-data-answers-int", lambda ws: train(ws, "--data", str(squad(ws, "bad.json", answers=5))),
+         ("answers", "list")),
+    Case("train-data-directory", lambda ws: train(ws, "--data", str(write(ws, "d/a.txt", "x").parent)),
+         ("data", "directory")),
+    Case("train-learning-rate-nan", lambda ws: train(ws, "--learning_rate", "nan"), ("learning_rate", "finite")),
+    Case("train-output-dir-is-a-file", lambda ws: train(ws, "--output_dir", str(write(ws, "out-file", "x"))),
+         ("output_dir", "not a directory")),
+    Case("train-resume-missing-checkpoint", lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "ckpt")),
+         ("resume_from_checkpoint", "ckpt")),
+    # --- demo -----------------------------------------------------------------------------------------------------
+    Case("demo-train-contexts-zero", lambda ws: ["demo", "--train-contexts", "0", "--output-dir", str(ws / "runs")],
+         ("--train-contexts", ">= 1")),
+    Case("demo-generations-one", lambda ws: ["demo", "--generations", "1", "--output-dir", str(ws / "runs")],
+         ("--generations", ">= 2")),
+    Case("demo-validation-negative", lambda ws: ["demo", "--validation", "-3", "--output-dir", str(ws / "runs")],
+         ("--validation", ">= 1")),
+    Case("demo-temperature-inf", lambda ws: ["demo", "--temperature", "inf", "--output-dir", str(ws / "runs")],
+         ("--temperature", "'inf'")),
+    Case("demo-output-dir-is-a-file", lambda ws: ["demo", "--output-dir", str(write(ws, "runs-file", "x"))],
+         ("--output-dir", "not a directory")),
+]
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) if p.is_file() else (0, 0)
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture()
+def tripwires(monkeypatch, tmp_path):
+    """Model loading, the trainer and `datasets` raise `Tripwire`; caches point into the workspace."""
+    import datasets
+
+    import seal_trl.cli.evaluate as evaluate_cli
+    import seal_trl.cli.train as train_cli
+    import seal_trl.models as models
+
+    def refuse(*args, **kwargs):
+        raise Tripwire("reached model/data loading although the input could be refused first")
+
+    for module in (models, evaluate_cli, train_cli):
+        for name in ("load_model_and_tokenizer", "load_policy", "load_tokenizer", "embedded_model_path"):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, refuse)
+    monkeypatch.setattr(train_cli, "SEALTrainer", refuse)
+    monkeypatch.setattr(datasets, "load_dataset", refuse)
+    monkeypatch.setenv("SEAL_TRL_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, tripwires, capsys):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    argv = case.argv(ws)
+    before = snapshot(tmp_path)
+    code = main(argv)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    for word in case.expect:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    assert snapshot(tmp_path) == before, "the failed command left files behind"
+
+
+def test_the_corpus_has_distinct_cases():
+    assert len({c.id for c in CASES}) == len(CASES) >= 70
+
+
+def test_a_good_manifest_still_lists(tmp_path, tripwires, capsys):
+    """The manifest checks refuse broken registries, not working ones."""
+    ws = tmp_path
+    entry = {"parent": None, "created": "2026-01-01T00:00:00Z", "documents": [{"doc_id": "a"}],
+             "gate": {"passed": True, "reasons": []}, "metrics": {}, "promoted_at": ["2026-01-01T00:00:00Z"]}
+    assert main(registry(ws, manifest(promoted="v0001", versions={"v0001": entry}), "list")) == 0
+    assert "* v0001" in capsys.readouterr().out
+
+
+def test_a_model_load_failure_leaves_no_new_registry(tmp_path, capsys):
+    """adapt creates a new registry only once the model has loaded: a typo in --model must not leave a registry
+    built on the wrong base model behind."""
+    ws = tmp_path
+    code = main(adapt(ws, "--model", str(ws / "no-such-model")))
+    assert code == 2 and "model" in capsys.readouterr().err
+    assert not (ws / "reg").exists()
+
+
+def test_brackets_and_escapes_inside_strings_are_not_nesting(tmp_path):
+    """The depth bound counts JSON structure, not text: a title ending in a backslash followed by a passage full of
+    brackets and escaped quotes still loads (a scanner that misread `\\\\"` would count the passage's brackets)."""
+    from seal_trl.tasks.squad import load_squad_json
+
+    context = 'He wrote "' + "[" * 200 + '" and {{{ in C:\\ on Ostrand.'
+    data = {"data": [{"title": "Dir C:\\", "paragraphs": [{"context": context, "qas": [
+        {"id": "q", "question": "Where?", "answers": [{"text": "Ostrand", "answer_start": 0}]}]}]}]}
+    path = tmp_path / "brackets.json"
+    path.write_text(json.dumps(data))
+    (loaded,) = load_squad_json(path)
+    assert loaded["title"] == "Dir C:\\" and loaded["context"] == context
+
+
+def test_a_multi_line_library_error_is_printed_as_one_line(monkeypatch, capsys):
+    import seal_trl.cli.main as cli_main
+
+    def fails(_):
+        raise OSError("could not load the model\n  check the path\n")
+
+    monkeypatch.setattr(cli_main, "_info", fails)
+    assert main(["info"]) == 2
+    assert capsys.readouterr().err == "error: could not load the model check the path\n"
