@@ -1,4 +1,5 @@
-"""Appending one run's section to benchmarks/RESULTS.md (runs are never overwritten)."""
+"""Appending one run's section to the log at the end of benchmarks/RESULTS.md (runs are never overwritten; the
+summary at the top of the file is edited by hand from the latest runs)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ def append_section(lines: list[str]) -> str:
     """Append the lines as one section, creating the file with its header if needed; returns the text."""
     text = "\n".join(lines) + "\n"
     if not RESULTS.exists():
-        RESULTS.write_text("# Benchmark results\n\nEach section is one run; newer runs are appended below.\n")
+        RESULTS.write_text("# Benchmark results\n\n## Summary\n\n(no runs yet)\n\n## Log\n")
     with RESULTS.open("a") as fh:
         fh.write(text)
     print(text)

@@ -258,8 +258,13 @@ class SEALTrainer(GRPOTrainer):
             return super()._compute_loss(model, inputs)
         mode = "train" if self.model.training else "eval"
         kept = (inputs["advantages"] > 0).nonzero().squeeze(1)
-        if kept.numel() == 0:  # nothing kept in this micro-batch: no forward, no backward, no gradient
-            return torch.zeros((), device=inputs["advantages"].device, requires_grad=True)
+        nothing_kept = kept.numel() == 0
+        if nothing_kept:
+            if self.accelerator.num_processes == 1:  # no forward, no backward, no gradient
+                return torch.zeros((), device=inputs["advantages"].device, requires_grad=True)
+            # Other ranks may have kept rows: their backward all-reduces gradients (DDP, ZeRO), so this rank must
+            # run one too. One row, weighted 0, is the cheapest pass that takes part.
+            kept = kept.new_zeros(1)
         completion_ids = inputs["completion_ids"][kept]
         input_ids = torch.cat([inputs["prompt_ids"][kept], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"][kept], inputs["completion_mask"][kept]], dim=1)
@@ -267,10 +272,11 @@ class SEALTrainer(GRPOTrainer):
             per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=False
             )
-        mask = _loss_mask(inputs)[kept]
-        self._metrics[mode]["seal/kept_nll"].append(
-            self.accelerator.gather(rest_em_loss(per_token_logps, mask, mask.sum().clamp_min(1)).detach())
-            .mean().item())
+        mask = _loss_mask(inputs)[kept] * (0 if nothing_kept else 1)
+        nll_and_tokens = torch.stack([rest_em_loss(per_token_logps, mask, 1.0).detach(), mask.sum().float()])
+        nll_sum, tokens = self.accelerator.gather(nll_and_tokens.reshape(1, 2)).sum(0)
+        if tokens > 0:
+            self._metrics[mode]["seal/kept_nll"].append((nll_sum / tokens).item())
         # Same normalisation as TRL's token-level losses: the generation batch's kept tokens, spread over its
         # micro-batches; DDP's gradient mean over ranks is undone by the process count.
         normalizer = inputs["rest_em_kept_tokens"][0].clamp_min(1.0) / self.accelerator.num_processes

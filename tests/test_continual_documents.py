@@ -99,3 +99,16 @@ def test_bundled_regression_suite_and_bad_suites(tmp_path):
         RegressionSuite.from_json({"qa": []})
     with pytest.raises(RegressionSuiteError, match=r"qa\[0\] needs"):
         RegressionSuite.from_json({"heldout_text": "x", "qa": [{"question": "q", "choices": ["a"], "answer": 0}]})
+
+
+def test_probe_pairs_parse_in_linear_time_on_long_whitespace_runs():
+    """Model output is anything; the old regex was quadratic in a run of spaces (100,000 took ~50 s)."""
+    from seal_trl.continual.document_probes import parse_probe_pairs
+    from test_hostile_inputs import hang_guard
+
+    text = "Q: Where is the mill?" + " " * 200_000 + "x\nA: Ostrand"
+    with hang_guard(20):
+        pairs = parse_probe_pairs(text, "The mill stands in Ostrand.")
+    assert [answer for _, answer in pairs] == ["Ostrand"]
+    assert parse_probe_pairs("Q: Where is the mill?\nA: Ostrand", "The mill stands in Ostrand.") == [
+        ("Where is the mill?", "Ostrand")]

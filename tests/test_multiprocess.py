@@ -49,13 +49,16 @@ def test_two_processes_score_their_own_completions_and_save_one_checkpoint(ddp_r
 
 def test_each_rank_trains_on_its_own_slice_of_the_gathered_weights(ddp_run):
     """The variant's weights cover the whole generation batch (every rank); rank r must keep rows
-    [r*n, (r+1)*n). The script makes every weight distinct (1, 2, 3, ...), so a wrong slice cannot pass."""
+    [r*n, (r+1)*n). The script makes rank 0's weights distinct (1, 2, ...) and rank 1's all 0 (nothing kept,
+    which must not hang the M-step's all-reduce), so a wrong slice cannot pass."""
     _, ranks = ddp_run
+    assert len(ranks[0]["advantages"]) == 2  # both steps trained
     for generation in range(len(ranks[0]["advantages"])):
         n = len(ranks[0]["advantages"][generation])
         for rank in ranks:
             start = rank["rank"] * n
-            assert rank["advantages"][generation] == [float(i + 1) for i in range(start, start + n)]
+            expected = [float(i + 1) if i < n else 0.0 for i in range(start, start + n)]
+            assert rank["advantages"][generation] == expected
 
 
 @pytest.mark.parametrize("config", ["zero2_cpu", "zero3_cpu"])

@@ -67,12 +67,16 @@ def test_shipped_recipes_and_accelerate_configs_parse():
 
     from seal_trl.config import SEALConfig
 
-    for name in ("cpu_demo", "knowledge_rest_em", "knowledge_grpo"):
+    for name in ("cpu_demo", "knowledge_rest_em", "knowledge_grpo", "rest_em_rounds_cpu"):
         raw = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
         raw.pop("bf16", None)  # bf16 needs a GPU to validate; this machine has none
         parser = TrlParser((SEALScriptArguments, SEALConfig, ModelConfig))
         script, config, model = parser.parse_dict(raw)
         assert config.algorithm in ("rest_em", "grpo") and config.generation_batch_size % config.num_generations == 0
+        if name == "rest_em_rounds_cpu":  # 2 rounds of 48 passages x 5, a checkpoint and an evaluation per round
+            round_steps = config.steps_per_generation * config.num_iterations
+            assert config.generation_batch_size == 48 * 5 and config.max_steps == 2 * round_steps
+            assert config.save_steps == config.eval_steps == round_steps
     for name in ("single_gpu", "multi_gpu", "zero2", "zero3", "multi_cpu"):
         from accelerate.commands.config.config_args import load_config_from_file
 

@@ -27,13 +27,12 @@ from ..generation import generate_text
 from ..inner.graders import completion_logprobs
 from ..inner.tensors import encode_example
 from ..probes import Probe, ProbeItem, knowledge_prompt
+from ..tasks.knowledge import qa_pairs
 
 PROBE_WRITER_INSTRUCTION = (
     "Read the passage below. Then write {n} short quiz questions about its facts, each with its answer taken "
     "word for word from the passage. Write each on one line as 'Q: <question> A: <answer>'."
 )
-_QA_LINE = re.compile(r"Q(?:uestion)?\s*\d*\s*[:.]\s*(?P<q>.+?)\s+A(?:nswer)?\s*\d*\s*[:.]\s*(?P<a>[^\n]+)",
-                      re.IGNORECASE)
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+|\d[\d,.-]*\d|\d")
 _STOP = set("""a an the and or but of in on at to for from by with as is are was were be been being this that these
@@ -75,8 +74,8 @@ def parse_probe_pairs(text: str, document_text: str, *, max_answer_words: int = 
     """`Q: ... A: ...` pairs from model output, kept only when the answer is short and appears in the document."""
     pairs, seen = [], set()
     lowered = document_text.lower()
-    for m in _QA_LINE.finditer(text or ""):
-        q, a = m["q"].strip(), m["a"].strip().rstrip(".").strip()
+    for q, a in qa_pairs(text or ""):  # the self_qa parser: linear in its input
+        q, a = q.strip(), a.strip().rstrip(".").strip()
         if not q or not a or len(a.split()) > max_answer_words or a.lower() not in lowered or a.lower() in seen:
             continue
         seen.add(a.lower())

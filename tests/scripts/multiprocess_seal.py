@@ -44,11 +44,14 @@ def main(model_dir: str, out_dir: str) -> None:
         return scored
 
     trainer.seal_reward.score_many = counting
-    # Distinct weights for every completion of the generation batch (0, 1, 2, ... across all ranks), so each rank
-    # can check it trains on its own slice of them and not another rank's.
-    variant = trainer.variant
-    trainer.variant = dataclasses.replace(variant, weights=lambda rewards, *a, **k: torch.arange(
-        len(rewards), dtype=torch.float32) + 1.0)
+    # Distinct weights for the first half of the generation batch (1, 2, 3, ...) and 0 for the second, so each
+    # rank can check it trains on its own slice, and rank 1 keeps nothing while rank 0 keeps all: its M-step must
+    # still take part in the gradient all-reduce, or the ranks would hang.
+    def weights(rewards, *args, **kwargs):
+        index = torch.arange(len(rewards), dtype=torch.float32)
+        return torch.where(index < len(rewards) // 2, index + 1.0, torch.zeros_like(index))
+
+    trainer.variant = dataclasses.replace(trainer.variant, weights=weights)
     advantages = []
     original_apply = trainer._apply_variant
 
