@@ -97,6 +97,7 @@ class SelfEditReward:
         parsed: dict[int, list[InnerResult]] = {}
         crashed: list[InnerResult] = []
         version = self.inner_loop.policy_version if self.store is not None else ""
+        settings = self._settings() if self.store is not None else {}
         for i, (context, self_edit) in enumerate(zip(contexts, self_edits, strict=True)):
             probe = self.task.probe(context)
             context_id = context_key(context)
@@ -120,7 +121,7 @@ class SelfEditReward:
                 owners.append(i)
                 if self.store is not None:
                     keys.append(run_key(policy=version, context=context_id, self_edit=self_edit,
-                                        settings=self._settings(), seed=seed))
+                                        settings=settings, seed=seed))
         results = self._run(jobs, keys)
         check_systematic_failure([*results, *crashed], self.max_exception_rate)
         for owner, result in zip(owners, results, strict=True):

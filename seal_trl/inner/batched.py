@@ -26,8 +26,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
-from ..plans import SelfEditError, TrainingPlan
-from ..probes import Probe
+from ..plans import SelfEditError
 from .graders import LogLikelihoodGrader
 from .jobs import INNER_ADAPTER, InnerJob, InnerResult
 from .sync import POLICY_ADAPTER
