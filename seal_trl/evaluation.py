@@ -141,7 +141,7 @@ def _recording_qa(inner_loop: InnerLoop, enabled: bool) -> Iterator[_QARecorder 
 
 
 # ----- methods ---------------------------------------------------------------------------------------------------
-METHODS = ("none", "passage", "self-edit", "base-self-edit", "teacher")
+METHODS = ("none", "passage", "passage-matched", "self-edit", "base-self-edit", "teacher")
 WRITERS = ("self-edit", "base-self-edit", "teacher")  # methods whose self-edits a model writes
 
 
@@ -170,6 +170,11 @@ def _check_methods(methods: Sequence[str], policy, tokenizer, teacher) -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown method(s) {unknown}; choose from {METHODS}")
+    if "passage-matched" in methods and methods.index("passage-matched") < max(
+            (methods.index(m) for m in ("passage", "self-edit", "base-self-edit", "teacher") if m in methods),
+            default=-1):
+        raise ValueError("method 'passage-matched' matches the training tokens of methods evaluated before it: "
+                         "list it after 'passage' and the self-edit method it is matched to")
     if {"self-edit", "base-self-edit"} & set(methods) and (policy is None or tokenizer is None):
         raise ValueError("methods 'self-edit' and 'base-self-edit' need policy= and tokenizer=")
     if "base-self-edit" in methods and not is_peft_model(unwrap(policy)):
@@ -191,14 +196,16 @@ def _writer(method: str, policy, tokenizer, teacher):
 def evaluate_methods(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str, Any]], methods: Sequence[str], *,
                      policy=None, tokenizer=None, teacher=None, max_new_tokens: int = 256, seed: int = 0,
                      samples: int = 1, temperature: float | None = None, qa_metrics: bool = False,
-                     names: Mapping[str, str] | None = None, progress: bool = True,
+                     names: Mapping[str, str] | None = None, progress: bool = True, matched_to: str = "self-edit",
                      scores: dict[str, list[float]] | None = None,
                      details: dict[str, Any] | None = None) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """The paper's table: for each held-out context adapt with each method, score the probe.
 
     `none`: no adaptation; `passage`: fine-tune on the passage alone; `self-edit`: on `policy`'s own self-edits;
     `base-self-edit`: on the self-edits of `policy` with its PEFT adapter switched off (the base policy);
-    `teacher`: on the self-edits of `teacher=(model, tokenizer)`. Each writing method writes `samples` self-edits
+    `teacher`: on the self-edits of `teacher=(model, tokenizer)`; `passage-matched`: the passage alone, repeated
+    so that it trains on as many tokens as the `matched_to` method's self-edits did on the same context (a
+    compute-matched baseline: both `passage` and `matched_to` must already be in `details`). Each writing method writes `samples` self-edits
     per context (sampled at `temperature`, seeded per context and sample index; greedy when there is one) and a
     context's score is their mean. With `qa_metrics`, the adapted model's greedy answers are also scored
     (answer contained, exact match, F1) while its adapter is in place.
@@ -226,8 +233,13 @@ def evaluate_methods(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str
             if method == "none":
                 run.none(name, scores, details)
                 continue
-            if method == "passage":
-                edits, method_task = [[""] for _ in contexts], _PassageOnly(task)
+            if method in ("passage", "passage-matched"):
+                copies = None
+                if method == "passage-matched":
+                    copies = details.setdefault("matched_copies", {})[name] = matched_copies(
+                        details["train_tokens"], passage=names.get("passage", "passage"), matched_to=matched_to)
+                edits, method_task = [[""] for _ in contexts], _PassageOnly(task, copies)
+                method_task.index(contexts)
             else:
                 edits = details["self_edits"][name] = []
                 run.write(method, edits, writer=_writer(method, policy, tokenizer, teacher), samples=samples,
@@ -334,11 +346,28 @@ def _qa_means(details: dict[str, Any], name: str, expected: Sequence[int]) -> No
     details["qa"][name] = {m: [mean(s[m] for s in each) for each in done] for m in QA_METRICS}
 
 
-class _PassageOnly:
-    """The 'passage' baseline: the plan is the passage itself (title-prefixed), whatever the self-edit says."""
+def matched_copies(train_tokens: Mapping[str, Sequence[Sequence[int]]], *, passage: str, matched_to: str
+                   ) -> list[int]:
+    """Per context: how many copies of the passage train on as many tokens as `matched_to`'s self-edits did
+    (their mean over samples), at least one; from the tokens each method trained on, context by context."""
+    for name in (passage, matched_to):
+        if name not in train_tokens:
+            raise ValueError(f"passage-matched needs method {name!r} evaluated first (its training tokens per "
+                             f"context); evaluated so far: {list(train_tokens)}")
+    copies = []
+    for once, matched in zip(train_tokens[passage], train_tokens[matched_to], strict=True):
+        per_copy, target = mean(once) if once else 0.0, mean(matched) if matched else 0.0
+        copies.append(max(1, round(target / per_copy)) if per_copy > 0 else 1)
+    return copies
 
-    def __init__(self, task):
-        self.task = task
+
+class _PassageOnly:
+    """The 'passage' baseline: the plan is the passage itself (title-prefixed), whatever the self-edit says;
+    with `copies` (one count per context, in order) the passage is repeated that many times per epoch."""
+
+    def __init__(self, task, copies: Sequence[int] | None = None):
+        self.task, self.copies = task, copies
+        self._index: dict[str, int] = {}
 
     def probe(self, context):
         return self.task.probe(context)
@@ -346,4 +375,10 @@ class _PassageOnly:
     def plan(self, context, self_edit, **hyperparameters):
         from .plans import TrainingPlan
 
-        return TrainingPlan.from_texts([f"{context['title']}\n{context['context']}"], **hyperparameters)
+        times = 1
+        if self.copies is not None:
+            times = self.copies[self._index[context_key(context)]]
+        return TrainingPlan.from_texts([f"{context['title']}\n{context['context']}"] * times, **hyperparameters)
+
+    def index(self, contexts) -> None:
+        self._index = {context_key(c): i for i, c in enumerate(contexts)}

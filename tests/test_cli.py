@@ -44,6 +44,7 @@ def test_evaluate_writes_table_report_and_chart_in_fresh_run_dirs(tiny_model_dir
     ({"--temperature": "-1"}, "--temperature must be >= 0"),
     ({"--reference": "teacher"}, "--reference 'teacher' is not one of the evaluated --methods"),
     ({"--methods": "base-self-edit"}, "base-self-edit needs --adapter"),
+    ({"--methods": "passage-matched"}, "passage-matched needs 'passage' and a self-edit method"),
     ({"--task": "arc", "--samples": "2"}, "--samples and --reference apply to --task knowledge only"),
 ])
 def test_evaluate_bad_input(tiny_model_dir, squad_file, tmp_path, capsys, change, message):
@@ -121,6 +122,26 @@ def test_with_an_adapter_the_base_methods_run_on_the_base_and_are_the_reference(
     assert report["reference"] == "base-self-edit" and set(report["paired"]) == {"none", "passage", "self-edit"}
     assert report["scores"]["none"] == reports["base"]["scores"]["none"]  # no adaptation = the base model's score
     assert "qa" not in report
+
+
+def test_passage_matched_runs_last_on_the_base_model_with_an_adapter(tiny_model_dir, squad_file, tmp_path,
+                                                                     monkeypatch):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    lora = LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), lora).save_pretrained(adapter)
+    out = tmp_path / "runs"
+    monkeypatch.setattr("seal_trl.evaluation.matched_copies", lambda tokens, **kw: [1] * len(tokens["passage"]))
+    methods = ["--methods", "none", "passage-matched", "passage", "self-edit"]  # any order: matched runs last
+    assert main(evaluate_args(tiny_model_dir, squad_file, out, "--limit", "2", "--no-qa-metrics", "--adapter",
+                              str(adapter), *methods)) == 0
+    report = json.loads(next(out.glob("*/report.json")).read_text())
+    copies = report["matched_copies"]["passage-matched"]
+    # one copy: the same plan on the same (base) model as passage-only, so the same score; on the adapter
+    # policy's weights it would differ
+    assert copies == [1, 1] and report["scores"]["passage-matched"] == report["scores"]["passage"]
 
 
 def test_evaluate_with_an_adapter_and_a_bad_adapter(tiny_model_dir, squad_file, tmp_path, capsys):

