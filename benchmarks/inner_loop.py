@@ -61,6 +61,21 @@ def lora_settings(args) -> dict:
     return dict(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules=list(args.targets))
 
 
+def load_timed_model(args, path: str):
+    """The model under test on --device in --dtype."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, args.dtype)).to(args.device)
+
+
+def synchronize(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def run_engine(args, path: str) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -69,7 +84,7 @@ def run_engine(args, path: str) -> dict:
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = load_timed_model(args, path)
     lora = lora_settings(args)
     loop = InnerLoop(model, tokenizer, InnerLoopConfig(
         lora_r=lora["r"], lora_alpha=lora["lora_alpha"], target_modules=tuple(lora["target_modules"]),
@@ -144,7 +159,7 @@ def run_slots(args, path: str) -> dict:
     from seal_trl.inner.jobs import InnerJob
 
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = load_timed_model(args, path)
     lora = lora_settings(args)
     loop = InnerLoop(model, tokenizer, InnerLoopConfig(
         lora_r=lora["r"], lora_alpha=lora["lora_alpha"], target_modules=tuple(lora["target_modules"]),
@@ -160,25 +175,31 @@ def run_slots(args, path: str) -> dict:
         with FlopCounterMode(display=False) as counter:
             loop.run_many(jobs[:1])
         flops = counter.get_total_flops()
+    synchronize(args.device)
     start = time.perf_counter()
     results = loop.run_many(jobs)
+    synchronize(args.device)
     total = time.perf_counter() - start
     assert all(r.ok for r in results), [r.error_message for r in results]
     return {"rewards": [r.reward for r in results], "total_seconds": total, "flops_first_run": flops,
             "tokens_processed": sum(r.tokens_trained for r in results)}
 
 
-def matmul_gflops(size: int = 1024, repeats: int = 30) -> float:
-    """This machine's fp32 matmul throughput with torch's current thread count (best of 3)."""
+def matmul_gflops(size: int = 1024, repeats: int = 30, *, device: str = "cpu", dtype: str = "float32") -> float:
+    """This machine's matmul throughput in `dtype` on `device` (CPU: torch's current thread count), best of 3."""
     import torch
 
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    if device.startswith("cuda"):
+        size, repeats = max(size, 8192), max(repeats, 50)
+    a, b = (torch.randn(size, size, device=device, dtype=getattr(torch, dtype)) for _ in range(2))
     torch.mm(a, b)
     best = float("inf")
     for _ in range(3):
+        synchronize(device)
         t0 = time.perf_counter()
         for _ in range(repeats):
             torch.mm(a, b)
+        synchronize(device)
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 * repeats / best / 1e9
 
@@ -188,13 +209,17 @@ def child(args) -> None:
     runner = {"engine": run_engine, "reference": run_reference, "slots": run_slots}[args.variant]
     out = runner(args, path)
     out["peak_rss_mib"] = peak_rss_mib()
+    if args.device.startswith("cuda"):
+        import torch
+
+        out["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(out))
 
 
 def run_child(args, variant: str, *extra: str) -> dict:
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--model", args.model, "--plans",
            str(args.plans), "--epochs", str(args.epochs), "--max-length", str(args.max_length), "--lora-r",
-           str(args.lora_r), "--targets", *args.targets, *extra]
+           str(args.lora_r), "--device", args.device, "--dtype", args.dtype, "--targets", *args.targets, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
@@ -207,8 +232,9 @@ def parent_batched(args) -> None:
     import torch
 
     model_path(args.model)
-    gflops = matmul_gflops()
-    print(f"measured fp32 matmul throughput: {gflops:.1f} GFLOP/s ({torch.get_num_threads()} threads)", flush=True)
+    gflops = matmul_gflops(device=args.device, dtype=args.dtype)
+    print(f"measured {args.dtype} matmul throughput on {args.device}: {gflops:.1f} GFLOP/s "
+          f"({torch.get_num_threads()} CPU threads)", flush=True)
     results = {}
     for k in args.batched:
         extra = ["--slots", str(k)] + (["--count-flops"] if k == args.batched[0] else [])
@@ -217,6 +243,12 @@ def parent_batched(args) -> None:
         r = results[k]
         print(f"  K={k}: {r['total_seconds']:.1f} s for {args.plans} self-edits, peak RSS {r['peak_rss_mib']:.0f} MiB, "
               f"rewards {[round(x, 4) for x in r['rewards']]}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, "device": args.device, "dtype": args.dtype,
+                                               "plans": args.plans, "epochs": args.epochs, "matmul_gflops": gflops,
+                                               "results": results}, indent=2))
+        print(f"results: {args.json}")
+        return
     write_batched_results(args, results, gflops)
 
 
@@ -304,6 +336,9 @@ def main() -> None:
                                                          "up_proj", "down_proj"])
     parser.add_argument("--batched", type=int, nargs="+", default=None, metavar="K",
                         help="compare batch_self_edits=K for these K (e.g. 1 2 4 8) instead of engine vs reference")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--json", default=None, help="--batched: write the results here instead of RESULTS.md")
     parser.add_argument("--variant", choices=["engine", "reference", "slots"])
     parser.add_argument("--slots", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)

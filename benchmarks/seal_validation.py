@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--state", default=None, help="resume file (default: OUTPUT_DIR/state.json)")
     p.add_argument("--output-dir", default="runs/seal-validation")
     p.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    p.add_argument("--report-only", action="store_true", help="report the methods finished so far, run nothing")
     return p.parse_args(argv)
 
 
@@ -81,6 +82,9 @@ def main(argv: list[str] | None = None) -> None:
     common = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, samples=args.samples,
                   temperature=args.temperature, qa_metrics=True, scores=scores, details=details)
 
+    if args.report_only:
+        return report(args, state, [f"seal-{c}" for c in args.checkpoints], out)
+
     def done(name: str) -> bool:
         return len(scores.get(name, [])) == n
 
@@ -100,15 +104,19 @@ def main(argv: list[str] | None = None) -> None:
     seal_names = [f"seal-{c}" for c in args.checkpoints]
     path, base, tokenizer = load_policy(args.model, None)
     chat = bool(getattr(tokenizer, "chat_template", None))
+
+    def base_self_edits(style: str) -> None:
+        timed(f"base-{style}", lambda: evaluate_methods(
+            inner, KnowledgeTask(style=style, chat=chat), contexts, ["self-edit"], policy=base, tokenizer=tokenizer,
+            names={"self-edit": f"base-{style}"}, **common))
+
+    # The order puts the comparisons that matter most first (a run cut short still answers them): passage,
+    # the base policy's self-edits with SEAL's own prompt, the last round's policy, the compute-matched passage.
     inner = InnerLoop.from_pretrained(path, config)
-    inner.sync_from(base)
     for method in ("none", "passage"):
         timed(method, lambda m=method: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, [m], **common))
-    for style in STYLES:
-        timed(f"base-{style}", lambda s=style: evaluate_methods(
-            inner, KnowledgeTask(style=s, chat=chat), contexts, ["self-edit"], policy=base, tokenizer=tokenizer,
-            names={"self-edit": f"base-{s}"}, **common))
-    for checkpoint, name in zip(args.checkpoints, seal_names):
+    base_self_edits("implications")
+    for checkpoint, name in reversed(list(zip(args.checkpoints, seal_names))):
         if done(name):
             print(f"{name}: already in {state_path}, skipped", flush=True)
             continue
@@ -120,9 +128,11 @@ def main(argv: list[str] | None = None) -> None:
         gc.collect()
     del inner
     gc.collect()
-    inner = InnerLoop.from_pretrained(path, config)  # back to the base model for the compute-matched baseline
+    inner = InnerLoop.from_pretrained(path, config)  # the base model again (it holds no policy weights)
     timed("passage-matched", lambda: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, ["passage-matched"],
                                                       matched_to=seal_names[-1], **common))
+    for style in STYLES[1:]:
+        base_self_edits(style)
     report(args, state, seal_names, out)
 
 
@@ -130,7 +140,8 @@ def report(args: argparse.Namespace, state: dict, seal_names: list[str], out: Pa
     from seal_trl.reporting import paired_table, qa_table, write_report
 
     scores, details, wall = state["scores"], state["details"], state["wall_s"]
-    order = ["none", "passage", "passage-matched", *(f"base-{s}" for s in STYLES), *seal_names]
+    order = [m for m in ("none", "passage", "passage-matched", *(f"base-{s}" for s in STYLES), *seal_names)
+             if len(scores.get(m, [])) == len(details["contexts"])]
     scores = {m: scores[m] for m in order}
     qa = {m: details["qa"][m] for m in order}
     passages = [f"{t} (`{c}`)" for c, t in zip(details["contexts"], details["titles"])]
@@ -139,6 +150,8 @@ def report(args: argparse.Namespace, state: dict, seal_names: list[str], out: Pa
                          qa=qa, seed=args.seed, details={**details, "wall_s": wall, "settings": vars(args)})
     tokens = details["train_tokens"]
     mean_tokens = {m: sum(sum(t) / max(len(t), 1) for t in tokens[m]) / len(tokens[m]) for m in order if m in tokens}
+    failed = {m: (sum(e is not None for each in details["errors"][m] for e in each),
+                  sum(len(each) for each in details["errors"][m])) for m in order if m != "none"}
     command = "PYTHONPATH=. python benchmarks/seal_validation.py " + " ".join(sys.argv[1:])
     lines = [f"\n## SEAL validation table: {len(passages)} held-out passages ({utc_stamp()})\n",
              f"`{command}`; inner loop: {args.inner_epochs} epochs, lr {args.inner_lr}, LoRA r={args.inner_lora_r} "
@@ -146,11 +159,13 @@ def report(args: argparse.Namespace, state: dict, seal_names: list[str], out: Pa
              f"{args.samples} self-edit(s) per passage and method "
              f"({'greedy' if details['sampling']['temperature'] == 0 else 'T=' + str(details['sampling']['temperature'])}"
              f"). Policy adapters from `{args.run}`: {', '.join(args.checkpoints)}.\n"]
-    for reference in REFERENCES:
+    for reference in (r for r in REFERENCES if r in scores):
         lines += [f"Paired against {reference} (per passage, method minus {reference}; bootstrap 95% CI, "
                   "sign test):\n", paired_table(scores, reference, metric="loglik", seed=args.seed), ""]
     lines += ["QA accuracy of the adapted model's greedy answers:\n", qa_table(qa, "passage", seed=args.seed), "",
               "Mean tokens trained per passage: " + ", ".join(f"{m} {v:.0f}" for m, v in mean_tokens.items())
+              + "; failed self-edits (reward 0, the unadapted score): "
+              + ", ".join(f"{m} {k}/{t}" for m, (k, t) in failed.items())
               + "; wall time per method (s): " + ", ".join(f"{m} {v:.0f}" for m, v in wall.items()) + ".",
               f"Report: `{paths['markdown']}`."]
     if args.no_append:

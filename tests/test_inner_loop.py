@@ -103,11 +103,11 @@ def test_score_ignores_the_last_trained_adapter(loop, probe):
 def test_nan_loss_scores_zero_and_engine_recovers(loop, probe, monkeypatch):
     import seal_trl.inner.engine as engine
 
-    real = engine.masked_mean_nll
-    monkeypatch.setattr(engine, "masked_mean_nll", lambda *a: real(*a) * float("nan"))
+    real = engine.labelled_nll
+    monkeypatch.setattr(engine, "labelled_nll", lambda *a: real(*a) * float("nan"))
     bad = loop.run(answer_plan(), probe, seed=1)
     assert bad.error == "nan_loss" and bad.reward == 0.0 and bad.score_after is None
-    monkeypatch.setattr(engine, "masked_mean_nll", real)
+    monkeypatch.setattr(engine, "labelled_nll", real)
     good = loop.run(answer_plan(), probe, seed=1)
     assert good.ok and good.reward > 0
 

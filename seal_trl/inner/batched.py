@@ -32,7 +32,7 @@ from .jobs import INNER_ADAPTER, InnerJob, InnerResult
 from .sync import POLICY_ADAPTER
 from .steps import learning_rate_at, lora_a_inits, plan_batches
 from .packing import pack_slots
-from .tensors import IGNORE_INDEX, EncodedExample, pad_right
+from .tensors import IGNORE_INDEX, EncodedExample, labelled_logits, labelled_targets, pad_right
 
 if TYPE_CHECKING:
     from .engine import InnerLoop
@@ -206,13 +206,13 @@ class SlotLoRA:
 
 def per_slot_mean_nll(logits: torch.Tensor, labels: torch.Tensor, token_slots: torch.Tensor, num_slots: int
                       ) -> torch.Tensor:
-    """Mean next-token NLL of each slot's tokens in a packed row (IGNORE_INDEX excluded); NaN for no tokens."""
-    targets = labels[0, 1:]
-    token_nll = F.cross_entropy(logits[0, :-1].float(), targets, ignore_index=IGNORE_INDEX, reduction="none")
-    target_slots = token_slots[1:]
+    """Mean next-token NLL of each slot's tokens in a packed row; NaN for no tokens. `logits` come from
+    `labelled_logits` (one row per labelled next token)."""
+    token_nll = F.cross_entropy(logits.float(), labelled_targets(labels), reduction="none")
+    target_slots = token_slots[1:][labels[0, 1:] != IGNORE_INDEX]
     zeros = torch.zeros(num_slots, dtype=token_nll.dtype, device=logits.device)
     sums = zeros.index_add(0, target_slots, token_nll)
-    counts = zeros.index_add(0, target_slots, (targets != IGNORE_INDEX).to(token_nll.dtype))
+    counts = zeros.index_add(0, target_slots, torch.ones_like(token_nll))
     return sums / counts
 
 
@@ -293,8 +293,8 @@ class BatchedTrainer:
                                   every_slot=[k for k, _ in stepping] == list(range(self.num_slots)),
                                   offsets=ends.to(device=loop.device, dtype=torch.int32))
             with self.slots.routed(routing):
-                logits = loop.model(input_ids=packed.input_ids, position_ids=packed.position_ids,
-                                    use_cache=False).logits
+                logits = labelled_logits(loop.model, packed.labels, input_ids=packed.input_ids,
+                                         position_ids=packed.position_ids, use_cache=False)
             losses = per_slot_mean_nll(logits, packed.labels, packed.token_slots, self.num_slots)
             values = losses.tolist()
             finite = []
@@ -377,7 +377,8 @@ class BatchedTrainer:
             rows = [per_slot[p][0][i if i is not None else orders[p][-1]] for p, i in taken]
             batch = pad_right(rows, self.loop.pad_token_id, self.loop.device)
             with self.slots.routed(routing):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = labelled_logits(model, batch["labels"], input_ids=batch["input_ids"],
+                                         attention_mask=batch["attention_mask"])
             values = grader.answer_logprobs(logits, batch["labels"])
             for (p, i), value in zip(taken, values):
                 if i is not None:

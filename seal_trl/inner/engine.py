@@ -29,7 +29,7 @@ from .graders import Grader, make_grader
 from .jobs import INNER_ADAPTER, InnerJob, InnerResult
 from .store import tensors_fingerprint
 from .steps import learning_rate_at, lora_a_inits, plan_batches
-from .tensors import EncodedExample, encode_example, masked_mean_nll, pad_right
+from .tensors import EncodedExample, encode_example, labelled_logits, labelled_nll, pad_right
 
 logger = logging.getLogger(__name__)
 
@@ -288,8 +288,9 @@ class InnerLoop:
             batch = pad_right(examples, self.pad_token_id, self.device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(plan, step, self.config.lr_schedule)
-            logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = masked_mean_nll(logits, batch["labels"])
+            logits = labelled_logits(self.model, batch["labels"], input_ids=batch["input_ids"],
+                                     attention_mask=batch["attention_mask"])
+            loss = labelled_nll(logits, batch["labels"])
             value = loss.item()
             if not math.isfinite(value):
                 raise SelfEditError("nan_loss", f"training loss became {value} at step {step}", field="learning_rate")

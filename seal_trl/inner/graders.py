@@ -18,7 +18,8 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 
 from ..probes import Probe
-from .tensors import EncodedExample, encode_example, pad_left, pad_right, token_logprobs
+from .tensors import (EncodedExample, encode_example, labelled_logits, labelled_targets, next_token_mask, pad_left,
+                      pad_right)
 
 
 @runtime_checkable
@@ -61,9 +62,12 @@ class LogLikelihoodGrader:
 
     @staticmethod
     def answer_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean token log-prob of each row's answer tokens."""
-        logp, mask = token_logprobs(logits, labels)
-        return (logp.sum(-1) / mask.sum(-1).clamp_min(1)).float().cpu()
+        """Mean token log-prob of each row's answer tokens, from `labelled_logits(model, labels, ...)`."""
+        keep = next_token_mask(labels)
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, labelled_targets(labels)[:, None]).squeeze(-1)
+        sums = torch.zeros(labels.shape[0], dtype=logp.dtype, device=logp.device).index_add(
+            0, keep.nonzero()[:, 0], logp)
+        return (sums / keep.sum(-1).clamp_min(1)).float().cpu()
 
     @staticmethod
     def best_per_question(per_answer: torch.Tensor, owner: Sequence[int], num_questions: int) -> float:
@@ -91,7 +95,8 @@ def completion_logprobs(model, tokenizer, rows: Sequence[EncodedExample], *, bat
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = pad_right([rows[k] for k in chunk], _pad_id(tokenizer), device)
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = labelled_logits(model, batch["labels"], input_ids=batch["input_ids"],
+                                 attention_mask=batch["attention_mask"])
         values[chunk] = LogLikelihoodGrader.answer_logprobs(logits, batch["labels"])
     return values
 

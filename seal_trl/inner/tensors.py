@@ -68,6 +68,45 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
     return logp * mask, mask
 
 
+def next_token_mask(labels: torch.Tensor) -> torch.Tensor:
+    """Bool, shaped like `labels`: True at position t when token t+1 carries a label, i.e. where a loss or a
+    score reads the logits (the last position never does)."""
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = labels[:, 1:] != IGNORE_INDEX
+    return keep
+
+
+def labelled_logits(model, labels: torch.Tensor, **inputs) -> torch.Tensor:
+    """The model's logits at the `next_token_mask(labels)` positions only, flattened row-major to (N, vocab).
+
+    The vocabulary projection runs on those N positions, not on all B x T (transformers' `logits_to_keep` with
+    a boolean mask), so unlabelled prompt tokens and padding cost no vocabulary-wide logits or log-softmax. A
+    model whose forward does not take such a mask gets the full logits, masked after."""
+    keep = next_token_mask(labels)
+    if getattr(model, "_seal_masked_logits", True):
+        try:
+            logits = model(**inputs, logits_to_keep=keep).logits
+            if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
+                return logits
+        except torch.OutOfMemoryError:
+            raise
+        except (TypeError, IndexError, RuntimeError):  # this model or transformers version takes no such mask
+            pass
+        model._seal_masked_logits = False  # remembered: the fallback below from now on
+    return model(**inputs).logits[keep]
+
+
+def labelled_targets(labels: torch.Tensor) -> torch.Tensor:
+    """The labelled next tokens, in the order of `labelled_logits`' rows."""
+    return labels[:, 1:][labels[:, 1:] != IGNORE_INDEX]
+
+
+def labelled_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy from `labelled_logits(model, labels, ...)`: the same value as
+    `masked_mean_nll` on the full logits."""
+    return torch.nn.functional.cross_entropy(logits.float(), labelled_targets(labels))
+
+
 def masked_mean_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over positions whose label is not IGNORE_INDEX."""
     return torch.nn.functional.cross_entropy(
