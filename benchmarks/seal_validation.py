@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--inner-lora-r", type=int, default=32)
     p.add_argument("--inner-lora-alpha", type=int, default=64)
     p.add_argument("--batch-self-edits", type=int, default=4)
+    p.add_argument("--answer-tokens", type=int, default=16, help="longest greedy answer for the QA metrics")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--state", default=None, help="resume file (default: OUTPUT_DIR/state.json)")
     p.add_argument("--output-dir", default="runs/seal-validation")
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
     n = len(contexts)
     config = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
                              lora_alpha=args.inner_lora_alpha, grader="loglik", seed=args.seed,
-                             batch_self_edits=args.batch_self_edits)
+                             batch_self_edits=args.batch_self_edits, max_new_tokens=args.answer_tokens)
     common = dict(max_new_tokens=args.max_new_tokens, seed=args.seed, samples=args.samples,
                   temperature=args.temperature, qa_metrics=True, scores=scores, details=details)
 
@@ -117,13 +118,16 @@ def main(argv: list[str] | None = None) -> None:
         timed(method, lambda m=method: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, [m], **common))
     base_self_edits("implications")
     for checkpoint, name in reversed(list(zip(args.checkpoints, seal_names))):
-        if done(name):
+        if done(name) and (checkpoint != args.checkpoints[-1] or done(f"{name}:none")):
             print(f"{name}: already in {state_path}, skipped", flush=True)
             continue
         _, policy, policy_tokenizer = load_policy(args.model, str(Path(args.run) / checkpoint))
         inner.sync_from(policy)
         timed(name, lambda: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, ["self-edit"], policy=policy,
                                              tokenizer=policy_tokenizer, names={"self-edit": name}, **common))
+        if checkpoint == args.checkpoints[-1]:  # what the policy adapter alone does to the answers, unadapted
+            timed(f"{name}:none", lambda: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, ["none"],
+                                                           names={"none": f"{name}:none"}, **common))
         del policy
         gc.collect()
     del inner
@@ -140,7 +144,8 @@ def report(args: argparse.Namespace, state: dict, seal_names: list[str], out: Pa
     from seal_trl.reporting import paired_table, qa_table, write_report
 
     scores, details, wall = state["scores"], state["details"], state["wall_s"]
-    order = [m for m in ("none", "passage", "passage-matched", *(f"base-{s}" for s in STYLES), *seal_names)
+    order = [m for m in ("none", "passage", "passage-matched", *(f"base-{s}" for s in STYLES), *seal_names,
+                         f"{seal_names[-1]}:none")
              if len(scores.get(m, [])) == len(details["contexts"])]
     scores = {m: scores[m] for m in order}
     qa = {m: details["qa"][m] for m in order}
@@ -151,7 +156,7 @@ def report(args: argparse.Namespace, state: dict, seal_names: list[str], out: Pa
     tokens = details["train_tokens"]
     mean_tokens = {m: sum(sum(t) / max(len(t), 1) for t in tokens[m]) / len(tokens[m]) for m in order if m in tokens}
     failed = {m: (sum(e is not None for each in details["errors"][m] for e in each),
-                  sum(len(each) for each in details["errors"][m])) for m in order if m != "none"}
+                  sum(len(each) for each in details["errors"][m])) for m in order if not m.endswith("none")}
     command = "PYTHONPATH=. python benchmarks/seal_validation.py " + " ".join(sys.argv[1:])
     lines = [f"\n## SEAL validation table: {len(passages)} held-out passages ({utc_stamp()})\n",
              f"`{command}`; inner loop: {args.inner_epochs} epochs, lr {args.inner_lr}, LoRA r={args.inner_lora_r} "
