@@ -238,8 +238,8 @@ def evaluate_methods(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str
                 if method == "passage-matched":
                     copies = details.setdefault("matched_copies", {})[name] = matched_copies(
                         details["train_tokens"], passage=names.get("passage", "passage"), matched_to=matched_to)
-                edits, method_task = [[""] for _ in contexts], _PassageOnly(task, copies)
-                method_task.index(contexts)
+                by_context = None if copies is None else dict(zip(details["contexts"], copies, strict=True))
+                edits, method_task = [[""] for _ in contexts], _PassageOnly(task, by_context)
             else:
                 edits = details["self_edits"][name] = []
                 run.write(method, edits, writer=_writer(method, policy, tokenizer, teacher), samples=samples,
@@ -363,11 +363,10 @@ def matched_copies(train_tokens: Mapping[str, Sequence[Sequence[int]]], *, passa
 
 class _PassageOnly:
     """The 'passage' baseline: the plan is the passage itself (title-prefixed), whatever the self-edit says;
-    with `copies` (one count per context, in order) the passage is repeated that many times per epoch."""
+    with `copies` (a count per context key) the passage is repeated that many times per epoch."""
 
-    def __init__(self, task, copies: Sequence[int] | None = None):
+    def __init__(self, task, copies: Mapping[str, int] | None = None):
         self.task, self.copies = task, copies
-        self._index: dict[str, int] = {}
 
     def probe(self, context):
         return self.task.probe(context)
@@ -375,10 +374,5 @@ class _PassageOnly:
     def plan(self, context, self_edit, **hyperparameters):
         from .plans import TrainingPlan
 
-        times = 1
-        if self.copies is not None:
-            times = self.copies[self._index[context_key(context)]]
+        times = 1 if self.copies is None else self.copies[context_key(context)]
         return TrainingPlan.from_texts([f"{context['title']}\n{context['context']}"] * times, **hyperparameters)
-
-    def index(self, contexts) -> None:
-        self._index = {context_key(c): i for i, c in enumerate(contexts)}
