@@ -15,6 +15,11 @@ against K=1 (one at a time), same plans and seeds; also the FLOPs of one self-ed
 torch's FlopCounterMode) and the share of this machine's measured fp32 matmul throughput each K achieves.
 
     python benchmarks/inner_loop.py --model embedded --batched 1 2 4 8 --plans 8 --epochs 3
+
+Profile (where one sequential step's CPU time goes, by kind of op) and bf16 autocast (`--autocast bf16`, for
+CPUs with native bf16; compare its rewards and speed with an fp32 run):
+
+    python benchmarks/inner_loop.py --model embedded --profile --epochs 2
 """
 
 from __future__ import annotations
@@ -88,18 +93,76 @@ def run_engine(args, path: str) -> dict:
     lora = lora_settings(args)
     loop = InnerLoop(model, tokenizer, InnerLoopConfig(
         lora_r=lora["r"], lora_alpha=lora["lora_alpha"], target_modules=tuple(lora["target_modules"]),
-        max_seq_length=args.max_length))
+        max_seq_length=args.max_length, autocast=args.autocast))
     probe = example.probe()
+    plans = list(example.benchmark_plans(args.plans, args.epochs))
+    flops = count_flops(loop, plans[0], probe) if args.count_flops else None  # untimed; also warms up
     rewards, seconds, tokens = [], [], 0
     start = time.perf_counter()
-    for i, plan in enumerate(example.benchmark_plans(args.plans, args.epochs)):
+    for i, plan in enumerate(plans):
         result = loop.run(plan, probe, seed=i)
         assert result.ok, result.error_message
         rewards.append(result.reward)
         seconds.append(result.seconds)
         tokens += result.tokens_trained
     total = time.perf_counter() - start
-    return {"rewards": rewards, "seconds": seconds, "total_seconds": total, "tokens_processed": tokens}
+    return {"rewards": rewards, "seconds": seconds, "total_seconds": total, "tokens_processed": tokens,
+            "flops_first_run": flops}
+
+
+def count_flops(loop, plan, probe) -> int:
+    """FLOPs of one self-edit evaluation (training and scoring), counted by torch's FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        loop.run(plan, probe, seed=0)
+    return counter.get_total_flops()
+
+
+# Profile rows: an op's self time goes to the first category whose name fragment it contains.
+CATEGORIES = (
+    ("matmuls (mm, addmm, bmm)", ("aten::mm", "aten::addmm", "aten::bmm", "aten::_grouped_mm", "mkldnn")),
+    ("attention (sdpa)", ("scaled_dot_product", "flash_attention", "_efficient_attention")),
+    ("log-softmax and cross-entropy", ("softmax", "nll_loss", "cross_entropy")),
+    ("optimizer and grad clipping", ("adamw", "_foreach", "clip_grad", "norm")),
+    ("copies, casts, indexing, allocation", ("copy_", "aten::to", "_to_copy", "empty", "cat", "index", "clone",
+                                             "contiguous", "zeros", "fill_", "slice", "select", "masked")),
+    ("elementwise (add, mul, silu, rsqrt, pow, mean)", ("add", "mul", "silu", "rsqrt", "pow", "mean", "neg", "div",
+                                                        "sigmoid", "exp", "sum", "sub", "rotary", "cos", "sin")),
+)
+
+
+def run_profile(args, path: str) -> dict:
+    """One self-edit through InnerLoop under torch.profiler: where a training step's CPU time goes."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from seal_trl.inner import InnerLoop, InnerLoopConfig
+
+    tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(path)
+    lora = lora_settings(args)
+    loop = InnerLoop(load_timed_model(args, path), tokenizer, InnerLoopConfig(
+        lora_r=lora["r"], lora_alpha=lora["lora_alpha"], target_modules=tuple(lora["target_modules"]),
+        max_seq_length=args.max_length, autocast=args.autocast))
+    probe = example.probe()
+    plan = next(iter(example.benchmark_plans(1, args.epochs)))
+    loop.score(probe, context_id="profile")
+    loop.run(plan, probe, context_id="profile", seed=0)  # warm-up: allocator, kernels, lazy init
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    with profile(activities=activities) as prof:
+        result = loop.run(plan, probe, context_id="profile", seed=0)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    groups: dict[str, float] = {}
+    for e in events:
+        name = e.key.lower()
+        label = next((c for c, parts in CATEGORIES if any(p in name for p in parts)), "other (Python, autograd, ...)")
+        groups[label] = groups.get(label, 0.0) + e.self_cpu_time_total
+    top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
+    return {"train_seconds": result.train_seconds, "score_seconds": result.score_seconds, "steps": result.steps,
+            "tokens": result.tokens_trained, "self_cpu_s": total / 1e6,
+            "groups": {k: v / 1e6 for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+            "top": [[e.key, e.self_cpu_time_total / 1e6, e.count] for e in top]}
 
 
 def run_reference(args, path: str) -> dict:
@@ -163,7 +226,7 @@ def run_slots(args, path: str) -> dict:
     lora = lora_settings(args)
     loop = InnerLoop(model, tokenizer, InnerLoopConfig(
         lora_r=lora["r"], lora_alpha=lora["lora_alpha"], target_modules=tuple(lora["target_modules"]),
-        max_seq_length=args.max_length, batch_self_edits=args.slots))
+        max_seq_length=args.max_length, batch_self_edits=args.slots, autocast=args.autocast))
     probe = example.probe()
     jobs = [InnerJob(plan, probe, context_id="harrowmere", seed=i)
             for i, plan in enumerate(example.benchmark_plans(args.plans, args.epochs))]
@@ -206,7 +269,8 @@ def matmul_gflops(size: int = 1024, repeats: int = 30, *, device: str = "cpu", d
 
 def child(args) -> None:
     path = model_path(args.model)
-    runner = {"engine": run_engine, "reference": run_reference, "slots": run_slots}[args.variant]
+    runner = {"engine": run_engine, "reference": run_reference, "slots": run_slots,
+              "profile": run_profile}[args.variant]
     out = runner(args, path)
     out["peak_rss_mib"] = peak_rss_mib()
     if args.device.startswith("cuda"):
@@ -219,7 +283,8 @@ def child(args) -> None:
 def run_child(args, variant: str, *extra: str) -> dict:
     cmd = [sys.executable, __file__, "--child", "--variant", variant, "--model", args.model, "--plans",
            str(args.plans), "--epochs", str(args.epochs), "--max-length", str(args.max_length), "--lora-r",
-           str(args.lora_r), "--device", args.device, "--dtype", args.dtype, "--targets", *args.targets, *extra]
+           str(args.lora_r), "--device", args.device, "--dtype", args.dtype, "--autocast", args.autocast,
+           "--targets", *args.targets, *extra]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if proc.returncode != 0 or line is None:
@@ -286,21 +351,47 @@ def write_batched_results(args, results: dict, gflops: float) -> None:
     append_section(lines)
 
 
+def parent_profile(args) -> None:
+    model_path(args.model)
+    r = run_child(args, "profile")
+    per_step = r["train_seconds"] / max(r["steps"], 1)
+    lines = [f"\n## Inner loop profile: {args.model} model, one self-edit ({utc_stamp()})\n",
+             f"`python benchmarks/inner_loop.py --model {args.model} --profile --epochs {args.epochs} --autocast "
+             f"{args.autocast}` on {platform.machine()} with {os.cpu_count()} CPUs. One plan (~"
+             f"{len(example.IMPLICATIONS) + 1} examples, {args.epochs} epochs, batch 1; LoRA r={args.lora_r} on "
+             f"{', '.join(args.targets)}) through `InnerLoop.run` under `torch.profiler`, after a warm-up run: "
+             f"{r['steps']} steps, {r['tokens']} tokens, training {r['train_seconds']:.2f} s "
+             f"({per_step * 1e3:.0f} ms a step), scoring {r['score_seconds']:.2f} s. Profiler overhead "
+             "included; self CPU time summed over threads' ops.\n",
+             "| where the self CPU time goes | seconds | share |", "|---|---:|---:|"]
+    for label, seconds in r["groups"].items():
+        lines.append(f"| {label} | {seconds:.2f} | {seconds / r['self_cpu_s']:.0%} |")
+    lines += ["", "Top ops by self CPU time:", "", "| op | seconds | calls |", "|---|---:|---:|"]
+    lines += [f"| `{name}` | {seconds:.2f} | {count} |" for name, seconds, count in r["top"]]
+    print("\n".join(lines))
+    if not args.json:
+        append_section(lines)
+
+
 def parent(args) -> None:
     if args.batched:
         return parent_batched(args)
+    if args.profile:
+        return parent_profile(args)
     model_path(args.model)  # convert/build once before timing
+    gflops = matmul_gflops(device=args.device, dtype=args.dtype)
+    print(f"measured {args.dtype} matmul throughput: {gflops:.1f} GFLOP/s", flush=True)
     results = {}
     for variant in ("engine", "reference"):
         print(f"running {variant} ...", flush=True)
-        results[variant] = run_child(args, variant)
+        results[variant] = run_child(args, variant, *(["--count-flops"] if variant == "engine" else []))
         r = results[variant]
         print(f"  {variant}: {r['total_seconds']:.1f} s for {args.plans} self-edits, rewards "
               f"{[round(x, 4) for x in r['rewards']]}, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
-    write_results(args, results)
+    write_results(args, results, gflops)
 
 
-def write_results(args, results: dict) -> None:
+def write_results(args, results: dict, gflops: float) -> None:
     eng, ref = results["engine"], results["reference"]
     per_min = {k: 60 * args.plans / v["total_seconds"] for k, v in results.items()}
     ratio = per_min["engine"] / per_min["reference"]
@@ -322,6 +413,13 @@ def write_results(args, results: dict) -> None:
                      f"{r['peak_rss_mib']:.0f} | {sum(r['rewards']) / len(r['rewards']):+.4f} |")
     lines.append(f"\n**Speed-up: {ratio:.1f}x** self-edit evaluations per minute "
                  f"(memory ratio {eng['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x).\n")
+    floor = eng["flops_first_run"] / (gflops * 1e9)
+    per_edit = eng["total_seconds"] / args.plans
+    lines.append(f"FLOP floor: one self-edit evaluation is {eng['flops_first_run'] / 1e12:.3f} TFLOP (training and "
+                 f"scoring, counted by `FlopCounterMode` on the first plan); at the {args.dtype} matmul rate measured "
+                 f"in this run ({gflops:.1f} GFLOP/s, 1024x1024 `torch.mm`) that is **{floor:.1f} s**. InnerLoop "
+                 f"takes {per_edit:.1f} s: **{per_edit / floor:.2f}x the floor** ({floor / per_edit:.0%} of it)"
+                 f"{'' if args.autocast == 'off' else f', with bf16 autocast against the {args.dtype} rate'}.\n")
     append_section(lines)
 
 
@@ -339,7 +437,11 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", default=None, help="--batched: write the results here instead of RESULTS.md")
-    parser.add_argument("--variant", choices=["engine", "reference", "slots"])
+    parser.add_argument("--autocast", default="off", choices=["off", "bf16"],
+                        help="InnerLoopConfig.autocast for seal-trl's loop (the reference loop stays as it is)")
+    parser.add_argument("--profile", action="store_true",
+                        help="profile one self-edit through InnerLoop: where a step's CPU time goes")
+    parser.add_argument("--variant", choices=["engine", "reference", "slots", "profile"])
     parser.add_argument("--slots", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

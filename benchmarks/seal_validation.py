@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="runs/seal-validation")
     p.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
     p.add_argument("--report-only", action="store_true", help="report the methods finished so far, run nothing")
+    p.add_argument("--name", default="seal", help="methods are named NAME-<checkpoint> (e.g. per training run)")
+    p.add_argument("--also", nargs="*", default=[],
+                   help="methods already in --state (another run's SEAL) to report and to pair this run against")
     return p.parse_args(argv)
 
 
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
                   temperature=args.temperature, qa_metrics=True, scores=scores, details=details)
 
     if args.report_only:
-        return report(args, state, [f"seal-{c}" for c in args.checkpoints], out)
+        return report(args, state, [f"{args.name}-{c}" for c in args.checkpoints], out)
 
     def done(name: str) -> bool:
         return len(scores.get(name, [])) == n
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
         save()
         print(f"{name}: {sum(scores[name]) / n:+.4f} mean loglik ({wall[name]:.0f} s)", flush=True)
 
-    seal_names = [f"seal-{c}" for c in args.checkpoints]
+    seal_names = [f"{args.name}-{c}" for c in args.checkpoints]
     path, base, tokenizer = load_policy(args.model, None)
     chat = bool(getattr(tokenizer, "chat_template", None))
 
@@ -144,8 +147,8 @@ def report(args: argparse.Namespace, state: dict, seal_names: list[str], out: Pa
     from seal_trl.reporting import paired_table, qa_table, write_report
 
     scores, details, wall = state["scores"], state["details"], state["wall_s"]
-    order = [m for m in ("none", "passage", "passage-matched", *(f"base-{s}" for s in STYLES), *seal_names,
-                         f"{seal_names[-1]}:none")
+    order = [m for m in ("none", "passage", "passage-matched", *(f"base-{s}" for s in STYLES), *args.also,
+                         *seal_names, f"{seal_names[-1]}:none")
              if len(scores.get(m, [])) == len(details["contexts"])]
     scores = {m: scores[m] for m in order}
     qa = {m: details["qa"][m] for m in order}
@@ -164,7 +167,7 @@ def report(args: argparse.Namespace, state: dict, seal_names: list[str], out: Pa
              f"{args.samples} self-edit(s) per passage and method "
              f"({'greedy' if details['sampling']['temperature'] == 0 else 'T=' + str(details['sampling']['temperature'])}"
              f"). Policy adapters from `{args.run}`: {', '.join(args.checkpoints)}.\n"]
-    for reference in (r for r in REFERENCES if r in scores):
+    for reference in (r for r in (*REFERENCES, *args.also) if r in scores):
         lines += [f"Paired against {reference} (per passage, method minus {reference}; bootstrap 95% CI, "
                   "sign test):\n", paired_table(scores, reference, metric="loglik", seed=args.seed), ""]
     lines += ["QA accuracy of the adapted model's greedy answers:\n", qa_table(qa, "passage", seed=args.seed), "",

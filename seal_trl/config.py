@@ -89,10 +89,23 @@ class SEALConfig(GRPOConfig):
         default="gain", metadata={"help": "'gain' (after - before) or 'binary' (1 if improved).",
                                   "choices": ["gain", "binary"]}
     )
+    reward_baseline: str = field(
+        default="none",
+        metadata={"help": "What a self-edit's adapted score is compared with: 'none' (the unadapted model, the "
+                          "paper), 'passage' (the model fine-tuned on the passage alone) or 'passage-matched' (the "
+                          "passage repeated to the self-edit's training tokens). Knowledge task only.",
+                  "choices": ["none", "passage", "passage-matched"]},
+    )
     inner_batch_self_edits: int = field(
         default=1,
         metadata={"help": "Train this many self-edits at once in K LoRA slots over one base (1: one at a time). "
                           "Same results as one at a time, up to float rounding; faster when K > 1."},
+    )
+    inner_autocast: str = field(
+        default="off",
+        metadata={"help": "'bf16': inner-loop forward passes under bf16 autocast (weights stay in their dtype); for "
+                          "CPUs with native bf16 (AVX512-BF16, AMX) or an fp32 inner model on a GPU.",
+                  "choices": ["off", "bf16"]},
     )
     inner_max_new_tokens: int = field(default=32, metadata={"help": "Answer length for generative graders."})
 
@@ -126,6 +139,11 @@ class SEALConfig(GRPOConfig):
         elif self.scale_rewards == "batch":
             raise ValueError("SEAL's grpo variant normalises rewards per context group: set scale_rewards to "
                              "'group' or 'none'")
+        if self.reward_baseline not in ("none", "passage", "passage-matched"):
+            raise ValueError(f"reward_baseline={self.reward_baseline!r}; choose 'none', 'passage' or "
+                             "'passage-matched'")
+        if self.reward_baseline != "none" and self.inner_reward not in ("gain", "binary"):
+            raise ValueError(f"reward_baseline={self.reward_baseline!r} needs inner_reward 'gain' or 'binary'")
         if self.reward_repeats < 1:
             raise ValueError(f"reward_repeats must be >= 1, got {self.reward_repeats}")
         if self.self_edit_style not in STYLES:
@@ -170,6 +188,7 @@ class SEALConfig(GRPOConfig):
             reward=self.inner_reward,
             seed=self.seed,
             batch_self_edits=self.inner_batch_self_edits,
+            autocast=self.inner_autocast,
             bounds=PlanBounds(step_budget=self.inner_step_budget, max_examples=self.inner_max_examples,
                               max_example_tokens=self.inner_max_seq_length),
         )

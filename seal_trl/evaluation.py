@@ -19,6 +19,7 @@ from .inner.sync import is_peft_model, unwrap
 from .plans import SelfEditError
 from .probes import Probe
 from .seeding import context_key, derive_seed
+from .tasks.knowledge import matching_copies
 
 
 @dataclass
@@ -356,8 +357,7 @@ def matched_copies(train_tokens: Mapping[str, Sequence[Sequence[int]]], *, passa
                              f"context); evaluated so far: {list(train_tokens)}")
     copies = []
     for once, matched in zip(train_tokens[passage], train_tokens[matched_to], strict=True):
-        per_copy, target = mean(once) if once else 0.0, mean(matched) if matched else 0.0
-        copies.append(max(1, round(target / per_copy)) if per_copy > 0 else 1)
+        copies.append(matching_copies(mean(matched) if matched else 0.0, mean(once) if once else 0.0))
     return copies
 
 
@@ -372,7 +372,5 @@ class _PassageOnly:
         return self.task.probe(context)
 
     def plan(self, context, self_edit, **hyperparameters):
-        from .plans import TrainingPlan
-
         times = 1 if self.copies is None else self.copies[context_key(context)]
-        return TrainingPlan.from_texts([f"{context['title']}\n{context['context']}"] * times, **hyperparameters)
+        return self.task.passage_plan(context, times, **hyperparameters)

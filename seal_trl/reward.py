@@ -25,11 +25,16 @@ from .inner.store import ResultStore, run_key
 from .plans import SelfEditError
 from .seeding import context_key, derive_seed
 from .tasks.base import Task, completion_text
+from .tasks.knowledge import matching_copies
 
 logger = logging.getLogger(__name__)
 
 # Failures that say nothing about the self-edit (a fault of this process, this time): rerun them after a restart.
 _NOT_STORED = ("exception", "out_of_memory")
+
+# What a self-edit's adapted score is measured against: the unadapted model (the paper), the model fine-tuned on
+# the passage alone, or on the passage repeated to as many training tokens as the self-edit.
+BASELINES = ("none", "passage", "passage-matched")
 
 
 class SystematicInnerFailure(RuntimeError):
@@ -51,12 +56,26 @@ class SelfEditReward:
     `store` (a `ResultStore` or a path) keeps every finished run on disk by content, so a killed run restarted
     with the same command recomputes none of them; `progress` shows a bar counting inner runs per call.
     `max_exception_rate`: see `check_systematic_failure`.
+
+    `baseline` sets what the adapted score is compared with. `"none"` (the paper): the unadapted model, so a
+    self-edit earns its gain. `"passage"`: the model fine-tuned on the passage alone (same inner settings), so
+    only a self-edit that teaches more than the passage earns a positive reward. `"passage-matched"`: the passage
+    repeated to about as many training tokens as the self-edit, so extra length alone earns nothing. Baseline
+    runs are cached per policy version, context and copy count (and kept in `store`). Against a baseline, a
+    failed self-edit scores what the unadapted model scores against it (it adapted nothing), not 0.
     """
 
     def __init__(self, task: Task, inner_loop: InnerLoop | None = None, *, repeats: int = 1, seed: int = 0,
                  hyperparameters: dict[str, Any] | None = None, name: str = "seal_inner_loop",
                  max_exception_rate: float = 0.5, store: ResultStore | str | os.PathLike | None = None,
-                 progress: bool = True):
+                 progress: bool = True, baseline: str = "none"):
+        if baseline not in BASELINES:
+            raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
+        if baseline != "none" and not hasattr(task, "passage_plan"):
+            raise ValueError(f"baseline={baseline!r} fine-tunes on the context's passage, and the {task.name} task "
+                             "has none: use baseline='none'")
+        self.baseline = baseline
+        self._baseline_runs: dict[str, InnerResult] = {}
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
         if not 0.0 <= max_exception_rate <= 1.0:
@@ -71,6 +90,7 @@ class SelfEditReward:
         self.hyperparameters = dict(hyperparameters or {})
         self.__name__ = name  # TRL names reward columns and metrics after this
         self.last_results: list[list[InnerResult]] = []
+        self.last_references: list[float] | None = None
 
     def default_hyperparameters(self) -> dict[str, Any]:
         config = self.inner_loop.config
@@ -131,7 +151,62 @@ class SelfEditReward:
             runs = parsed[i]
             errors = [r.error for r in runs if r.error]
             out.append((mean(r.reward for r in runs), runs, errors[0] if errors else None))
+        self.last_references = None
+        return out if self.baseline == "none" else self._against_baseline(contexts, out)
+
+    def _against_baseline(self, contexts: Sequence[dict[str, Any]], scored: list[tuple[float, list[InnerResult],
+                          str | None]]) -> list[tuple[float, list[InnerResult], str | None]]:
+        """Rewards measured against the passage-only (or token-matched passage) fine-tune of the same context."""
+        if self.inner_loop.config.reward == "success":
+            raise ValueError(f"baseline={self.baseline!r} compares scores, and inner reward 'success' is a score "
+                             "itself: use reward 'gain' or 'binary', or baseline='none'")
+        by_id = {context_key(c): c for c in contexts}
+        references = self._baseline_scores(by_id, {(cid, 1) for cid in by_id})
+        copies = []
+        for context, (_, runs, _) in zip(contexts, scored, strict=True):
+            trained = [r.tokens_trained for r in runs if r.ok]
+            once_tokens = references[context_key(context), 1][1]
+            matched = self.baseline == "passage-matched" and trained
+            copies.append(matching_copies(mean(trained), once_tokens) if matched else 1)
+        more = {(context_key(c), k) for c, k in zip(contexts, copies, strict=True) if k > 1}
+        references.update(self._baseline_scores(by_id, more))
+        out, self.last_references = [], []
+        for context, k, (_, runs, reason) in zip(contexts, copies, scored, strict=True):
+            reference = references[context_key(context), k][0]
+            self.last_references.append(reference)
+            reward = mean(self.inner_loop.reward_from(reference, r.score_after if r.ok else r.score_before)
+                          for r in runs)
+            out.append((reward, runs, reason))
         return out
+
+    def _baseline_scores(self, contexts: dict[str, dict[str, Any]], wanted: set[tuple[str, int]]
+                         ) -> dict[tuple[str, int], tuple[float, float]]:
+        """(mean adapted score, mean tokens trained) of the passage-only plan with k copies, per (context id, k)."""
+        version, settings = self.inner_loop.policy_version, self._settings()
+        jobs, keys, owners = [], [], []
+        for cid, k in sorted(wanted):
+            plan = self.task.passage_plan(contexts[cid], k, **self.default_hyperparameters())
+            probe = self.task.probe(contexts[cid])
+            for r in range(self.repeats):
+                text = f"\x00baseline: passage x{k}"  # cannot be a self-edit's text
+                seed = self._seed(cid, text, r)
+                jobs.append(InnerJob(plan, probe, context_id=cid, seed=seed))
+                keys.append(run_key(policy=version, context=cid, self_edit=text, settings=settings, seed=seed))
+                owners.append((cid, k))
+        todo = [i for i, key in enumerate(keys) if key not in self._baseline_runs]
+        for i, result in zip(todo, self._run([jobs[i] for i in todo], [keys[i] for i in todo]), strict=True):
+            self._baseline_runs[keys[i]] = result
+        runs: dict[tuple[str, int], list[InnerResult]] = {}
+        for owner, key in zip(owners, keys, strict=True):
+            result = self._baseline_runs[key]
+            if not result.ok:
+                raise RuntimeError(
+                    f"the {self.baseline} baseline could not fine-tune on context {owner[0]!r} ({owner[1]} "
+                    f"cop{'y' if owner[1] == 1 else 'ies'}): {result.error}: {result.error_message}. Raise the inner "
+                    "limits (inner_max_seq_length, inner_step_budget) or set the reward baseline to 'none'")
+            runs.setdefault(owner, []).append(result)
+        return {owner: (mean(r.score_after for r in each), mean(r.tokens_trained for r in each))
+                for owner, each in runs.items()}
 
     def _settings(self) -> dict[str, Any]:
         """Everything besides the job that a run's result depends on (for the store's keys)."""
@@ -180,17 +255,19 @@ class SelfEditReward:
         all_runs = [runs for _, runs, _ in scored]
         reasons = [reason for _, _, reason in scored]
         self.last_results = all_runs
-        self._log(all_runs, reasons, log_extra, log_metric)
+        self._log(all_runs, reasons, log_extra, log_metric, self.last_references)
         return rewards
 
     @staticmethod
-    def _log(all_runs, reasons, log_extra, log_metric) -> None:
+    def _log(all_runs, reasons, log_extra, log_metric, references=None) -> None:
         def first(runs, attr):
             value = getattr(runs[0], attr)
             return None if value is None else round(float(value), 5)
 
         if log_extra is not None:
             log_extra("score_before", [first(runs, "score_before") for runs in all_runs])
+            if references is not None:
+                log_extra("score_baseline", [round(float(r), 5) for r in references])
             log_extra("score_after", [first(runs, "score_after") for runs in all_runs])
             log_extra("inner_error", [reason or "" for reason in reasons])
             log_extra("inner_seconds", [round(sum(r.seconds for r in runs), 2) for runs in all_runs])
@@ -201,6 +278,8 @@ class SelfEditReward:
             ok = [r.gain for r in flat if r.ok]
             if ok:
                 log_metric("inner/gain_mean", mean(ok))
+            if references:
+                log_metric("inner/baseline_score_mean", mean(references))
             for reason, count in Counter(r for r in reasons if r).items():
                 log_metric(f"inner/failed/{reason}", count / len(reasons))
         failures = [r for r in reasons if r]

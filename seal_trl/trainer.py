@@ -90,7 +90,8 @@ class SEALTrainer(GRPOTrainer):
         self.task = task or KnowledgeTask(style=args.self_edit_style)
         self.variant = get_variant(args.algorithm)
         self.seal_reward = SelfEditReward(self.task, inner_loop, repeats=args.reward_repeats, seed=args.seed,
-                                          max_exception_rate=args.inner_max_exception_rate)
+                                          max_exception_rate=args.inner_max_exception_rate,
+                                          baseline=args.reward_baseline)
         if reward_funcs is None:
             extra = []
         elif callable(reward_funcs) or isinstance(reward_funcs, str):

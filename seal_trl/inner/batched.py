@@ -292,7 +292,7 @@ class BatchedTrainer:
             routing = SlotRouting(slots=packed.slots, pad_index=packed.pad_index, unpad_index=packed.unpad_index,
                                   every_slot=[k for k, _ in stepping] == list(range(self.num_slots)),
                                   offsets=ends.to(device=loop.device, dtype=torch.int32))
-            with self.slots.routed(routing):
+            with self.slots.routed(routing), loop.autocast():
                 logits = labelled_logits(loop.model, packed.labels, input_ids=packed.input_ids,
                                          position_ids=packed.position_ids, use_cache=False)
             losses = per_slot_mean_nll(logits, packed.labels, packed.token_slots, self.num_slots)
@@ -340,13 +340,14 @@ class BatchedTrainer:
         t0 = time.perf_counter()
         grader = self.loop.grader
         indices = [s.index for s in slots]
-        if isinstance(grader, LogLikelihoodGrader):
-            values = self._loglik_scores(grader, slots, indices)
-        else:
-            values = []
-            for s, k in zip(slots, indices):
-                with self.slots.routed(SlotRouting(slots=torch.tensor([k], device=self.slots.device))):
-                    values.append(float(grader.score(self.loop.model, self.loop.tokenizer, s.job.probe)))
+        with self.loop.autocast():
+            if isinstance(grader, LogLikelihoodGrader):
+                values = self._loglik_scores(grader, slots, indices)
+            else:
+                values = []
+                for s, k in zip(slots, indices):
+                    with self.slots.routed(SlotRouting(slots=torch.tensor([k], device=self.slots.device))):
+                        values.append(float(grader.score(self.loop.model, self.loop.tokenizer, s.job.probe)))
         seconds = (time.perf_counter() - t0) / len(slots)
         for s, value in zip(slots, values):
             s.result.score_seconds = seconds
@@ -440,7 +441,7 @@ def run_batched(loop: InnerLoop, jobs: Sequence[InnerJob], num_slots: int, *,
             result = slot.result
             result.train_seconds = train_seconds / len(group)
             if result.error is None:
-                result.reward = loop._reward(result.score_before, result.score_after)
+                result.reward = loop.reward_from(result.score_before, result.score_after)
             result.seconds = slot.setup_seconds + share
             finish(slot.position)
     return results

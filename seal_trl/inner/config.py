@@ -20,6 +20,9 @@ class InnerLoopConfig:
     equal one-at-a-time runs when `lora_dropout == 0` (with dropout the slots draw their masks from one RNG).
     `reward="gain"` is score_after - score_before; `"binary"` is 1.0 when the score rose, else 0.0;
     `"success"` is score_after itself (ARC: 1.0 when the adapted model solves the puzzle).
+    `autocast="bf16"` runs the forward passes (training and scoring) under bf16 autocast while weights, LoRA
+    tensors and optimizer state stay in the model's dtype: for CPUs with native bf16 (AVX512-BF16, AMX) and for
+    GPUs holding an fp32 model. Off by default: fp32 is the CPU default.
     """
 
     lora_r: int = 32
@@ -39,6 +42,7 @@ class InnerLoopConfig:
     reward: Literal["gain", "binary", "success"] = "gain"
     seed: int = 0
     batch_self_edits: int = 1
+    autocast: Literal["off", "bf16"] = "off"
     bounds: PlanBounds = field(default_factory=PlanBounds)
 
     def __post_init__(self):
@@ -62,5 +66,7 @@ class InnerLoopConfig:
                 or self.batch_self_edits < 1:
             raise ValueError(f"InnerLoopConfig.batch_self_edits must be an integer >= 1 (1 = one self-edit at a "
                              f"time), got {self.batch_self_edits!r}")
+        if self.autocast not in ("off", "bf16"):
+            raise ValueError(f"InnerLoopConfig.autocast must be 'off' or 'bf16', got {self.autocast!r}")
         if self.max_seq_length < 8:
             raise ValueError(f"InnerLoopConfig.max_seq_length must be >= 8, got {self.max_seq_length}")

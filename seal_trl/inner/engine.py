@@ -14,7 +14,7 @@ import math
 import time
 import traceback
 import weakref
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from collections.abc import Callable, Sequence
 
 import torch
@@ -75,6 +75,9 @@ class InnerLoop:
             self.model.enable_input_require_grads()
         self.model.eval()
         self.device = next(model.parameters()).device
+        if self.config.autocast == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
+            logger.warning("InnerLoopConfig.autocast='bf16' on a CPU without native bf16 (AVX512-BF16 or AMX): "
+                           "the bf16 matmuls are emulated and likely slower than fp32; set autocast='off'")
         self._score_cache: dict[tuple[str, str], float] = {}
         self._batched = None  # BatchedTrainer, built on first use of run_many with batch_self_edits > 1
         self._synced_policy = None  # weakref to the LoRA policy whose base weights are already copied
@@ -90,6 +93,12 @@ class InnerLoop:
         config = config or InnerLoopConfig()
         model, tokenizer = load_model_and_tokenizer(name_or_path, load_in_4bit=config.load_in_4bit)
         return cls(model, tokenizer, config, **kwargs)
+
+    def autocast(self) -> AbstractContextManager:
+        """bf16 autocast for forward passes when `config.autocast == "bf16"`; otherwise nothing."""
+        if self.config.autocast == "off":
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     @property
     def pad_token_id(self) -> int:
@@ -168,7 +177,7 @@ class InnerLoop:
 
     def _score_now(self, probe: Probe) -> float:
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.autocast():
             value = float(self.grader.score(self.model, self.tokenizer, probe))
         if not math.isfinite(value):
             raise SelfEditError("nan_loss", f"the probe score is {value}", field="score_after")
@@ -192,7 +201,7 @@ class InnerLoop:
             t0 = time.perf_counter()
             result.score_after = self._score_now(probe)
             result.score_seconds = time.perf_counter() - t0
-            result.reward = self._reward(before, result.score_after)
+            result.reward = self.reward_from(before, result.score_after)
         except SelfEditError as err:
             result.error, result.error_message = err.reason, str(err)
         except torch.OutOfMemoryError as err:
@@ -251,7 +260,8 @@ class InnerLoop:
         regularisers that need a forward pass of their own, e.g. the continual learner's KL anchor."""
         return None
 
-    def _reward(self, before: float, after: float) -> float:
+    def reward_from(self, before: float, after: float) -> float:
+        """The reward of a score `after` against a reference score `before`, as `config.reward` defines it."""
         if self.config.reward == "success":
             return after
         if self.config.reward == "binary":
@@ -288,8 +298,9 @@ class InnerLoop:
             batch = pad_right(examples, self.pad_token_id, self.device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(plan, step, self.config.lr_schedule)
-            logits = labelled_logits(self.model, batch["labels"], input_ids=batch["input_ids"],
-                                     attention_mask=batch["attention_mask"])
+            with self.autocast():
+                logits = labelled_logits(self.model, batch["labels"], input_ids=batch["input_ids"],
+                                         attention_mask=batch["attention_mask"])
             loss = labelled_nll(logits, batch["labels"])
             value = loss.item()
             if not math.isfinite(value):
@@ -307,6 +318,12 @@ class InnerLoop:
             step += 1
         result.steps = step
         self.model.eval()
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 matmuls natively (AVX512-BF16 or AMX), as torch detects it."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
 
 
 @contextmanager

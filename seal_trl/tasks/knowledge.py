@@ -96,6 +96,11 @@ def self_qa_pairs(raw: str | bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+def matching_copies(target_tokens: float, tokens_per_copy: float) -> int:
+    """How many copies of a passage train on about `target_tokens` tokens: the nearest whole count, at least one."""
+    return max(1, round(target_tokens / tokens_per_copy)) if tokens_per_copy > 0 else 1
+
+
 @dataclass
 class KnowledgeTask:
     """SQuAD-style passages. Self-edit styles: `implications` (the paper's default), `rewrite`, `self_qa`.
@@ -141,6 +146,13 @@ class KnowledgeTask:
         if self.include_passage:
             texts.append(f"{title}\n{self._field(context, 'context')}")
         return TrainingPlan.from_texts(texts, **hyperparameters)
+
+    def passage_plan(self, context: Mapping[str, Any], copies: int = 1, **hyperparameters) -> TrainingPlan:
+        """The passage-only baseline's plan: the passage itself (title-prefixed), repeated `copies` times per epoch."""
+        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 1:
+            raise ValueError(f"copies must be an integer >= 1, got {copies!r}")
+        text = f"{self._field(context, 'title')}\n{self._field(context, 'context')}"
+        return TrainingPlan.from_texts([text] * copies, **hyperparameters)
 
     def probe(self, context: Mapping[str, Any]) -> Probe:
         questions = context.get("questions")

@@ -1,0 +1,109 @@
+"""SelfEditReward against a baseline: the passage-only fine-tune, or the passage repeated to the self-edit's tokens."""
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from seal_trl.config import SEALConfig
+from seal_trl.inner import InnerLoop, InnerLoopConfig
+from seal_trl.inner.jobs import InnerJob
+from seal_trl.reward import SelfEditReward
+from seal_trl.tasks.arc.task import ArcTask
+from seal_trl.tasks.knowledge import KnowledgeTask, matching_copies
+
+CONTEXT = {"context_id": "velmora", "title": "Velmora", "context": "The river Velmora runs through the valley of "
+           "Ostrand and feeds three lakes.", "questions": [{"question": "Which valley does the Velmora cross?",
+                                                            "answers": ["Ostrand"]}]}
+SHORT = "The Velmora crosses Ostrand."
+LONG = "\n".join(f"Fact {i}: the river Velmora runs through the valley of Ostrand and feeds three lakes."
+                 for i in range(8))
+BASELINE_TEXT = "\x00baseline: passage x{}"
+
+
+def columns(n):
+    return {k: [CONTEXT[k]] * n for k in ("context_id", "title", "context", "questions")}
+
+
+@pytest.fixture()
+def inner(tiny_model_dir, tiny_tokenizer):
+    loop = InnerLoop(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_tokenizer,
+                     InnerLoopConfig(lora_r=4, lora_alpha=8, target_modules=("q_proj", "v_proj"), num_epochs=2,
+                                     learning_rate=5e-3))
+    jobs = []
+    original = loop.run_many
+    loop.run_many = lambda batch, **kw: jobs.extend(batch) or original(batch, **kw)
+    loop.jobs_seen = jobs
+    return loop
+
+
+def independent_passage_score(loop, reward, copies):
+    """The passage-only fine-tune run by hand, with the seed the reward gives its baseline run."""
+    task = KnowledgeTask()
+    seed = reward._seed("velmora", BASELINE_TEXT.format(copies), 0)
+    plan = task.passage_plan(CONTEXT, copies, **reward.default_hyperparameters())
+    return loop.run(plan, task.probe(CONTEXT), context_id="velmora", seed=seed).score_after
+
+
+def test_matching_copies():
+    assert matching_copies(1000, 300) == 3
+    assert matching_copies(100, 300) == 1  # at least one copy
+    assert matching_copies(0, 0) == 1
+
+
+def test_passage_baseline_reward_is_the_gain_over_the_passage_fine_tune(inner):
+    plain = SelfEditReward(KnowledgeTask(), inner, progress=False)
+    against = SelfEditReward(KnowledgeTask(), inner, baseline="passage", progress=False)
+    gains = plain([""] * 2, [SHORT, LONG], **columns(2))
+    logged = {}
+    rewards = against([""] * 2, [SHORT, LONG], log_extra=logged.__setitem__, **columns(2))
+    reference = independent_passage_score(inner, against, 1)
+    before = plain.last_results[0][0].score_before
+    assert against.last_references == [pytest.approx(reference, abs=1e-5)] * 2
+    assert logged["score_baseline"] == [pytest.approx(reference, abs=1e-4)] * 2
+    for gain, reward in zip(gains, rewards):
+        assert reward == pytest.approx(gain + before - reference, abs=1e-5)  # after - passage, not after - before
+    assert reference != pytest.approx(before, abs=1e-3)  # the baseline really fine-tuned
+
+
+def test_baseline_runs_once_per_context_and_policy_version(inner):
+    reward = SelfEditReward(KnowledgeTask(), inner, baseline="passage", progress=False)
+    reward([""] * 2, [SHORT, LONG], **columns(2))
+    first = len(inner.jobs_seen)
+    assert first == 3  # two self-edits and one passage run for the one context
+    reward([""], [SHORT + " Again."], **columns(1))
+    assert len(inner.jobs_seen) == first + 1  # the passage run is reused
+
+
+def test_passage_matched_baseline_repeats_the_passage_to_the_self_edits_tokens(inner):
+    reward = SelfEditReward(KnowledgeTask(), inner, baseline="passage-matched", progress=False)
+    rewards = reward([""] * 2, [SHORT, LONG], **columns(2))
+    once = inner.jobs_seen[2]
+    assert len(once.plan.examples) == 1
+    once_tokens = reward._baseline_runs[next(iter(reward._baseline_runs))].tokens_trained
+    expected = [matching_copies(runs[0].tokens_trained, once_tokens) for runs in reward.last_results]
+    assert 1 < expected[0] < expected[1]  # the self-edit plus the passage, and the long one, train on more
+    assert sorted(len(job.plan.examples) for job in inner.jobs_seen[3:]) == expected
+    for k, runs, reference, value in zip(expected, reward.last_results, reward.last_references, rewards):
+        assert reference == pytest.approx(independent_passage_score(inner, reward, k), abs=1e-5)
+        assert value == pytest.approx(runs[0].score_after - reference, abs=1e-5)
+
+
+def test_failed_self_edit_scores_the_unadapted_model_against_the_baseline(inner):
+    reward = SelfEditReward(KnowledgeTask(), inner, baseline="passage", progress=False)
+    logged = {}
+    rewards = reward([""], [""], log_extra=logged.__setitem__, **columns(1))
+    run = reward.last_results[0][0]
+    assert logged["inner_error"] == ["empty"]
+    assert rewards[0] == pytest.approx(run.score_before - reward.last_references[0], abs=1e-6)
+    assert rewards[0] < 0  # below the passage fine-tune, where a working self-edit can still win
+
+
+def test_baseline_needs_a_passage_and_a_comparable_reward(inner, tmp_path):
+    with pytest.raises(ValueError, match="baseline must be one of"):
+        SelfEditReward(KnowledgeTask(), inner, baseline="teacher")
+    with pytest.raises(ValueError, match="arc task has none"):
+        SelfEditReward(ArcTask(), inner, baseline="passage")
+    with pytest.raises(ValueError, match="reward_baseline"):
+        SEALConfig(output_dir=str(tmp_path), reward_baseline="passages")
+    inner.config = InnerLoopConfig(lora_r=4, lora_alpha=8, target_modules=("q_proj", "v_proj"), reward="success")
+    with pytest.raises(ValueError, match="success"):
+        SelfEditReward(KnowledgeTask(), inner, baseline="passage", progress=False)([""], [SHORT], **columns(1))
