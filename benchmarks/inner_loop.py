@@ -93,7 +93,7 @@ def run_engine(args, path: str) -> dict:
     lora = lora_settings(args)
     loop = InnerLoop(model, tokenizer, InnerLoopConfig(
         lora_r=lora["r"], lora_alpha=lora["lora_alpha"], target_modules=tuple(lora["target_modules"]),
-        max_seq_length=args.max_length, autocast=args.autocast))
+        max_seq_length=args.max_length, autocast=args.autocast, compile=args.compile))
     probe = example.probe()
     plans = list(example.benchmark_plans(args.plans, args.epochs))
     flops = count_flops(loop, plans[0], probe) if args.count_flops else None  # untimed; also warms up
@@ -382,11 +382,14 @@ def parent(args) -> None:
     gflops = matmul_gflops(device=args.device, dtype=args.dtype)
     print(f"measured {args.dtype} matmul throughput: {gflops:.1f} GFLOP/s", flush=True)
     results = {}
-    for variant in ("engine", "reference"):
-        print(f"running {variant} ...", flush=True)
-        results[variant] = run_child(args, variant, *(["--count-flops"] if variant == "engine" else []))
-        r = results[variant]
-        print(f"  {variant}: {r['total_seconds']:.1f} s for {args.plans} self-edits, rewards "
+    runs = [("engine", "engine", ["--count-flops"])]
+    if args.compile:  # the compiled engine beside the eager one, whose FLOPs stand for both
+        runs.append(("engine-compiled", "engine", ["--compile"]))
+    for name, variant, extra in [*runs, ("reference", "reference", [])]:
+        print(f"running {name} ...", flush=True)
+        results[name] = run_child(args, variant, *extra)
+        r = results[name]
+        print(f"  {name}: {r['total_seconds']:.1f} s for {args.plans} self-edits, rewards "
               f"{[round(x, 4) for x in r['rewards']]}, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)
     write_results(args, results, gflops)
 
@@ -407,7 +410,11 @@ def write_results(args, results: dict, gflops: float) -> None:
         "| loop | self-edits / min | s / self-edit | peak RSS (MiB) | mean reward |",
         "|---|---:|---:|---:|---:|",
     ]
-    for name, label in (("engine", "seal-trl InnerLoop"), ("reference", "reference-style (Trainer, padded, disk)")):
+    labels = {"engine": "seal-trl InnerLoop", "engine-compiled": "seal-trl InnerLoop, `compile=True`",
+              "reference": "reference-style (Trainer, padded, disk)"}
+    for name, label in labels.items():
+        if name not in results:
+            continue
         r = results[name]
         lines.append(f"| {label} | {per_min[name]:.2f} | {r['total_seconds'] / args.plans:.1f} | "
                      f"{r['peak_rss_mib']:.0f} | {sum(r['rewards']) / len(r['rewards']):+.4f} |")
@@ -420,6 +427,14 @@ def write_results(args, results: dict, gflops: float) -> None:
                  f"in this run ({gflops:.1f} GFLOP/s, 1024x1024 `torch.mm`) that is **{floor:.1f} s**. InnerLoop "
                  f"takes {per_edit:.1f} s: **{per_edit / floor:.2f}x the floor** ({floor / per_edit:.0%} of it)"
                  f"{'' if args.autocast == 'off' else f', with bf16 autocast against the {args.dtype} rate'}.\n")
+    if "engine-compiled" in results:
+        c = results["engine-compiled"]
+        later = c["seconds"][1:] or c["seconds"]
+        lines.append(f"Compiled: first self-edit {c['seconds'][0]:.1f} s (the compile included), later ones "
+                     f"{sum(later) / len(later):.1f} s each against {sum(eng['seconds'][1:] or eng['seconds']) / len(later):.1f} s "
+                     f"eager; {per_min['engine-compiled'] / per_min['engine']:.2f}x the eager engine over all "
+                     f"{args.plans}; largest reward difference "
+                     f"{max(abs(a - b) for a, b in zip(c['rewards'], eng['rewards'])):.1e}.\n")
     append_section(lines)
 
 
@@ -439,6 +454,8 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="--batched: write the results here instead of RESULTS.md")
     parser.add_argument("--autocast", default="off", choices=["off", "bf16"],
                         help="InnerLoopConfig.autocast for seal-trl's loop (the reference loop stays as it is)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time InnerLoopConfig(compile=True) (in the main comparison; a child: compile)")
     parser.add_argument("--profile", action="store_true",
                         help="profile one self-edit through InnerLoop: where a step's CPU time goes")
     parser.add_argument("--variant", choices=["engine", "reference", "slots", "profile"])

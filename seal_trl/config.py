@@ -107,6 +107,11 @@ class SEALConfig(GRPOConfig):
                           "CPUs with native bf16 (AVX512-BF16, AMX) or an fp32 inner model on a GPU.",
                   "choices": ["off", "bf16"]},
     )
+    inner_compile: bool = field(
+        default=False,
+        metadata={"help": "torch.compile the inner loop's training forward (sequential engine; dynamic shapes). "
+                          "The compile is paid once per process."},
+    )
     inner_max_new_tokens: int = field(default=32, metadata={"help": "Answer length for generative graders."})
 
     # GRPOConfig defaults changed for SEAL
@@ -189,6 +194,7 @@ class SEALConfig(GRPOConfig):
             seed=self.seed,
             batch_self_edits=self.inner_batch_self_edits,
             autocast=self.inner_autocast,
+            compile=self.inner_compile,
             bounds=PlanBounds(step_budget=self.inner_step_budget, max_examples=self.inner_max_examples,
                               max_example_tokens=self.inner_max_seq_length),
         )

@@ -211,7 +211,10 @@ class SelfEditReward:
     def _settings(self) -> dict[str, Any]:
         """Everything besides the job that a run's result depends on (for the store's keys)."""
         config = dataclasses.asdict(self.inner_loop.config)
-        config.pop("batch_self_edits")  # K slots give the same results as one at a time
+        config.pop("batch_self_edits")  # K slots and the compiled forward give the same results, up to float rounding
+        config.pop("compile")
+        if config["autocast"] == "off":  # fp32 runs keep the keys they had before the option existed
+            config.pop("autocast")
         return {"inner": config, "hyperparameters": self.default_hyperparameters(),
                 "task": [type(self.task).__name__, getattr(self.task, "style", None)]}
 

@@ -73,3 +73,16 @@ def test_bf16_autocast_setting_is_checked_and_warns_without_native_bf16(tiny_mod
     with caplog.at_level(logging.WARNING, logger="seal_trl.inner.engine"):
         make_loop(tiny_model_dir, tiny_tokenizer, autocast="bf16")
     assert "emulated" in caplog.text
+
+
+def test_store_keys_tell_bf16_runs_from_fp32_ones(tiny_model_dir, tiny_tokenizer):
+    from seal_trl.reward import SelfEditReward
+    from seal_trl.tasks.knowledge import KnowledgeTask
+
+    def settings(**config):
+        return SelfEditReward(KnowledgeTask(), make_loop(tiny_model_dir, tiny_tokenizer, **config))._settings()
+
+    fp32, bf16, compiled = settings(), settings(autocast="bf16"), settings(compile=True)
+    assert "autocast" not in fp32["inner"]  # the keys fp32 runs had before the option existed
+    assert bf16["inner"]["autocast"] == "bf16" and bf16 != fp32
+    assert compiled == fp32  # compiling changes float rounding only, like K slots

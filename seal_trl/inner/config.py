@@ -23,6 +23,8 @@ class InnerLoopConfig:
     `autocast="bf16"` runs the forward passes (training and scoring) under bf16 autocast while weights, LoRA
     tensors and optimizer state stay in the model's dtype: for CPUs with native bf16 (AVX512-BF16, AMX) and for
     GPUs holding an fp32 model. Off by default: fp32 is the CPU default.
+    `compile=True` runs the sequential engine's training forward through `torch.compile` (dynamic shapes, so
+    examples of any length share one graph); the compile is paid once per inner model, on its first training step.
     """
 
     lora_r: int = 32
@@ -43,6 +45,7 @@ class InnerLoopConfig:
     seed: int = 0
     batch_self_edits: int = 1
     autocast: Literal["off", "bf16"] = "off"
+    compile: bool = False
     bounds: PlanBounds = field(default_factory=PlanBounds)
 
     def __post_init__(self):

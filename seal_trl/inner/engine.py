@@ -82,6 +82,7 @@ class InnerLoop:
         self._batched = None  # BatchedTrainer, built on first use of run_many with batch_self_edits > 1
         self._synced_policy = None  # weakref to the LoRA policy whose base weights are already copied
         self._policy_version: str | None = None
+        self._compiled = None  # the compiled training forward (config.compile), built on first use
         self._activate_adapters()
 
     @classmethod
@@ -93,6 +94,14 @@ class InnerLoop:
         config = config or InnerLoopConfig()
         model, tokenizer = load_model_and_tokenizer(name_or_path, load_in_4bit=config.load_in_4bit)
         return cls(model, tokenizer, config, **kwargs)
+
+    def _training_forward(self):
+        """The module training steps call: the model, or (with `config.compile`) its compiled twin."""
+        if not self.config.compile:
+            return self.model
+        if self._compiled is None:
+            self._compiled = torch.compile(self.model, dynamic=True)
+        return self._compiled
 
     def autocast(self) -> AbstractContextManager:
         """bf16 autocast for forward passes when `config.autocast == "bf16"`; otherwise nothing."""
@@ -294,12 +303,13 @@ class InnerLoop:
         optimizer = torch.optim.AdamW(self._trainable, lr=plan.learning_rate, weight_decay=0.0, fused=True)
         self.model.train()
         step = 0
+        forward = self._training_forward()
         for examples in plan_batches(encoded, plan, seed):
             batch = pad_right(examples, self.pad_token_id, self.device)
             for group in optimizer.param_groups:
                 group["lr"] = learning_rate_at(plan, step, self.config.lr_schedule)
             with self.autocast():
-                logits = labelled_logits(self.model, batch["labels"], input_ids=batch["input_ids"],
+                logits = labelled_logits(forward, batch["labels"], input_ids=batch["input_ids"],
                                          attention_mask=batch["attention_mask"])
             loss = labelled_nll(logits, batch["labels"])
             value = loss.item()
