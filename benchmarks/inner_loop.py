@@ -351,6 +351,40 @@ def write_batched_results(args, results: dict, gflops: float) -> None:
     append_section(lines)
 
 
+def parent_autocast(args) -> None:
+    """Each K in fp32 and under bf16 autocast, same plans and seeds: speed ratio and reward agreement."""
+    import torch
+
+    model_path(args.model)
+    rates = {dtype: matmul_gflops(device=args.device, dtype=dtype) for dtype in ("float32", "bfloat16")}
+    print(f"matmul throughput: fp32 {rates['float32']:.1f}, bf16 {rates['bfloat16']:.1f} GFLOP/s", flush=True)
+    results = {}
+    for k in args.batched or [1]:
+        for mode in ("off", "bf16"):
+            args.autocast = mode
+            results[k, mode] = r = run_child(args, "slots", "--slots", str(k))
+            print(f"  K={k} autocast {mode}: {r['total_seconds']:.1f} s, rewards {[round(x, 4) for x in r['rewards']]}",
+                  flush=True)
+    args.autocast = "compare"
+    lines = [f"\n## Inner loop under bf16 autocast vs fp32: {args.model} model, {args.plans} self-edits ({utc_stamp()})\n",
+             f"`python benchmarks/inner_loop.py --model {args.model} --autocast compare --batched "
+             f"{' '.join(str(k) for k in (args.batched or [1]))} --plans {args.plans} --epochs {args.epochs}` on "
+             f"{platform.machine()} with {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}, native bf16: "
+             f"{__import__('seal_trl.inner.engine', fromlist=['x']).cpu_has_native_bf16()}. Same plans and seeds; "
+             f"weights, LoRA tensors and optimizer state fp32 in both. Matmul throughput measured in this run "
+             f"(1024x1024 `torch.mm`): fp32 {rates['float32']:.1f}, bf16 {rates['bfloat16']:.1f} GFLOP/s.\n",
+             "| K | s / self-edit fp32 | s / self-edit bf16 autocast | speed-up | mean reward fp32 | mean reward bf16 | "
+             "largest reward difference |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    for k in args.batched or [1]:
+        a, b = results[k, "off"], results[k, "bf16"]
+        diff = max(abs(x - y) for x, y in zip(a["rewards"], b["rewards"]))
+        lines.append(f"| {k} | {a['total_seconds'] / args.plans:.1f} | {b['total_seconds'] / args.plans:.1f} | "
+                     f"{a['total_seconds'] / b['total_seconds']:.2f}x | {sum(a['rewards']) / args.plans:+.4f} | "
+                     f"{sum(b['rewards']) / args.plans:+.4f} | {diff:.3f} |")
+    print("\n".join(lines))
+    append_section(lines)
+
+
 def parent_profile(args) -> None:
     model_path(args.model)
     r = run_child(args, "profile")
@@ -362,7 +396,7 @@ def parent_profile(args) -> None:
              f"{', '.join(args.targets)}) through `InnerLoop.run` under `torch.profiler`, after a warm-up run: "
              f"{r['steps']} steps, {r['tokens']} tokens, training {r['train_seconds']:.2f} s "
              f"({per_step * 1e3:.0f} ms a step), scoring {r['score_seconds']:.2f} s. Profiler overhead "
-             "included; self CPU time summed over threads' ops.\n",
+             "included; an op's self CPU time is its time on the calling thread, its intra-op threads inside it.\n",
              "| where the self CPU time goes | seconds | share |", "|---|---:|---:|"]
     for label, seconds in r["groups"].items():
         lines.append(f"| {label} | {seconds:.2f} | {seconds / r['self_cpu_s']:.0%} |")
@@ -374,6 +408,8 @@ def parent_profile(args) -> None:
 
 
 def parent(args) -> None:
+    if args.autocast == "compare":
+        return parent_autocast(args)
     if args.batched:
         return parent_batched(args)
     if args.profile:
@@ -452,8 +488,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", default=None, help="--batched: write the results here instead of RESULTS.md")
-    parser.add_argument("--autocast", default="off", choices=["off", "bf16"],
-                        help="InnerLoopConfig.autocast for seal-trl's loop (the reference loop stays as it is)")
+    parser.add_argument("--autocast", default="off", choices=["off", "bf16", "compare"],
+                        help="InnerLoopConfig.autocast for seal-trl's loop (the reference loop stays as it is); "
+                             "'compare': each --batched K (default 1) in fp32 and in bf16, speed and rewards")
     parser.add_argument("--compile", action="store_true",
                         help="also time InnerLoopConfig(compile=True) (in the main comparison; a child: compile)")
     parser.add_argument("--profile", action="store_true",
