@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from benchmarks.results_file import append_section, utc_stamp
+from benchmarks.results_file import append_section, commit, utc_stamp
 from seal_trl.tasks.arc.evaluation import ARC_METHODS, evaluate_arc
 from seal_trl.inner import InnerLoop
 from seal_trl.models import load_model_and_tokenizer
@@ -58,9 +58,9 @@ def main() -> None:
     wall = time.perf_counter() - t0
 
     lines = [f"\n## Few-shot ARC baselines, embedded SmolLM2-135M-Instruct ({utc_stamp()})", "",
-             "`SEAL_TRL_CACHE=/tmp/sealcache PYTHONPATH=. python benchmarks/arc_baselines.py "
+             "`PYTHONPATH=. python benchmarks/arc_baselines.py "
              f"{' '.join(sys.argv[1:])}` "
-             f"on {platform.machine()} CPU, {torch.get_num_threads()} threads, fp32 (shared machine).",
+             f"on {platform.machine()} CPU, {torch.get_num_threads()} threads, fp32, commit {commit()}.",
              f"{len(contexts)} ARC-AGI-1 training puzzles, the smallest by grid tokens (<= {args.max_tokens}): "
              + ", ".join(f"`{c['context_id']}` ({estimate_tokens(c)})" for c in contexts) + ".",
              f"Inner loop: LoRA r={args.lora_r}, alpha=16 on all linear layers; plans capped at {args.max_examples} "
