@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-dir", default="runs/seal-validation")
     p.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
     p.add_argument("--report-only", action="store_true", help="report the methods finished so far, run nothing")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="run only these methods (names as in the table, e.g. passage seal-checkpoint-12); the "
+                        "others are skipped, and reported only if already in --state")
     p.add_argument("--name", default="seal", help="methods are named NAME-<checkpoint> (e.g. per training run)")
     p.add_argument("--also", nargs="*", default=[],
                    help="methods already in --state (another run's SEAL) to report and to pair this run against")
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
         state_path.write_text(json.dumps(state, default=str))
 
     def timed(name: str, fn) -> None:
+        if args.only is not None and name not in args.only:
+            return
         if done(name):
             print(f"{name}: already in {state_path}, skipped", flush=True)
             return
