@@ -13,7 +13,8 @@
 # Steps (each one's output under $OUT, default runs/gpu-check/):
 #   1. the GPU-marked tests (tests/test_gpu.py): bf16 inner loop vs fp32, the 4-bit inner loop on CUDA, the
 #      grouped_mm bf16 batched engine equal to sequential
-#   2. the batched inner loop, K = 1 4 16 32, on SmolLM2-135M, Qwen2.5-0.5B and Qwen2.5-1.5B shapes (bf16)
+#   2. the batched inner loop, K = 1 4 16 32 and "auto" (what it chooses), on SmolLM2-135M, Qwen2.5-0.5B and
+#      Qwen2.5-1.5B shapes (bf16)
 #   3. one SEALTrainer round in bf16 on SmolLM2-135M shapes
 #   4. a summary table, $OUT/gpu_check.md
 set -euo pipefail
@@ -37,7 +38,7 @@ case "$MODE" in
     echo "prepared: carry .whl (and keep it out of git: echo /.whl/ >> .git/info/exclude)"
     exit 0 ;;
   run)
-    DEVICE=cuda; DTYPE=bfloat16; KS="1 4 16 32"; PLANS=32; EPOCHS=3; LAYERS=""; STEP_FLAGS="--bf16"
+    DEVICE=cuda; DTYPE=bfloat16; KS="1 4 16 32 auto"; PLANS=32; EPOCHS=3; LAYERS=""; STEP_FLAGS="--bf16"
     CONFIGS="smollm2-135m qwen2.5-0.5b qwen2.5-1.5b"
     if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
       "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -45,7 +46,7 @@ case "$MODE" in
       export PYTHONPATH="/tmp/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}"
     fi ;;
   dry-run)
-    DEVICE=cpu; DTYPE=float32; KS="1 2"; PLANS=2; EPOCHS=1; LAYERS="--layers 1"; STEP_FLAGS="--cpu --passages 2 --self-edits 2"
+    DEVICE=cpu; DTYPE=float32; KS="1 2 auto"; PLANS=2; EPOCHS=1; LAYERS="--layers 1"; STEP_FLAGS="--cpu --passages 2 --self-edits 2"
     CONFIGS="smollm2-135m" ;;
   *)
     echo "usage: $0 prepare|run|dry-run" >&2; exit 2 ;;
@@ -96,13 +97,14 @@ lines = [f"GPU tests: {tail} (exit {tests_rc}); whole check {seconds} s", "",
 for path in sorted(out.glob("batched_*.json")):
     data = json.loads(path.read_text())
     results = data["results"]
-    first = results[min(results, key=int)]
+    first = results[min((k for k in results if k.isdigit()), key=int)]
     flops = first["flops_first_run"]
     for k, r in results.items():
         per_edit = r["total_seconds"] / data["plans"]
         achieved = flops * data["plans"] / r["total_seconds"] / 1e12 if flops else float("nan")
         diff = max(abs(a - b) for a, b in zip(r["rewards"], first["rewards"]))
-        lines.append(f"| {path.stem[len('batched_'):]} | {data['device']} / {data['dtype']} | {k} | {per_edit:.3f} | "
+        name = f"auto (K={r['chosen_slots']}, {r['measure_seconds']:.1f} s to choose)" if k == "auto" else k
+        lines.append(f"| {path.stem[len('batched_'):]} | {data['device']} / {data['dtype']} | {name} | {per_edit:.3f} | "
                      f"{first['total_seconds'] / r['total_seconds']:.2f}x | {achieved:.2f} | "
                      f"{achieved * 1e3 / data['matmul_gflops']:.0%} | {r.get('peak_gpu_mib') or 0:.0f} | {diff:.1e} |")
 step = json.loads((out / "trainer_step.json").read_text())

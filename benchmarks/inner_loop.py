@@ -231,6 +231,13 @@ def run_slots(args, path: str) -> dict:
     jobs = [InnerJob(plan, probe, context_id="harrowmere", seed=i)
             for i, plan in enumerate(example.benchmark_plans(args.plans, args.epochs))]
     loop.score(probe, context_id="harrowmere")  # the cached before-score is not part of the timing
+    measure = {}
+    if args.slots == "auto":  # the one-off measurement, timed apart from the runs
+        synchronize(args.device)
+        t0 = time.perf_counter()
+        loop.batch_slots(jobs)
+        measure = {"chosen_slots": loop.slot_choice.slots, "measure_seconds": time.perf_counter() - t0,
+                   "measured": loop.slot_choice.seconds}
     flops = None
     if args.count_flops:
         from torch.utils.flop_counter import FlopCounterMode
@@ -245,7 +252,12 @@ def run_slots(args, path: str) -> dict:
     total = time.perf_counter() - start
     assert all(r.ok for r in results), [r.error_message for r in results]
     return {"rewards": [r.reward for r in results], "total_seconds": total, "flops_first_run": flops,
-            "tokens_processed": sum(r.tokens_trained for r in results)}
+            "tokens_processed": sum(r.tokens_trained for r in results), **measure}
+
+
+def slot_setting(text: str) -> int | str:
+    """K for --batched/--slots: an integer or 'auto'."""
+    return text if text == "auto" else int(text)
 
 
 def matmul_gflops(size: int = 1024, repeats: int = 30, *, device: str = "cpu", dtype: str = "float32") -> float:
@@ -306,8 +318,9 @@ def parent_batched(args) -> None:
         print(f"running K={k} ...", flush=True)
         results[k] = run_child(args, "slots", *extra)
         r = results[k]
-        print(f"  K={k}: {r['total_seconds']:.1f} s for {args.plans} self-edits, peak RSS {r['peak_rss_mib']:.0f} MiB, "
-              f"rewards {[round(x, 4) for x in r['rewards']]}", flush=True)
+        chose = f" (chose K={r['chosen_slots']} in {r['measure_seconds']:.1f} s)" if k == "auto" else ""
+        print(f"  K={k}{chose}: {r['total_seconds']:.1f} s for {args.plans} self-edits, peak RSS "
+              f"{r['peak_rss_mib']:.0f} MiB, rewards {[round(x, 4) for x in r['rewards']]}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "device": args.device, "dtype": args.dtype,
                                                "plans": args.plans, "epochs": args.epochs, "matmul_gflops": gflops,
@@ -344,10 +357,20 @@ def write_batched_results(args, results: dict, gflops: float) -> None:
     for k, r in results.items():
         rate = 60 * args.plans / r["total_seconds"]
         achieved = flops_per_edit * args.plans / r["total_seconds"] / 1e9
-        lines.append(f"| {k} | {rate:.2f} | {r['total_seconds'] / args.plans:.1f} | {rate / base_rate:.2f}x | "
+        name = f"auto (K={r['chosen_slots']})" if k == "auto" else k
+        lines.append(f"| {name} | {rate:.2f} | {r['total_seconds'] / args.plans:.1f} | {rate / base_rate:.2f}x | "
                      f"{achieved:.1f} | {achieved / gflops:.0%} | {r['peak_rss_mib']:.0f} |")
     lines.append("\nAchieved GFLOP/s counts the useful FLOPs of a sequential run (padding in shared batches is "
                  "not counted as work).\n")
+    if "auto" in results:
+        from seal_trl.inner.auto_slots import MEASURE_STEPS, slot_candidates
+
+        r = results["auto"]
+        work = f"first {max(slot_candidates(torch.device(args.device)))} self-edits for {MEASURE_STEPS} steps each"
+        timed = ", ".join(f"K={k} {s:.1f} s" for k, s in r["measured"].items())
+        lines.append(f"`batch_self_edits=\"auto\"` timed the same {work} at each K ({timed}), chose "
+                     f"K={r['chosen_slots']}, and took {r['measure_seconds']:.1f} s to do so, once per process; that "
+                     f"time is not in its row.\n")
     append_section(lines)
 
 
@@ -483,8 +506,9 @@ def main() -> None:
     parser.add_argument("--lora-r", type=int, default=32)
     parser.add_argument("--targets", nargs="+", default=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
                                                          "up_proj", "down_proj"])
-    parser.add_argument("--batched", type=int, nargs="+", default=None, metavar="K",
-                        help="compare batch_self_edits=K for these K (e.g. 1 2 4 8) instead of engine vs reference")
+    parser.add_argument("--batched", type=slot_setting, nargs="+", default=None, metavar="K",
+                        help="compare batch_self_edits=K for these K (e.g. 1 2 4 8 auto) instead of engine vs "
+                             "reference")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--json", default=None, help="--batched: write the results here instead of RESULTS.md")
@@ -496,7 +520,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="profile one self-edit through InnerLoop: where a step's CPU time goes")
     parser.add_argument("--variant", choices=["engine", "reference", "slots", "profile"])
-    parser.add_argument("--slots", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--slots", type=slot_setting, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--count-flops", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

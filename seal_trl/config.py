@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from trl import GRPOConfig
 
-from .inner.config import DEFAULT_TARGET_MODULES, InnerLoopConfig
+from .inner.config import DEFAULT_TARGET_MODULES, InnerLoopConfig, parse_batch_self_edits
 from .plans import PlanBounds
 from .tasks.knowledge import STYLES
 from .variants import VARIANTS
@@ -96,10 +96,12 @@ class SEALConfig(GRPOConfig):
                           "passage repeated to the self-edit's training tokens). Knowledge task only.",
                   "choices": ["none", "passage", "passage-matched"]},
     )
-    inner_batch_self_edits: int = field(
-        default=1,
-        metadata={"help": "Train this many self-edits at once in K LoRA slots over one base (1: one at a time). "
-                          "Same results as one at a time, up to float rounding; faster when K > 1."},
+    # typed str so that the command line accepts "auto"; __post_init__ turns digits into an int
+    inner_batch_self_edits: str = field(
+        default="1",
+        metadata={"help": "Train this many self-edits at once in K LoRA slots over one base (1: one at a time), or "
+                          "'auto': time a few steps at each K this device allows and keep the fastest. Same results "
+                          "as one at a time, up to float rounding; faster when K > 1."},
     )
     inner_autocast: str = field(
         default="off",
@@ -149,6 +151,7 @@ class SEALConfig(GRPOConfig):
                              "'passage-matched'")
         if self.reward_baseline != "none" and self.inner_reward not in ("gain", "binary"):
             raise ValueError(f"reward_baseline={self.reward_baseline!r} needs inner_reward 'gain' or 'binary'")
+        self.inner_batch_self_edits = parse_batch_self_edits(self.inner_batch_self_edits, "inner_batch_self_edits")
         if self.reward_repeats < 1:
             raise ValueError(f"reward_repeats must be >= 1, got {self.reward_repeats}")
         if self.self_edit_style not in STYLES:

@@ -321,7 +321,7 @@ class _Run:
         if self.recorder:
             details["qa_samples"][name] = [[] for _ in self.contexts]
         qa = details["qa_samples"][name] if self.recorder else None
-        chunk = max(1, self.inner_loop.config.batch_self_edits)
+        chunk = self.inner_loop.max_batch_slots
         with self._bar(total=len(flat), desc=f"{name}: adapting") as bar:
             for start in range(0, len(flat), chunk):
                 part = flat[start : start + chunk]

@@ -258,11 +258,13 @@ class SelfEditReward:
         all_runs = [runs for _, runs, _ in scored]
         reasons = [reason for _, _, reason in scored]
         self.last_results = all_runs
-        self._log(all_runs, reasons, log_extra, log_metric, self.last_references)
+        choice = getattr(self.inner_loop, "slot_choice", None)  # duck-typed inner loops may not measure
+        self._log(all_runs, reasons, log_extra, log_metric, self.last_references,
+                  chosen_slots=None if choice is None else choice.slots)
         return rewards
 
     @staticmethod
-    def _log(all_runs, reasons, log_extra, log_metric, references=None) -> None:
+    def _log(all_runs, reasons, log_extra, log_metric, references=None, chosen_slots: int | None = None) -> None:
         def first(runs, attr):
             value = getattr(runs[0], attr)
             return None if value is None else round(float(value), 5)
@@ -283,6 +285,8 @@ class SelfEditReward:
                 log_metric("inner/gain_mean", mean(ok))
             if references:
                 log_metric("inner/baseline_score_mean", mean(references))
+            if chosen_slots is not None:
+                log_metric("inner/batch_self_edits", chosen_slots)
             for reason, count in Counter(r for r in reasons if r).items():
                 log_metric(f"inner/failed/{reason}", count / len(reasons))
         failures = [r for r in reasons if r]

@@ -188,13 +188,19 @@ def test_reward_function_batches_its_completions(tiny_model_dir, tiny_tokenizer,
                "questions": [{"question": q, "answers": [a]} for q, a in QUORN]}
     columns = {f: [context[f]] * 3 for f in task.context_fields}
     completions = ["Velmora is a river.\nOstrand lies on it.", "1874 was the year.", "Ships left port."]
-    rewards = {}
-    for k in (1, 3):
+    rewards, metrics = {}, {}
+    for k in (1, 3, "auto"):
         loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=k, num_epochs=3)
         calls = record_run_many(loop, monkeypatch)
-        rewards[k] = SelfEditReward(task, loop, repeats=2)(prompts=[""] * 3, completions=completions, **columns)
+        metrics[k] = {}
+        rewards[k] = SelfEditReward(task, loop, repeats=2)(prompts=[""] * 3, completions=completions,
+                                                           log_metric=metrics[k].__setitem__, **columns)
         assert calls == [6]  # 3 self-edits x 2 repeats in one call
     assert rewards[3] == pytest.approx(rewards[1], abs=1e-4)
+    assert rewards["auto"] == pytest.approx(rewards[1], abs=1e-4)
+    # the K that "auto" chose is logged with the inner metrics; a set K is not
+    assert metrics["auto"]["inner/batch_self_edits"] in (1, 2, 4, 8)
+    assert "inner/batch_self_edits" not in metrics[3]
 
 
 def test_held_out_evaluation_batches_its_self_edits(tiny_model_dir, tiny_tokenizer, monkeypatch):
@@ -262,3 +268,91 @@ def test_packed_forward_matches_separate_forwards(tiny_model, tiny_tokenizer):
             alone = tiny_model(input_ids=torch.tensor([e.input_ids])).logits[0]
             assert torch.allclose(together[start : start + len(e.input_ids)], alone, atol=1e-5)
             start += len(e.input_ids)
+
+
+# ----- batch_self_edits="auto" ------------------------------------------------------------------------------
+
+def test_pick_slots_walks_up_only_for_a_real_gain():
+    from seal_trl.inner.auto_slots import pick_slots
+
+    assert pick_slots({1: 10.0, 2: 8.0, 4: 6.9, 8: 7.0}) == 4  # 8 is no faster than 4
+    assert pick_slots({1: 10.0, 2: 9.5, 4: 9.2, 8: 9.3}) == 1  # nothing is 10% faster than one at a time
+    assert pick_slots({1: 10.0, 2: 9.5, 4: 5.0}) == 4  # a K that does not pay does not stop the walk
+    assert pick_slots({1: 10.0, 2: 9.5}, min_gain=1.0) == 2
+
+
+def test_auto_measures_once_and_matches_sequential(tiny_model_dir, tiny_tokenizer, sequential_results, monkeypatch):
+    from seal_trl.inner import auto_slots, engine
+
+    loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits="auto")
+    assert loop.max_batch_slots == 8 and loop.batch_slots() == 1  # nothing measured yet
+    measured = []
+    monkeypatch.setattr(engine, "choose_slots",
+                        lambda *a, **k: measured.append(1) or auto_slots.choose_slots(*a, **k))
+    results = loop.run_many(mixed_jobs())
+    assert_same(sequential_results, results)
+    choice = loop.slot_choice
+    assert sorted(choice.seconds) == [1, 2, 4, 8] and all(s > 0 for s in choice.seconds.values())
+    assert choice.slots == auto_slots.pick_slots(choice.seconds)
+    assert f"chose K={choice.slots}" in choice.describe()
+    assert_same(sequential_results, loop.run_many(mixed_jobs()))
+    assert measured == [1]  # once per InnerLoop
+
+
+def test_auto_uses_the_measured_times(tiny_model_dir, tiny_tokenizer, sequential_results, monkeypatch):
+    from seal_trl.inner import auto_slots
+
+    timed = []
+
+    def fake_time(loop, work, k, *, warm_up=False):
+        timed.append((k, "warm-up" if warm_up else len(work)))
+        if k == 4:
+            raise torch.OutOfMemoryError("no room for 4 slots")
+        return {1: 10.0, 2: 7.0}[k]
+
+    monkeypatch.setattr(auto_slots, "_time_slots", fake_time)
+    loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits="auto")
+    calls = []
+    real = batched.run_batched
+    monkeypatch.setattr("seal_trl.inner.engine.run_batched",
+                        lambda loop_, jobs, k, **kw: calls.append(k) or real(loop_, jobs, k, **kw))
+    assert_same(sequential_results, loop.run_many(mixed_jobs()))
+    # every candidate times the same 8 pieces of work (4 jobs cycled); the out-of-memory K ends the walk
+    assert timed == [(1, "warm-up"), (1, 8), (2, "warm-up"), (2, 8), (4, "warm-up")]
+    assert loop.slot_choice.slots == 2 and loop.slot_choice.stopped == "K=4 ran out of memory"
+    assert calls == [2]
+
+
+def test_auto_measurement_leaves_the_rng_alone(tiny_model_dir, tiny_tokenizer):
+    from seal_trl.inner.auto_slots import choose_slots
+
+    loop = make_loop(tiny_model_dir, tiny_tokenizer, lora_dropout=0.1)  # dropout draws from the global RNG
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    choice = choose_slots(loop, mixed_jobs(), candidates=[1, 2])
+    assert set(choice.seconds) == {1, 2}
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_auto_with_nothing_trainable_runs_one_at_a_time(tiny_model_dir, tiny_tokenizer):
+    probe = mixed_jobs()[0].probe
+    too_long = [InnerJob(TrainingPlan.from_texts(["a"], epochs=50), probe, context_id="quorn", seed=s) for s in (1, 2)]
+    loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits="auto", bounds=PlanBounds(step_budget=30))
+    results = loop.run_many(too_long)
+    assert [r.error for r in results] == ["out_of_bounds"] * 2
+    assert loop.slot_choice is None  # measured on the next call that has work
+
+
+@pytest.mark.parametrize("value,expected", [("auto", "auto"), ("4", 4), (3, 3)])
+def test_batch_self_edits_settings(value, expected):
+    from seal_trl.config import SEALConfig
+
+    assert InnerLoopConfig(batch_self_edits=value).batch_self_edits == expected
+    config = SEALConfig(output_dir="/tmp/seal-auto", inner_batch_self_edits=value, use_cpu=True, report_to=[])
+    assert config.inner_loop_config().batch_self_edits == expected
+
+
+@pytest.mark.parametrize("value", [0, "0", "many", True, 2.5])
+def test_batch_self_edits_rejects(value):
+    with pytest.raises(ValueError, match=r"batch_self_edits must be an integer >= 1 .* or 'auto'"):
+        InnerLoopConfig(batch_self_edits=value)

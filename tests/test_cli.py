@@ -157,3 +157,14 @@ def test_evaluate_with_an_adapter_and_a_bad_adapter(tiny_model_dir, squad_file, 
     assert "adapter_config.json" in capsys.readouterr().err
     assert main(evaluate_args(tiny_model_dir, squad_file, out, "--adapter", "nobody/none", "--methods", "none")) == 2
     assert "could not be loaded" in capsys.readouterr().err
+
+
+def test_evaluate_batch_self_edits_auto_gives_the_same_scores(tiny_model_dir, squad_file, tmp_path):
+    scores = {}
+    for k in ("1", "auto"):
+        out = tmp_path / k
+        assert main(evaluate_args(tiny_model_dir, squad_file, out, "--methods", "passage",
+                                  "--batch-self-edits", k)) == 0
+        (run,) = list(out.iterdir())
+        scores[k] = json.loads((run / "report.json").read_text())["scores"]["passage"]
+    assert scores["auto"] == pytest.approx(scores["1"], abs=1e-4)

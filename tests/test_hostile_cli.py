@@ -124,6 +124,8 @@ CASES = [
     Case("inner-lora-alpha-negative", lambda ws: evaluate(ws, "--inner-lora-alpha", "-8"),
          ("--inner-lora-alpha", ">= 1")),
     Case("batch-self-edits-zero", lambda ws: evaluate(ws, "--batch-self-edits", "0"), ("--batch-self-edits", ">= 1")),
+    Case("batch-self-edits-word", lambda ws: evaluate(ws, "--batch-self-edits", "many"),
+         ("--batch-self-edits", "'auto'", "'many'")),
     Case("max-new-tokens-zero", lambda ws: evaluate(ws, "--max-new-tokens", "0"), ("--max-new-tokens", ">= 1")),
     Case("arc-max-tokens-zero", lambda ws: evaluate(ws, "--task", "arc", "--arc-max-tokens", "0"),
          ("--arc-max-tokens", ">= 1")),

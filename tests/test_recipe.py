@@ -96,3 +96,17 @@ def test_cli_train_launches_the_recipe_on_two_cpu_processes(tiny_model_dir, squa
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "adapter_model.safetensors").exists() and (out / "README.md").exists()
     assert "training on 2 process(es)" in proc.stderr
+
+
+@pytest.mark.parametrize("argv, expected", [(["--inner_batch_self_edits", "auto"], "auto"),
+                                            (["--inner_batch_self_edits", "4"], 4), ([], 1)])
+def test_inner_batch_self_edits_on_the_command_line(tmp_path, argv, expected):
+    from trl import ModelConfig, TrlParser
+
+    from seal_trl.cli.train import SEALScriptArguments
+    from seal_trl.config import SEALConfig
+
+    parser = TrlParser((SEALScriptArguments, SEALConfig, ModelConfig))
+    _, config, _ = parser.parse_args_and_config(["--output_dir", str(tmp_path), "--use_cpu", *argv])
+    assert config.inner_batch_self_edits == expected
+    assert config.inner_loop_config().batch_self_edits == expected

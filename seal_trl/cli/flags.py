@@ -28,6 +28,15 @@ class OneLineParser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see {self.prog} --help)")
 
 
+def batch_self_edits(text: str) -> int | str:
+    """An argparse type: K >= 1 adapter slots, or 'auto'."""
+    if text == "auto":
+        return text
+    if not text.strip().lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}")
+    return integer(1)(text)
+
+
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in [minimum, maximum]."""
     def parse(text: str) -> int:

@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..tasks.knowledge import STYLES
-from .flags import (OneLineParser, UsageError, check_adapter, check_output_dir, check_recipe_config, inner_epochs,
-                    inner_learning_rate, integer, number)
+from .flags import (OneLineParser, UsageError, batch_self_edits, check_adapter, check_output_dir, check_recipe_config,
+                    inner_epochs, inner_learning_rate, integer, number)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,9 +114,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--inner-lora-r", type=integer(1), default=None, help="inner LoRA rank (knowledge 32, arc 128)")
     p.add_argument("--inner-lora-alpha", type=integer(1), default=None,
                    help="inner LoRA alpha (knowledge 2 x r, arc 16)")
-    p.add_argument("--batch-self-edits", type=integer(1), default=1,
-                   help="knowledge: train this many self-edits at once in K adapter slots (same results as 1; "
-                        "see the README's batched inner loop section)")
+    p.add_argument("--batch-self-edits", type=batch_self_edits, default=1,
+                   help="knowledge: train this many self-edits at once in K adapter slots, or 'auto' (measured; "
+                        "same results as 1, see the README's batched inner loop section)")
     p.add_argument("--arc-max-tokens", type=integer(1), default=400,
                    help="arc: keep puzzles whose grids fit this many tokens (smallest first)")
     p.add_argument("--arc-answer-tokens", type=integer(1), default=256,

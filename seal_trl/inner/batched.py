@@ -269,6 +269,11 @@ class BatchedTrainer:
             self._score([s for s in slots if s.result.error is None])
         return train_seconds
 
+    def train(self, slots: list[_Slot]) -> None:
+        """Train `slots` together and score nothing (what `batch_self_edits="auto"` times)."""
+        with self._session():
+            self._train(slots)
+
     def _train(self, slots: list[_Slot]) -> None:
         loop = self.loop
         for k, slot in enumerate(slots):

@@ -18,6 +18,8 @@ class InnerLoopConfig:
     `target_modules` is explicit (no PEFT guessing). `load_in_4bit` makes the inner model nf4 (QLoRA).
     `batch_self_edits=K > 1` trains K self-edits at once in K adapter slots (`InnerLoop.run_many`); the results
     equal one-at-a-time runs when `lora_dropout == 0` (with dropout the slots draw their masks from one RNG).
+    `batch_self_edits="auto"` times a few steps at each K this device type allows and keeps the fastest
+    (`auto_slots.py`), once per `InnerLoop`.
     `reward="gain"` is score_after - score_before; `"binary"` is 1.0 when the score rose, else 0.0;
     `"success"` is score_after itself (ARC: 1.0 when the adapted model solves the puzzle).
     `autocast="bf16"` runs the forward passes (training and scoring) under bf16 autocast while weights, LoRA
@@ -43,7 +45,7 @@ class InnerLoopConfig:
     max_new_tokens: int = 32
     reward: Literal["gain", "binary", "success"] = "gain"
     seed: int = 0
-    batch_self_edits: int = 1
+    batch_self_edits: int | Literal["auto"] = 1
     autocast: Literal["off", "bf16"] = "off"
     compile: bool = False
     bounds: PlanBounds = field(default_factory=PlanBounds)
@@ -65,11 +67,18 @@ class InnerLoopConfig:
             raise ValueError(
                 f"InnerLoopConfig.grader must be one of loglik, exact_match, f1, judge, arc; got {self.grader!r}"
             )
-        if isinstance(self.batch_self_edits, bool) or not isinstance(self.batch_self_edits, int) \
-                or self.batch_self_edits < 1:
-            raise ValueError(f"InnerLoopConfig.batch_self_edits must be an integer >= 1 (1 = one self-edit at a "
-                             f"time), got {self.batch_self_edits!r}")
+        self.batch_self_edits = parse_batch_self_edits(self.batch_self_edits, "InnerLoopConfig.batch_self_edits")
         if self.autocast not in ("off", "bf16"):
             raise ValueError(f"InnerLoopConfig.autocast must be 'off' or 'bf16', got {self.autocast!r}")
         if self.max_seq_length < 8:
             raise ValueError(f"InnerLoopConfig.max_seq_length must be >= 8, got {self.max_seq_length}")
+
+
+def parse_batch_self_edits(value, name: str = "batch_self_edits") -> int | Literal["auto"]:
+    """An integer K >= 1 or "auto"; digits in a string (from YAML or the command line) are read as K."""
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"{name} must be an integer >= 1 (1 = one self-edit at a time) or 'auto' (measured), "
+                     f"got {value!r}")

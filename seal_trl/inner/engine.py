@@ -23,6 +23,7 @@ from ..plans import SelfEditError, TrainingPlan
 from ..models import keep_4bit_trainable
 from ..probes import Probe
 from . import sync
+from .auto_slots import SlotChoice, choose_slots, slot_candidates
 from .batched import BatchedTrainer, run_batched
 from .config import InnerLoopConfig
 from .graders import Grader, make_grader
@@ -80,6 +81,7 @@ class InnerLoop:
                            "the bf16 matmuls are emulated and likely slower than fp32; set autocast='off'")
         self._score_cache: dict[tuple[str, str], float] = {}
         self._batched = None  # BatchedTrainer, built on first use of run_many with batch_self_edits > 1
+        self.slot_choice: SlotChoice | None = None  # what batch_self_edits="auto" measured and chose
         self._synced_policy = None  # weakref to the LoRA policy whose base weights are already copied
         self._policy_version: str | None = None
         self._compiled = None  # the compiled training forward (config.compile), built on first use
@@ -238,14 +240,33 @@ class InnerLoop:
         Results come back in the order of `jobs` and equal those of `run` on each job (same seeds) up to
         float rounding. `on_result(index, result)` is called as each run finishes (to persist it, or to count).
         """
-        if self.config.batch_self_edits <= 1 or len(jobs) <= 1:
+        slots = self.batch_slots(jobs)
+        if slots <= 1 or len(jobs) <= 1:
             results = []
             for i, job in enumerate(jobs):
                 results.append(self.run(job.plan, job.probe, context_id=job.context_id, seed=job.seed))
                 if on_result is not None:
                     on_result(i, results[-1])
             return results
-        return run_batched(self, jobs, self.config.batch_self_edits, on_result=on_result)
+        return run_batched(self, jobs, slots, on_result=on_result)
+
+    def batch_slots(self, jobs: Sequence[InnerJob] = ()) -> int:
+        """K for `run_many`: `config.batch_self_edits`, or with "auto" the K measured on the first `jobs` it is
+        given (more than one job, at least one that can train); 1 until then."""
+        setting = self.config.batch_self_edits
+        if setting != "auto":
+            return setting
+        if self.slot_choice is None and len(jobs) > 1:
+            self.slot_choice = choose_slots(self, jobs)
+            if self.slot_choice is not None:
+                logger.info(self.slot_choice.describe())
+        return 1 if self.slot_choice is None else self.slot_choice.slots
+
+    @property
+    def max_batch_slots(self) -> int:
+        """The largest K `run_many` may use: the set K, or with "auto" the largest this device type tries."""
+        setting = self.config.batch_self_edits
+        return max(slot_candidates(self.device)) if setting == "auto" else setting
 
     @property
     def policy_version(self) -> str:
