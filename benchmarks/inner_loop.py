@@ -10,6 +10,9 @@ Each variant runs in its own subprocess so peak RSS is its own. Results are appe
     python benchmarks/inner_loop.py --model tiny                 # quick (seconds)
     python benchmarks/inner_loop.py --model embedded --plans 3   # SmolLM2-135M (tens of minutes on 2 cores)
 
+With the engine it also reports the FLOP floor (FLOPs at the square-matmul rate) and the matmul floor at the run's
+real shapes (`matmul_shapes.py`: every matmul of one run recorded, each shape timed alone).
+
 Batched mode: the same InnerLoop training K self-edits at once in K adapter slots (`batch_self_edits=K`)
 against K=1 (one at a time), same plans and seeds; also the FLOPs of one self-edit evaluation (counted with
 torch's FlopCounterMode) and the share of this machine's measured fp32 matmul throughput each K achieves.
@@ -97,6 +100,13 @@ def run_engine(args, path: str) -> dict:
     probe = example.probe()
     plans = list(example.benchmark_plans(args.plans, args.epochs))
     flops = count_flops(loop, plans[0], probe) if args.count_flops else None  # untimed; also warms up
+    shape_floor = None
+    if args.count_flops:  # the same run's matmuls, each shape timed alone (untimed here)
+        from matmul_shapes import matmul_flops, record_matmuls, replay_seconds
+
+        calls = record_matmuls(lambda: loop.run(plans[0], probe, seed=0))
+        shape_floor = {"seconds": replay_seconds(calls), "calls": sum(calls.values()), "signatures": len(calls),
+                       "flops": matmul_flops(calls)}
     rewards, seconds, tokens = [], [], 0
     start = time.perf_counter()
     for i, plan in enumerate(plans):
@@ -107,7 +117,7 @@ def run_engine(args, path: str) -> dict:
         tokens += result.tokens_trained
     total = time.perf_counter() - start
     return {"rewards": rewards, "seconds": seconds, "total_seconds": total, "tokens_processed": tokens,
-            "flops_first_run": flops}
+            "flops_first_run": flops, "shape_floor": shape_floor}
 
 
 def count_flops(loop, plan, probe) -> int:
@@ -486,6 +496,15 @@ def write_results(args, results: dict, gflops: float) -> None:
                  f"in this run ({gflops:.1f} GFLOP/s, 1024x1024 `torch.mm`) that is **{floor:.1f} s**. InnerLoop "
                  f"takes {per_edit:.1f} s: **{per_edit / floor:.2f}x the floor** ({floor / per_edit:.0%} of it)"
                  f"{'' if args.autocast == 'off' else f', with bf16 autocast against the {args.dtype} rate'}.\n")
+    shape = eng.get("shape_floor")
+    if shape:
+        lines.append(f"Matmuls at their real shapes: the first plan's run does {shape['calls']:,} matmuls "
+                     f"({shape['signatures']} distinct shapes and layouts, forward and backward, recorded with a "
+                     f"dispatch mode); each shape timed alone, best of 3, they take **{shape['seconds']:.1f} s** "
+                     f"(`benchmarks/matmul_shapes.py`): {shape['flops'] / 1e12:.3f} TFLOP at "
+                     f"{shape['flops'] / shape['seconds'] / 1e9:.0f} GFLOP/s on average, against {gflops:.0f} for the "
+                     f"square one. InnerLoop takes "
+                     f"**{per_edit / shape['seconds']:.2f}x** that; the rest is everything that is not a matmul.\n")
     if "engine-compiled" in results:
         c = results["engine-compiled"]
         later = c["seconds"][1:] or c["seconds"]

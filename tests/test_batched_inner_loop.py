@@ -356,3 +356,25 @@ def test_batch_self_edits_settings(value, expected):
 def test_batch_self_edits_rejects(value):
     with pytest.raises(ValueError, match=r"batch_self_edits must be an integer >= 1 .* or 'auto'"):
         InnerLoopConfig(batch_self_edits=value)
+
+
+def test_auto_timing_survives_failures(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    from seal_trl.inner import auto_slots
+    from seal_trl.plans import SelfEditError
+
+    loop = make_loop(tiny_model_dir, tiny_tokenizer)
+
+    def nan_loss(*args, **kwargs):
+        raise SelfEditError("nan_loss", "training loss became nan at step 0", field="learning_rate")
+
+    monkeypatch.setattr(loop, "_train", nan_loss)  # every sequential self-edit fails: still timed, no crash
+    real = auto_slots._time_slots
+
+    def broken_at_two(loop_, work, k, *, warm_up=False):
+        if k == 2:
+            raise RuntimeError("a kernel that is not there")
+        return real(loop_, work, k, warm_up=warm_up)
+
+    monkeypatch.setattr(auto_slots, "_time_slots", broken_at_two)
+    choice = auto_slots.choose_slots(loop, mixed_jobs())
+    assert list(choice.seconds) == [1] and choice.slots == 1 and choice.stopped == "K=2 failed (RuntimeError)"
