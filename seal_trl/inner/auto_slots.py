@@ -5,8 +5,8 @@ the core's rate at K=4 and K=8 only adds memory, while a GPU keeps gaining up to
 times the same work at each candidate K on the jobs it was given: the first `max(candidates)` self-edits (cycled
 when there are fewer), each for the same few optimizer steps, one at a time (K=1, the sequential engine) and in
 groups of K slots. Every candidate trains exactly the same batches, so the times compare the engines and nothing
-else. A larger K is chosen only when it is at least `MIN_GAIN` faster than the choice so far: slots cost memory,
-and a K that ties with a smaller one buys nothing. The measurement trains nothing that is kept (every run resets
+else. The fastest K wins, except that the smallest K within `TOLERANCE` of it is preferred: slots cost memory, and
+a K that ties with a smaller one buys nothing. The measurement trains nothing that is kept (every run resets
 its adapter first), leaves torch's RNG as it was, and is made once per `InnerLoop`.
 """
 
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 SLOT_CANDIDATES: dict[str, tuple[int, ...]] = {"cpu": (1, 2, 4, 8), "cuda": (1, 2, 4, 8, 16, 32)}
-MIN_GAIN = 1.10  # a larger K must be this much faster than the K chosen so far
+TOLERANCE = 0.05  # a smaller K this close to the fastest one is preferred: slots cost memory
 MEASURE_STEPS = 2  # optimizer steps timed per self-edit and candidate
 
 
@@ -54,14 +54,10 @@ def slot_candidates(device: torch.device) -> tuple[int, ...]:
     return SLOT_CANDIDATES.get(device.type, SLOT_CANDIDATES["cpu"])
 
 
-def pick_slots(seconds: Mapping[int, float], min_gain: float = MIN_GAIN) -> int:
-    """The smallest K whose time no larger K beats by `min_gain`, walking up from the smallest K measured."""
-    ordered = sorted(seconds)
-    chosen = ordered[0]
-    for k in ordered[1:]:
-        if seconds[k] * min_gain <= seconds[chosen]:
-            chosen = k
-    return chosen
+def pick_slots(seconds: Mapping[int, float], tolerance: float = TOLERANCE) -> int:
+    """The smallest K whose time is within `tolerance` of the fastest K's."""
+    fastest = min(seconds.values())
+    return min(k for k, s in seconds.items() if s <= fastest * (1.0 + tolerance))
 
 
 def choose_slots(loop: InnerLoop, jobs: Sequence[InnerJob], *, candidates: Sequence[int] | None = None,
