@@ -1,5 +1,6 @@
 """The inner loop: execute a self-edit as a LoRA fine-tune and score the probe."""
 
+from .auto_slots import SlotChoice
 from .config import DEFAULT_TARGET_MODULES, InnerLoopConfig
 from .engine import InnerLoop
 from .jobs import InnerJob, InnerResult
@@ -15,5 +16,6 @@ __all__ = [
     "InnerResult",
     "JudgeGrader",
     "LogLikelihoodGrader",
+    "SlotChoice",
     "make_grader",
 ]
