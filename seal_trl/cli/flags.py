@@ -30,11 +30,12 @@ class OneLineParser(argparse.ArgumentParser):
 
 def batch_self_edits(text: str) -> int | str:
     """An argparse type: K >= 1 adapter slots, or 'auto'."""
-    if text == "auto":
-        return text
-    if not text.strip().lstrip("-").isdigit():
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1 or 'auto', got {text!r}")
-    return integer(1)(text)
+    from ..inner.config import parse_batch_self_edits
+
+    try:
+        return parse_batch_self_edits(text, "the value")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
