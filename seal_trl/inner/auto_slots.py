@@ -1,7 +1,8 @@
 """`batch_self_edits="auto"`: how many self-edits to train at once, chosen by timing a few real steps.
 
-The best K depends on the machine far more than on the model: on a 2-core CPU the base matmuls already run near
-the core's rate at K=4 and K=8 only adds memory, while a GPU keeps gaining up to K=16 or 32. So the inner loop
+The best K depends on the machine more than on the model: on a 2-core CPU K=4 and K=8 measured about equally fast
+(1.35x one at a time) and K=8 only added memory, while a GPU, where one self-edit leaves most of the device idle,
+should keep gaining to larger K (not measured yet). So the inner loop
 times the same work at each candidate K on the jobs it was given: the first `max(candidates)` self-edits (cycled
 when there are fewer), each for the same few optimizer steps, one at a time (K=1, the sequential engine) and in
 groups of K slots. Every candidate trains exactly the same batches, so the times compare the engines and nothing
