@@ -3,16 +3,17 @@
 Methods, all on the same passages with the same inner loop (the training run's settings):
   none                 no adaptation
   passage              fine-tune on the passage alone
-  base-implications    the base policy's own self-edits, implications prompt (the prompt SEAL is trained on)
+  base-implications    the base policy's own self-edits, implications prompt (SEAL's default prompt)
   base-rewrite         ... rewrite prompt          (honest prompt baselines: no RL at all)
   base-self_qa         ... self-QA prompt
-  seal-<checkpoint>    the trained policy (each given ReST-EM round's adapter) writing and adapting itself
+  seal-<checkpoint>    the trained policy (each given ReST-EM round's adapter) writing and adapting itself, with
+                       the prompt it was trained on (--style, the run's self_edit_style)
   passage-matched      the passage alone, repeated to train on as many tokens as the last round's SEAL
                        self-edits did on the same passage (a compute-matched baseline)
 
 Each finished method is saved to --state at once, so a killed run restarted with the same command resumes at the
 first unfinished method. At the end: report.md / report.json / chart.png in --output-dir, paired tables against
-passage, passage-matched and base-implications, and a section appended to benchmarks/RESULTS.md.
+passage, passage-matched and the base policy on SEAL's prompt (base-STYLE), and a section appended to benchmarks/RESULTS.md.
 
     PYTHONPATH=. python benchmarks/seal_validation.py --run runs/rest-em-rounds \\
         --checkpoints checkpoint-12 checkpoint-24 --limit 64
@@ -34,7 +35,7 @@ sys.path.insert(0, str(HERE.parent))
 from results_file import append_section, utc_stamp  # noqa: E402
 
 STYLES = ("implications", "rewrite", "self_qa")
-REFERENCES = ("passage", "passage-matched", "base-implications")
+REFERENCES = ("passage", "passage-matched")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--samples", type=int, default=1, help="self-edits per passage and writing method")
     p.add_argument("--temperature", type=float, default=None, help="default: greedy for 1 sample, else 1.0")
+    p.add_argument("--style", choices=STYLES, default="implications",
+                   help="the prompt the SEAL policy was trained on (the run's self_edit_style)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--inner-epochs", type=int, default=3)
     p.add_argument("--inner-lr", type=float, default=1e-3)
@@ -124,14 +127,15 @@ def main(argv: list[str] | None = None) -> None:
     inner = InnerLoop.from_pretrained(path, config)
     for method in ("none", "passage"):
         timed(method, lambda m=method: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, [m], **common))
-    base_self_edits("implications")
+    base_self_edits(args.style)
     for checkpoint, name in reversed(list(zip(args.checkpoints, seal_names))):
         if done(name) and (checkpoint != args.checkpoints[-1] or done(f"{name}:none")):
             print(f"{name}: already in {state_path}, skipped", flush=True)
             continue
         _, policy, policy_tokenizer = load_policy(args.model, str(Path(args.run) / checkpoint))
         inner.sync_from(policy)
-        timed(name, lambda: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, ["self-edit"], policy=policy,
+        timed(name, lambda: evaluate_methods(inner, KnowledgeTask(style=args.style, chat=chat), contexts,
+                                             ["self-edit"], policy=policy,
                                              tokenizer=policy_tokenizer, names={"self-edit": name}, **common))
         if checkpoint == args.checkpoints[-1]:  # what the policy adapter alone does to the answers, unadapted
             timed(f"{name}:none", lambda: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, ["none"],
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     inner = InnerLoop.from_pretrained(path, config)  # the base model again (it holds no policy weights)
     timed("passage-matched", lambda: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, ["passage-matched"],
                                                       matched_to=seal_names[-1], **common))
-    for style in STYLES[1:]:
+    for style in STYLES:
         base_self_edits(style)
     report(args, state, seal_names, out)
 
@@ -172,7 +176,7 @@ def report(args: argparse.Namespace, state: dict, seal_names: list[str], out: Pa
              f"{args.samples} self-edit(s) per passage and method "
              f"({'greedy' if details['sampling']['temperature'] == 0 else 'T=' + str(details['sampling']['temperature'])}"
              f"). Policy adapters from `{args.run}`: {', '.join(args.checkpoints)}.\n"]
-    for reference in (r for r in (*REFERENCES, *args.also) if r in scores):
+    for reference in (r for r in (*REFERENCES, f"base-{args.style}", *args.also) if r in scores):
         lines += [f"Paired against {reference} (per passage, method minus {reference}; bootstrap 95% CI, "
                   "sign test):\n", paired_table(scores, reference, metric="loglik", seed=args.seed), ""]
     lines += ["QA accuracy of the adapted model's greedy answers:\n", qa_table(qa, "passage", seed=args.seed), "",
