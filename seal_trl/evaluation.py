@@ -348,9 +348,9 @@ def _qa_means(details: dict[str, Any], name: str, expected: Sequence[int]) -> No
 
 
 def matched_copies(train_tokens: Mapping[str, Sequence[Sequence[int]]], *, passage: str, matched_to: str
-                   ) -> list[int]:
-    """Per context: how many copies of the passage train on as many tokens as `matched_to`'s self-edits did
-    (their mean over samples), at least one; from the tokens each method trained on, context by context."""
+                   ) -> list[float]:
+    """Per context: how many copies of the passage (to a hundredth) train on as many tokens as `matched_to`'s
+    self-edits did (their mean over samples), at least one; from the tokens each method trained on, per context."""
     for name in (passage, matched_to):
         if name not in train_tokens:
             raise ValueError(f"passage-matched needs method {name!r} evaluated first (its training tokens per "
@@ -363,9 +363,9 @@ def matched_copies(train_tokens: Mapping[str, Sequence[Sequence[int]]], *, passa
 
 class _PassageOnly:
     """The 'passage' baseline: the plan is the passage itself (title-prefixed), whatever the self-edit says;
-    with `copies` (a count per context key) the passage is repeated that many times per epoch."""
+    with `copies` (a count per context key, fractional ones end with a shortened copy) it is repeated per epoch."""
 
-    def __init__(self, task, copies: Mapping[str, int] | None = None):
+    def __init__(self, task, copies: Mapping[str, float] | None = None):
         self.task, self.copies = task, copies
 
     def probe(self, context):

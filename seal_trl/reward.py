@@ -188,7 +188,7 @@ class SelfEditReward:
             plan = self.task.passage_plan(contexts[cid], k, **self.default_hyperparameters())
             probe = self.task.probe(contexts[cid])
             for r in range(self.repeats):
-                text = f"\x00baseline: passage x{k}"  # cannot be a self-edit's text
+                text = f"\x00baseline: passage x{k:g}"  # cannot be a self-edit's text; x2.0 keys as x2
                 seed = self._seed(cid, text, r)
                 jobs.append(InnerJob(plan, probe, context_id=cid, seed=seed))
                 keys.append(run_key(policy=version, context=cid, self_edit=text, settings=settings, seed=seed))

@@ -169,8 +169,9 @@ def test_names_let_later_methods_join_the_same_report(tiny_model_dir, tiny_token
 
 
 def test_matched_copies_match_tokens_per_context():
-    tokens = {"passage": [[100], [50], [0]], "seal": [[310, 290], [20], [40]]}
-    assert matched_copies(tokens, passage="passage", matched_to="seal") == [3, 1, 1]  # 300/100, at least 1, no /0
+    tokens = {"passage": [[100], [50], [0], [100]], "seal": [[310, 290], [20], [40], [173]]}
+    # 300/100; at least 1; no /0; to a hundredth of a copy
+    assert matched_copies(tokens, passage="passage", matched_to="seal") == [3, 1, 1, 1.73]
     with pytest.raises(ValueError, match="'teacher' evaluated first"):
         matched_copies(tokens, passage="passage", matched_to="teacher")
 
@@ -186,9 +187,11 @@ def test_passage_matched_trains_the_passage_for_as_many_tokens_as_the_self_edits
     tokens = details["train_tokens"]
     copies = details["matched_copies"]["passage-matched"]
     assert all(c >= 2 for c in copies)  # the self-edit (12 lines + the passage) trains on several passages' worth
+    assert any(c != int(c) for c in copies)
     for i, c in enumerate(copies):
-        assert tokens["passage-matched"][i] == [c * tokens["passage"][i][0]]
-        assert abs(tokens["passage-matched"][i][0] - tokens["self-edit"][i][0]) <= tokens["passage"][i][0] / 2
+        once, matched, edit = tokens["passage"][i][0], tokens["passage-matched"][i][0], tokens["self-edit"][i][0]
+        assert abs(matched - c * once) <= 0.05 * once  # the shortened last copy is its fraction of the passage
+        assert abs(matched - edit) <= 0.05 * once  # so both train on the same tokens, not the nearest whole copy
     assert scores["passage-matched"] != scores["passage"]
     with pytest.raises(ValueError, match="list it after"):
         evaluate_methods(loop, KnowledgeTask(), contexts, ["passage-matched", "passage"], progress=False)

@@ -1,5 +1,7 @@
 """SelfEditReward against a baseline: the passage-only fine-tune, or the passage repeated to the self-edit's tokens."""
 
+import math
+
 import pytest
 from transformers import AutoModelForCausalLM
 
@@ -44,9 +46,25 @@ def independent_passage_score(loop, reward, copies):
 
 
 def test_matching_copies():
-    assert matching_copies(1000, 300) == 3
+    assert matching_copies(1000, 300) == 3.33  # to a hundredth of a copy, not rounded to whole passages
+    assert matching_copies(510, 300) == 1.7
     assert matching_copies(100, 300) == 1  # at least one copy
     assert matching_copies(0, 0) == 1
+
+
+def test_a_fractional_copy_is_a_shortened_passage_cut_at_a_word(tiny_tokenizer):
+    task = KnowledgeTask()
+    full = f"{CONTEXT['title']}\n{CONTEXT['context']}"
+    assert [e.completion for e in task.passage_plan(CONTEXT, 2).examples] == [full, full]
+    plan = task.passage_plan(CONTEXT, 2.5)
+    assert [e.completion for e in plan.examples[:2]] == [full, full]
+    part = plan.examples[2].completion
+    assert full.startswith(part) and full[len(part)] == " " and abs(len(part) - len(full) / 2) <= 8
+    tokens = [len(tiny_tokenizer(e.completion)["input_ids"]) for e in task.passage_plan(CONTEXT, 1.5).examples]
+    assert abs(tokens[1] - tokens[0] / 2) <= 3  # about half a passage's tokens
+    for bad in (0.5, True, "2", float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="copies must be a number >= 1"):
+            task.passage_plan(CONTEXT, bad)
 
 
 def test_passage_baseline_reward_is_the_gain_over_the_passage_fine_tune(inner):
@@ -81,7 +99,9 @@ def test_passage_matched_baseline_repeats_the_passage_to_the_self_edits_tokens(i
     once_tokens = reward._baseline_runs[next(iter(reward._baseline_runs))].tokens_trained
     expected = [matching_copies(runs[0].tokens_trained, once_tokens) for runs in reward.last_results]
     assert 1 < expected[0] < expected[1]  # the self-edit plus the passage, and the long one, train on more
-    assert sorted(len(job.plan.examples) for job in inner.jobs_seen[3:]) == expected
+    assert sorted(len(job.plan.examples) for job in inner.jobs_seen[3:]) == [math.ceil(k) for k in expected]
+    for k, job in zip(expected, sorted(inner.jobs_seen[3:], key=lambda job: len(job.plan.examples)), strict=True):
+        assert job.plan.examples[-1].completion != job.plan.examples[0].completion or k == int(k)  # the last copy is partial
     for k, runs, reference, value in zip(expected, reward.last_results, reward.last_references, rewards):
         assert reference == pytest.approx(independent_passage_score(inner, reward, k), abs=1e-5)
         assert value == pytest.approx(runs[0].score_after - reference, abs=1e-5)
