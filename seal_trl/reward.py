@@ -60,8 +60,10 @@ class SelfEditReward:
     `baseline` sets what the adapted score is compared with. `"none"` (the paper): the unadapted model, so a
     self-edit earns its gain. `"passage"`: the model fine-tuned on the passage alone (same inner settings), so
     only a self-edit that teaches more than the passage earns a positive reward. `"passage-matched"`: the passage
-    repeated to about as many training tokens as the self-edit, so extra length alone earns nothing. Baseline
-    runs are cached per policy version, context and copy count (and kept in `store`). Against a baseline, a
+    repeated to as many training tokens as the self-edit, so extra length alone earns nothing: the scores of the
+    whole numbers of copies on either side of the self-edit's tokens, interpolated linearly in tokens (so a
+    passage's self-edits share two or three baseline runs instead of one each). Baseline runs are cached per
+    policy version, context and copy count (and kept in `store`). Against a baseline, a
     failed self-edit scores what the unadapted model scores against it (it adapted nothing), not 0.
     """
 
@@ -167,12 +169,15 @@ class SelfEditReward:
             trained = [r.tokens_trained for r in runs if r.ok]
             once_tokens = references[context_key(context), 1][1]
             matched = self.baseline == "passage-matched" and trained
-            copies.append(matching_copies(mean(trained), once_tokens) if matched else 1)
-        more = {(context_key(c), k) for c, k in zip(contexts, copies, strict=True) if k > 1}
+            copies.append(matching_copies(mean(trained), once_tokens) if matched else 1.0)
+        more = {(context_key(c), k) for c, exact in zip(contexts, copies, strict=True)
+                for k in _whole_copies_around(exact) if k > 1}
         references.update(self._baseline_scores(by_id, more))
         out, self.last_references = [], []
-        for context, k, (_, runs, reason) in zip(contexts, copies, scored, strict=True):
-            reference = references[context_key(context), k][0]
+        for context, exact, (_, runs, reason) in zip(contexts, copies, scored, strict=True):
+            low, high = _whole_copies_around(exact)
+            at_low, at_high = references[context_key(context), low][0], references[context_key(context), high][0]
+            reference = at_low + (exact - low) * (at_high - at_low)
             self.last_references.append(reference)
             reward = mean(self.inner_loop.reward_from(reference, r.score_after if r.ok else r.score_before)
                           for r in runs)
@@ -307,3 +312,8 @@ def check_systematic_failure(results: Sequence[InnerResult], max_exception_rate:
             f"First: {first.error_message}\n{first.traceback or ''}"
         )
 
+
+def _whole_copies_around(copies: float) -> tuple[int, int]:
+    """The whole copy counts on either side of a fractional one (both the same for a whole count)."""
+    low = int(copies)
+    return low, low if copies == low else low + 1

@@ -91,19 +91,21 @@ def test_baseline_runs_once_per_context_and_policy_version(inner):
     assert len(inner.jobs_seen) == first + 1  # the passage run is reused
 
 
-def test_passage_matched_baseline_repeats_the_passage_to_the_self_edits_tokens(inner):
+def test_passage_matched_baseline_interpolates_whole_copies_to_the_self_edits_tokens(inner):
     reward = SelfEditReward(KnowledgeTask(), inner, baseline="passage-matched", progress=False)
     rewards = reward([""] * 2, [SHORT, LONG], **columns(2))
     once = inner.jobs_seen[2]
     assert len(once.plan.examples) == 1
     once_tokens = reward._baseline_runs[next(iter(reward._baseline_runs))].tokens_trained
     expected = [matching_copies(runs[0].tokens_trained, once_tokens) for runs in reward.last_results]
-    assert 1 < expected[0] < expected[1]  # the self-edit plus the passage, and the long one, train on more
-    assert sorted(len(job.plan.examples) for job in inner.jobs_seen[3:]) == [math.ceil(k) for k in expected]
-    for k, job in zip(expected, sorted(inner.jobs_seen[3:], key=lambda job: len(job.plan.examples)), strict=True):
-        assert job.plan.examples[-1].completion != job.plan.examples[0].completion or k == int(k)  # the last copy is partial
+    assert 1 < expected[0] < expected[1] and all(k != int(k) for k in expected)  # fractions of a passage
+    around = {k for exact in expected for k in (math.floor(exact), math.ceil(exact)) if k > 1}
+    baseline_jobs = inner.jobs_seen[3:]
+    assert sorted(len(job.plan.examples) for job in baseline_jobs) == sorted(around)  # whole copies, each run once
+    assert all(len({e.completion for e in job.plan.examples}) == 1 for job in baseline_jobs)
     for k, runs, reference, value in zip(expected, reward.last_results, reward.last_references, rewards):
-        assert reference == pytest.approx(independent_passage_score(inner, reward, k), abs=1e-5)
+        low, high = (independent_passage_score(inner, reward, c) for c in (math.floor(k), math.ceil(k)))
+        assert reference == pytest.approx(low + (k - math.floor(k)) * (high - low), abs=1e-5)
         assert value == pytest.approx(runs[0].score_after - reference, abs=1e-5)
 
 
