@@ -23,6 +23,7 @@ Profile (where one sequential step's CPU time goes, by kind of op) and bf16 auto
 CPUs with native bf16; compare its rewards and speed with an fp32 run):
 
     python benchmarks/inner_loop.py --model embedded --profile --epochs 2
+    python benchmarks/inner_loop.py --model embedded --profile --batched 1 8 --plans 8 --epochs 3   # per self-edit
 """
 
 from __future__ import annotations
@@ -143,24 +144,30 @@ CATEGORIES = (
 
 
 def run_profile(args, path: str) -> dict:
-    """One self-edit through InnerLoop under torch.profiler: where a training step's CPU time goes."""
-    import torch
+    """Self-edits through InnerLoop under torch.profiler: where a training step's CPU time goes. `--slots 1`: one
+    self-edit through `run`; `--slots K`: `--plans` self-edits through `run_many` in K slots (per self-edit)."""
     from torch.profiler import ProfilerActivity, profile
 
     from seal_trl.inner import InnerLoop, InnerLoopConfig
+    from seal_trl.inner.jobs import InnerJob
 
     tokenizer = __import__("transformers").AutoTokenizer.from_pretrained(path)
     lora = lora_settings(args)
     loop = InnerLoop(load_timed_model(args, path), tokenizer, InnerLoopConfig(
         lora_r=lora["r"], lora_alpha=lora["lora_alpha"], target_modules=tuple(lora["target_modules"]),
-        max_seq_length=args.max_length, autocast=args.autocast))
+        max_seq_length=args.max_length, autocast=args.autocast, batch_self_edits=args.slots))
     probe = example.probe()
-    plan = next(iter(example.benchmark_plans(1, args.epochs)))
+    plans = list(example.benchmark_plans(1 if args.slots == 1 else args.plans, args.epochs))
+    jobs = [InnerJob(plan, probe, context_id="profile", seed=i) for i, plan in enumerate(plans)]
     loop.score(probe, context_id="profile")
-    loop.run(plan, probe, context_id="profile", seed=0)  # warm-up: allocator, kernels, lazy init
+    loop.run_many(jobs)  # warm-up: allocator, kernels, lazy init
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if args.device.startswith("cuda") else [])
+    t0 = time.perf_counter()
     with profile(activities=activities) as prof:
-        result = loop.run(plan, probe, context_id="profile", seed=0)
+        results = loop.run_many(jobs)
+    wall = time.perf_counter() - t0
+    assert all(r.ok for r in results), [r.error_message for r in results]
+    result = results[0]
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
     groups: dict[str, float] = {}
@@ -170,7 +177,7 @@ def run_profile(args, path: str) -> dict:
         groups[label] = groups.get(label, 0.0) + e.self_cpu_time_total
     top = sorted(events, key=lambda e: -e.self_cpu_time_total)[:12]
     return {"train_seconds": result.train_seconds, "score_seconds": result.score_seconds, "steps": result.steps,
-            "tokens": result.tokens_trained, "self_cpu_s": total / 1e6,
+            "tokens": result.tokens_trained, "self_cpu_s": total / 1e6, "self_edits": len(jobs), "wall_s": wall,
             "groups": {k: v / 1e6 for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
             "top": [[e.key, e.self_cpu_time_total / 1e6, e.count] for e in top]}
 
@@ -440,9 +447,48 @@ def parent_profile(args) -> None:
         append_section(lines)
 
 
+def parent_profile_slots(args) -> None:
+    """The profile per self-edit at each --batched K: which kinds of op the slots make cheaper, and which not."""
+    model_path(args.model)
+    runs = {}
+    for k in args.batched:
+        print(f"profiling K={k} ...", flush=True)
+        runs[k] = run_child(args, "profile", "--slots", str(k))
+    labels = list(dict.fromkeys(label for r in runs.values() for label in r["groups"]))
+    ks = list(runs)
+    lines = [f"\n## Inner loop profile per self-edit, K slots: {args.model} model ({utc_stamp()})\n",
+             f"`python benchmarks/inner_loop.py --model {args.model} --profile --batched {' '.join(map(str, ks))} "
+             f"--plans {args.plans} --epochs {args.epochs}` on {platform.machine()} with {os.cpu_count()} CPUs. "
+             f"K=1: one plan through `InnerLoop.run`; other K: {args.plans} plans through `run_many` in K slots; each "
+             f"under `torch.profiler` after a warm-up of the same work, in its own process. Seconds of self CPU time "
+             f"per self-edit (an op's intra-op threads count inside it; profiler overhead included).\n",
+             "| where the self CPU time goes | " + " | ".join(f"K={k}" for k in ks) + " | " +
+             " | ".join(f"K={k} vs K={ks[0]}" for k in ks[1:]) + " |",
+             "|---|" + "---:|" * (2 * len(ks) - 1)]
+    per_edit = {k: {label: r["groups"].get(label, 0.0) / r["self_edits"] for label in labels} for k, r in runs.items()}
+    for label in labels + ["total"]:
+        vals = {k: (sum(per_edit[k].values()) if label == "total" else per_edit[k][label]) for k in ks}
+        name = "**total**" if label == "total" else label
+        lines.append(f"| {name} | " + " | ".join(f"{vals[k]:.2f}" for k in ks) + " | " +
+                     " | ".join(f"{vals[ks[0]] / vals[k]:.2f}x" if vals[k] else "-" for k in ks[1:]) + " |")
+    lines.append("\n" + ", ".join(f"K={k}: wall {r['wall_s'] / r['self_edits']:.2f} s per self-edit under the profiler"
+                                   for k, r in runs.items()) + ".\n")
+    for k, r in runs.items():
+        lines += [f"Top ops at K={k} (seconds per self-edit, calls per self-edit):", "", "| op | seconds | calls |",
+                  "|---|---:|---:|"]
+        lines += [f"| `{name}` | {sec / r['self_edits']:.2f} | {count / r['self_edits']:.0f} |"
+                  for name, sec, count in r["top"]]
+        lines.append("")
+    print("\n".join(lines))
+    if not args.json:
+        append_section(lines)
+
+
 def parent(args) -> None:
     if args.autocast == "compare":
         return parent_autocast(args)
+    if args.profile and args.batched:
+        return parent_profile_slots(args)
     if args.batched:
         return parent_batched(args)
     if args.profile:
@@ -454,6 +500,8 @@ def parent(args) -> None:
     runs = [("engine", "engine", ["--count-flops"])]
     if args.compile:  # the compiled engine beside the eager one, whose FLOPs stand for both
         runs.append(("engine-compiled", "engine", ["--compile"]))
+    if args.with_slots:  # the same plans through run_many in K adapter slots, as an E-step runs them
+        runs.append(("engine-slots", "slots", ["--slots", str(args.with_slots)]))
     for name, variant, extra in [*runs, ("reference", "reference", [])]:
         print(f"running {name} ...", flush=True)
         results[name] = run_child(args, variant, *extra)
@@ -471,7 +519,8 @@ def write_results(args, results: dict, gflops: float) -> None:
     lines = [
         f"\n## Inner loop: {args.model} model, {args.plans} self-edits ({stamp})\n",
         f"`python benchmarks/inner_loop.py --model {args.model} --plans {args.plans} --epochs {args.epochs} "
-        f"--max-length {args.max_length}` on {platform.machine()} with {os.cpu_count()} CPUs, torch threads "
+        f"--max-length {args.max_length}{' --compile' if args.compile else ''}"
+        f"{f' --with-slots {args.with_slots}' if args.with_slots else ''}` on {platform.machine()} with {os.cpu_count()} CPUs, torch threads "
         f"{__import__('torch').get_num_threads()}. Same plans (~{len(example.IMPLICATIONS) + 1} examples each), "
         f"LoRA r={args.lora_r} alpha={2 * args.lora_r} on {', '.join(args.targets)}, lr 1e-3, {args.epochs} "
         f"epochs, batch 1, answer log-likelihood grader on {len(example.QUESTIONS)} questions. The reference-style "
@@ -480,6 +529,7 @@ def write_results(args, results: dict, gflops: float) -> None:
         "|---|---:|---:|---:|---:|",
     ]
     labels = {"engine": "seal-trl InnerLoop", "engine-compiled": "seal-trl InnerLoop, `compile=True`",
+              "engine-slots": f"seal-trl InnerLoop, `batch_self_edits={args.with_slots}`",
               "reference": "reference-style (Trainer, padded, disk)"}
     for name, label in labels.items():
         if name not in results:
@@ -489,6 +539,13 @@ def write_results(args, results: dict, gflops: float) -> None:
                      f"{r['peak_rss_mib']:.0f} | {sum(r['rewards']) / len(r['rewards']):+.4f} |")
     lines.append(f"\n**Speed-up: {ratio:.1f}x** self-edit evaluations per minute "
                  f"(memory ratio {eng['peak_rss_mib'] / ref['peak_rss_mib']:.2f}x).\n")
+    if "engine-slots" in results:
+        slots = results["engine-slots"]
+        diff = max(abs(a - b) for a, b in zip(slots["rewards"], eng["rewards"]))
+        lines.append(f"In {args.with_slots} adapter slots (`run_many`, as an E-step runs a batch of self-edits): "
+                     f"**{per_min['engine-slots'] / per_min['reference']:.1f}x** the reference-style loop, "
+                     f"{per_min['engine-slots'] / per_min['engine']:.2f}x one at a time; rewards within {diff:.1e} of "
+                     f"one at a time.\n")
     floor = eng["flops_first_run"] / (gflops * 1e9)
     per_edit = eng["total_seconds"] / args.plans
     lines.append(f"FLOP floor: one self-edit evaluation is {eng['flops_first_run'] / 1e12:.3f} TFLOP (training and "
@@ -536,6 +593,8 @@ def main() -> None:
                              "'compare': each --batched K (default 1) in fp32 and in bf16, speed and rewards")
     parser.add_argument("--compile", action="store_true",
                         help="also time InnerLoopConfig(compile=True) (in the main comparison; a child: compile)")
+    parser.add_argument("--with-slots", type=slot_setting, default=None, metavar="K",
+                        help="also time the engine in K adapter slots (batch_self_edits=K) against the reference")
     parser.add_argument("--profile", action="store_true",
                         help="profile one self-edit through InnerLoop: where a step's CPU time goes")
     parser.add_argument("--variant", choices=["engine", "reference", "slots", "profile"])

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     inner = InnerLoop.from_pretrained(path, config)  # the base model again (it holds no policy weights)
     timed("passage-matched", lambda: evaluate_methods(inner, KnowledgeTask(chat=chat), contexts, ["passage-matched"],
                                                       matched_to=seal_names[-1], **common))
-    for style in STYLES:
+    for style in (s for s in STYLES if s != args.style):  # base-{args.style} ran first
         base_self_edits(style)
     report(args, state, seal_names, out)
 
