@@ -14,11 +14,13 @@ skipped with a warning that names it. Bad settings, data files and checkpoints a
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import math
 import os
 import re
 import sys
+import weakref
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -206,6 +208,16 @@ def _shut_down_distributed(trainer: SEALTrainer) -> None:
     threads are still alive can abort with `terminate called without an active exception`)."""
     trainer.accelerator.wait_for_everyone()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # The DDP wrapper's reducer holds the process group; while it lives, destroying the group only unregisters
+        # it, and gloo's threads die at interpreter finalization, where they can abort the process. Drop the
+        # wrapper first so the group and its threads go now (the unwrapped model stays on the trainer).
+        ddp = weakref.ref(trainer.model_wrapped)
+        trainer.model_wrapped = trainer.model
+        trainer.accelerator.free_memory()
+        gc.collect()
+        if ddp() is not None and ddp() is not trainer.model:
+            logger.warning("the DDP wrapper is still referenced at shutdown; its process group outlives "
+                           "destroy_process_group and this rank may abort at exit")
         torch.distributed.destroy_process_group()
 
 
