@@ -80,7 +80,7 @@ def fit(trainer: SEALTrainer, checkpoint: str | None, script_args: SEALScriptArg
     trainer.save_model(training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.arc_data if script_args.task == "arc" else script_args.data)
-    _shut_down_distributed(trainer)
+    shut_down_distributed(trainer)
     return trainer
 
 
@@ -203,7 +203,7 @@ def _build_knowledge_trainer(script_args, training_args, model_args, model_path,
                        processing_class=tokenizer, task=task, peft_config=get_peft_config(model_args))
 
 
-def _shut_down_distributed(trainer: SEALTrainer) -> None:
+def shut_down_distributed(trainer: SEALTrainer) -> None:
     """All ranks finish together and tear the process group down before exit (a rank that exits while gloo's
     threads are still alive can abort with `terminate called without an active exception`)."""
     trainer.accelerator.wait_for_everyone()

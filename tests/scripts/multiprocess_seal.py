@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import torch  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
+from seal_trl.cli.train import shut_down_distributed  # noqa: E402
 from seal_trl.config import SEALConfig  # noqa: E402
 from seal_trl.tasks.knowledge import KnowledgeTask  # noqa: E402
 from seal_trl.trainer import SEALTrainer  # noqa: E402
@@ -71,9 +72,7 @@ def main(model_dir: str, out_dir: str) -> None:
     with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as fh:
         json.dump({"rank": rank, "world": trainer.accelerator.num_processes, "runs": runs,
                    "advantages": advantages, "param_sha": digest.hexdigest()}, fh)
-    trainer.accelerator.wait_for_everyone()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    shut_down_distributed(trainer)
 
 
 if __name__ == "__main__":
