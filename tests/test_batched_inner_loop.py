@@ -270,6 +270,19 @@ def test_packed_forward_matches_separate_forwards(tiny_model, tiny_tokenizer):
             start += len(e.input_ids)
 
 
+def test_slots_run_attention_per_example(tiny_model_dir, tiny_tokenizer, sequential_results, monkeypatch):
+    """The packed training row runs attention example by example (`packed_attention`), with the same rewards."""
+    from seal_trl.inner import packed_attention
+
+    lengths = []
+    original = packed_attention.scaled_dot_product_attention
+    monkeypatch.setattr(packed_attention, "scaled_dot_product_attention",
+                        lambda q, *a, **kw: lengths.append(q.shape[2]) or original(q, *a, **kw))
+    loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4)
+    assert_same(sequential_results, loop.run_many(mixed_jobs()))
+    assert lengths and loop.model.config._attn_implementation == "sdpa"
+
+
 # ----- batch_self_edits="auto" ------------------------------------------------------------------------------
 
 def test_pick_slots_prefers_the_smallest_k_near_the_fastest():

@@ -31,6 +31,7 @@ from .graders import LogLikelihoodGrader
 from .jobs import INNER_ADAPTER, InnerJob, InnerResult
 from .sync import POLICY_ADAPTER
 from .steps import learning_rate_at, lora_a_inits, plan_batches
+from .packed_attention import packed_examples
 from .packing import pack_slots
 from .tensors import IGNORE_INDEX, EncodedExample, labelled_logits, labelled_targets, pad_right
 
@@ -297,7 +298,7 @@ class BatchedTrainer:
             routing = SlotRouting(slots=packed.slots, pad_index=packed.pad_index, unpad_index=packed.unpad_index,
                                   every_slot=[k for k, _ in stepping] == list(range(self.num_slots)),
                                   offsets=ends.to(device=loop.device, dtype=torch.int32))
-            with self.slots.routed(routing), loop.autocast():
+            with self.slots.routed(routing), loop.autocast(), packed_examples(loop.model, packed.example_lengths):
                 logits = labelled_logits(loop.model, packed.labels, input_ids=packed.input_ids,
                                          position_ids=packed.position_ids, use_cache=False)
             losses = per_slot_mean_nll(logits, packed.labels, packed.token_slots, self.num_slots)

@@ -2,8 +2,9 @@
 
 Examples of different self-edits differ a lot in length (a passage of 150 tokens next to implications of 20),
 so padding K of them to the longest wastes most of a step. Packed, every example keeps its own positions
-(restarting at 0) and transformers' attention masks keep examples apart (it reads the sequence boundaries
-from the position ids when no attention mask is given), so each example computes exactly what it would alone.
+(restarting at 0) and attention runs per example (`packed_attention`; on attention other than sdpa,
+transformers' masks keep examples apart, reading the boundaries from the position ids), so each example computes
+exactly what it would alone.
 The first token of every example is unlabelled, so no example is trained to predict the next one's start.
 """
 
@@ -21,7 +22,8 @@ from .tensors import IGNORE_INDEX, EncodedExample
 class PackedBatch:
     """One packed row: token ids, positions and labels (1, T); the slot of each token (T,).
 
-    `pad_index` (G, L): the positions of each slot's tokens, padded with position 0 to the longest slot, in the
+    `example_lengths`: the token count of each example in the row, in order (attention runs per example, see
+    `packed_attention`). `pad_index` (G, L): the positions of each slot's tokens, padded with position 0 to the longest slot, in the
     order of `slots` (G,). `unpad_index` (T,): where each token sits in that (G * L) layout. The LoRA layers use
     both to run all slots in one batched matmul where the grouped matmul over the row's per-slot spans (which
     needs neither) does not run.
@@ -35,6 +37,7 @@ class PackedBatch:
     pad_index: torch.Tensor
     unpad_index: torch.Tensor
     tokens_per_slot: dict[int, int]
+    example_lengths: tuple[int, ...]
 
 
 def pack_slots(batches: Sequence[tuple[int, Sequence[EncodedExample]]], device: torch.device | str = "cpu"
@@ -45,6 +48,7 @@ def pack_slots(batches: Sequence[tuple[int, Sequence[EncodedExample]]], device: 
     labels: list[int] = []
     token_slots: list[int] = []
     spans: list[tuple[int, int]] = []
+    lengths: list[int] = []
     for slot, examples in batches:
         start = len(ids)
         for example in examples:
@@ -54,6 +58,7 @@ def pack_slots(batches: Sequence[tuple[int, Sequence[EncodedExample]]], device: 
             labels.append(IGNORE_INDEX)
             labels.extend(example.labels[1:])
             token_slots.extend([slot] * n)
+            lengths.append(n)
         spans.append((start, len(ids)))
     longest = max(end - start for start, end in spans)
     pad_index = torch.zeros((len(spans), longest), dtype=torch.long)
@@ -70,4 +75,5 @@ def pack_slots(batches: Sequence[tuple[int, Sequence[EncodedExample]]], device: 
         pad_index=pad_index.to(device),
         unpad_index=unpad_index.to(device),
         tokens_per_slot={slot: end - start for (slot, _), (start, end) in zip(batches, spans)},
+        example_lengths=tuple(lengths),
     )
