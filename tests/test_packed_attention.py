@@ -100,3 +100,10 @@ def test_models_not_on_sdpa_are_left_alone(tiny_model_dir):
     with packed_examples(model, [3, 2]) as applied:
         assert not applied and model.config._attn_implementation == "eager"
     assert model.config._attn_implementation == "eager"
+
+
+def test_sliding_window_models_are_left_alone(tiny_tokenizer):
+    model = build_tiny_model(tiny_tokenizer)
+    model.config.sliding_window = 8  # the split would attend past the window
+    with packed_examples(model, [3, 2]) as applied:
+        assert not applied and model.config._attn_implementation == "sdpa"

@@ -48,7 +48,7 @@ def packed_sdpa_forward(module: torch.nn.Module, query: torch.Tensor, key: torch
     gqa = query.shape[1] != key.shape[1]
     outputs = [
         scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=q.shape[2] > 1, scale=scaling,
-                                       enable_gqa=gqa)
+                                     enable_gqa=gqa)
         for q, k, v in zip(query.split(lengths, dim=2), key.split(lengths, dim=2), value.split(lengths, dim=2))
     ]
     return torch.cat(outputs, dim=2).transpose(1, 2).contiguous(), None
@@ -66,13 +66,21 @@ AttentionInterface.register(PACKED_SDPA, packed_sdpa_forward)
 AttentionMaskInterface.register(PACKED_SDPA, packed_sdpa_mask)
 
 
+def _plain_causal(config) -> bool:
+    """Whether every layer attends causally over the whole sequence (no sliding window, no local layers), which
+    is what the per-example split computes."""
+    layer_types = getattr(config, "layer_types", None) or ()
+    return not getattr(config, "sliding_window", None) and all(kind == "full_attention" for kind in layer_types)
+
+
 @contextmanager
 def packed_examples(model: torch.nn.Module, lengths: Sequence[int]) -> Iterator[bool]:
     """While active, a forward pass of `model` over one packed row whose examples have token counts `lengths`
-    (in order) runs attention per example. Yields whether it applies: only a model on "sdpa" is switched (eager
-    and flash-attention models are left as they are); the model's setting is restored on exit."""
+    (in order) runs attention per example. Yields whether it applies: only a model on "sdpa" with plain causal
+    attention is switched (eager, flash-attention and sliding-window models are left as they are, their masks keep
+    the examples apart); the model's setting is restored on exit."""
     config = model.config
-    if config._attn_implementation != "sdpa":
+    if config._attn_implementation != "sdpa" or not _plain_causal(config):
         yield False
         return
     token = _example_lengths.set(tuple(int(n) for n in lengths))
