@@ -6,8 +6,9 @@ of them masked: on a CPU the profile of K=8 slots showed attention costing twice
 self-edit alone. Here the row is split at the example boundaries and each example runs causal sdpa on its own
 (K*L^2 pairs), which computes the same attention, since no example may see another.
 
-The split is used only inside `packed_examples(model, lengths)`, only for models running "sdpa", and only for a
-single unmasked row of exactly those lengths; every other call goes to transformers' own sdpa unchanged.
+The split is used only inside `packed_examples(model, lengths)`, only for models running "sdpa" with plain causal
+attention (no sliding window), and only for a single unmasked row of exactly those lengths; every other call goes
+to transformers' own sdpa unchanged.
 """
 
 from __future__ import annotations
