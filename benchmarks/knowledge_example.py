@@ -66,7 +66,12 @@ def plan(lines: list[str], *, with_passage: bool = True, epochs: int = 10, learn
     return TrainingPlan.from_texts(texts, epochs=epochs, learning_rate=learning_rate)
 
 
+PLAN_KINDS = 4  # benchmark_plans cycles through this many kinds of self-edit
+
+
 def benchmark_plans(n: int, epochs: int) -> list[TrainingPlan]:
-    """`n` distinct self-edit plans for the passage (implications, rewrites, halves of both, ...)."""
+    """`n` self-edit plans for the passage, cycling through PLAN_KINDS kinds (implications, rewrites, halves of
+    both), so the first N plans have the same mix for any multiple N of PLAN_KINDS."""
     variants = [IMPLICATIONS, REWRITES, IMPLICATIONS[::2] + REWRITES[1::2], IMPLICATIONS[1::2] + REWRITES[::2]]
+    assert len(variants) == PLAN_KINDS
     return [plan(variants[i % len(variants)], epochs=epochs) for i in range(n)]
