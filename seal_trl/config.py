@@ -96,6 +96,12 @@ class SEALConfig(GRPOConfig):
                           "passage repeated to the self-edit's training tokens). Knowledge task only.",
                   "choices": ["none", "passage", "passage-matched"]},
     )
+    self_edit_max_copied: float | None = field(
+        default=None,
+        metadata={"help": "Training only: a self-edit more than this share of whose 6-word sequences are the "
+                          "passage's own is failed ('copies_context') and not run, so ReST-EM never keeps it. Off "
+                          "by default; e.g. 0.5. Knowledge task only."},
+    )
     # typed str so that the command line accepts "auto"; __post_init__ turns digits into an int
     inner_batch_self_edits: str = field(
         default="1",
@@ -151,6 +157,9 @@ class SEALConfig(GRPOConfig):
                              "'passage-matched'")
         if self.reward_baseline != "none" and self.inner_reward not in ("gain", "binary"):
             raise ValueError(f"reward_baseline={self.reward_baseline!r} needs inner_reward 'gain' or 'binary'")
+        if self.self_edit_max_copied is not None and not 0.0 <= self.self_edit_max_copied < 1.0:
+            raise ValueError(f"self_edit_max_copied={self.self_edit_max_copied}: use a share in [0, 1) (e.g. 0.5), "
+                             "or leave it unset")
         self.inner_batch_self_edits = parse_batch_self_edits(self.inner_batch_self_edits, "inner_batch_self_edits")
         if self.reward_repeats < 1:
             raise ValueError(f"reward_repeats must be >= 1, got {self.reward_repeats}")

@@ -33,6 +33,7 @@ FAILURE_REASONS = (
     "too_many_examples",
     "too_long",  # a self-edit over its character cap, or an example or the whole plan over the token limits
     "too_deep",  # JSON with more brackets than the nesting bound checked before parsing
+    "copies_context",  # mostly the context's own words, over the reward's max_copied (a training option)
     "over_budget",  # more optimizer steps than the step budget
     "nan_loss",  # training diverged
     "out_of_memory",

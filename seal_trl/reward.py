@@ -25,7 +25,7 @@ from .inner.store import ResultStore, run_key
 from .plans import SelfEditError
 from .seeding import context_key, derive_seed
 from .tasks.base import Task, completion_text
-from .tasks.knowledge import matching_copies
+from .tasks.knowledge import COPY_NGRAM, matching_copies
 
 logger = logging.getLogger(__name__)
 
@@ -65,12 +65,24 @@ class SelfEditReward:
     passage's self-edits share two or three baseline runs instead of one each). Baseline runs are cached per
     policy version, context and copy count (and kept in `store`). Against a baseline, a
     failed self-edit scores what the unadapted model scores against it (it adapted nothing), not 0.
+
+    `max_copied` (a training option, off by default): a self-edit more than this share of whose 6-word sequences
+    are the passage's own is failed with reason `copies_context` and not run, so ReST-EM never keeps it and GRPO
+    ranks it last. A copy of the passage teaches what the passage-only baseline teaches; on the 135M model, RL
+    drifts towards such copies (README, SEAL results).
     """
 
     def __init__(self, task: Task, inner_loop: InnerLoop | None = None, *, repeats: int = 1, seed: int = 0,
                  hyperparameters: dict[str, Any] | None = None, name: str = "seal_inner_loop",
                  max_exception_rate: float = 0.5, store: ResultStore | str | os.PathLike | None = None,
-                 progress: bool = True, baseline: str = "none"):
+                 progress: bool = True, baseline: str = "none", max_copied: float | None = None):
+        if max_copied is not None:
+            if not 0.0 <= max_copied < 1.0:
+                raise ValueError(f"max_copied must be in [0, 1) (a share of the self-edit), got {max_copied}")
+            if not hasattr(task, "copied_share"):
+                raise ValueError(f"max_copied compares the self-edit with the context's passage, and the {task.name} "
+                                 "task has none: leave max_copied unset")
+        self.max_copied = max_copied
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
         if baseline != "none" and not hasattr(task, "passage_plan"):
@@ -124,6 +136,7 @@ class SelfEditReward:
             probe = self.task.probe(context)
             context_id = context_key(context)
             try:
+                self._check_not_copied(context, self_edit)
                 plan = self.task.plan(context, self_edit, **self.default_hyperparameters())
             except Exception as err:  # a self-edit never takes the step down; SelfEditError is the normal case
                 before = self.inner_loop.score(probe, context_id=context_id)
@@ -155,6 +168,14 @@ class SelfEditReward:
             out.append((mean(r.reward for r in runs), runs, errors[0] if errors else None))
         self.last_references = None
         return out if self.baseline == "none" else self._against_baseline(contexts, out)
+
+    def _check_not_copied(self, context: dict[str, Any], self_edit: str) -> None:
+        if self.max_copied is None:
+            return
+        share = self.task.copied_share(context, self_edit)
+        if share > self.max_copied:
+            raise SelfEditError("copies_context", f"{share:.0%} of its {COPY_NGRAM}-word sequences are the passage's "
+                                f"own (max_copied {self.max_copied:.0%})", field="self_edit")
 
     def _against_baseline(self, contexts: Sequence[dict[str, Any]], scored: list[tuple[float, list[InnerResult],
                           str | None]]) -> list[tuple[float, list[InnerResult], str | None]]:

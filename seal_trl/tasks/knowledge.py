@@ -96,6 +96,21 @@ def self_qa_pairs(raw: str | bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+COPY_NGRAM = 6  # words per sequence when measuring how much of a self-edit is the passage's own text
+_WORD = re.compile(r"\w+")
+
+
+def copied_share(self_edit: str, passage: str, n: int = COPY_NGRAM) -> float:
+    """The share of the self-edit's n-word sequences that also occur in the passage (case and punctuation
+    ignored): 1.0 for a verbatim copy, near 0 for a self-edit in its own words, 0 for one under n words."""
+    words = _WORD.findall((self_edit or "").lower())
+    grams = {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+    if not grams:
+        return 0.0
+    source = _WORD.findall(passage.lower())
+    return len(grams & {tuple(source[i : i + n]) for i in range(len(source) - n + 1)}) / len(grams)
+
+
 def matching_copies(target_tokens: float, tokens_per_copy: float) -> float:
     """How many copies of a passage train on `target_tokens` tokens, to a hundredth of a copy, at least one.
 
@@ -169,6 +184,10 @@ class KnowledgeTask:
         whole = int(copies)
         rest = leading_part(text, copies - whole)
         return TrainingPlan.from_texts([text] * whole + ([rest] if rest else []), **hyperparameters)
+
+    def copied_share(self, context: Mapping[str, Any], self_edit: str) -> float:
+        """How much of the self-edit is the passage's own text (see `copied_share`)."""
+        return copied_share(self_edit, self._field(context, "context"))
 
     def probe(self, context: Mapping[str, Any]) -> Probe:
         questions = context.get("questions")
