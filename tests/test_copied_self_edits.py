@@ -81,3 +81,9 @@ def test_the_trainer_passes_the_setting_to_its_reward(tiny_model_dir, tiny_token
     trainer = SEALTrainer(str(tiny_model_dir), args=args, processing_class=tiny_tokenizer,
                           train_dataset=KnowledgeTask().build_dataset([CONTEXT], tiny_tokenizer))
     assert trainer.seal_reward.max_copied == 0.3
+
+
+def test_bytes_are_left_to_the_parser(inner):
+    reward = SelfEditReward(KnowledgeTask(), inner, progress=False, max_copied=0.5)
+    (_, runs, reason), = reward.score_many([CONTEXT], [b"\xff\xfe not text"])
+    assert reason == "not_utf8" and not inner.jobs_seen
