@@ -528,9 +528,10 @@ def reference_plans(args) -> int:
 def write_results(args, results: dict, gflops: float) -> None:
     eng, ref = results["engine"], results["reference"]
     per_min = {k: 60 * len(v["rewards"]) / v["total_seconds"] for k, v in results.items()}
-    ref_flag = f" --reference-plans {len(ref['rewards'])}" if len(ref["rewards"]) != args.plans else ""
-    ref_note = (f"; it runs the first {len(ref['rewards'])} of the plans (the same mix), compared per self-edit"
-                if len(ref["rewards"]) != args.plans else "")
+    n_ref = len(ref["rewards"])
+    partial = n_ref != args.plans
+    ref_flag = f" --reference-plans {n_ref}" if partial else ""
+    ref_note = f"; it runs the first {n_ref} of the plans (the same mix), compared per self-edit" if partial else ""
     ratio = per_min["engine"] / per_min["reference"]
     stamp = utc_stamp()
     lines = [
