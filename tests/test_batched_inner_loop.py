@@ -137,6 +137,29 @@ def test_invalid_plan_takes_no_slot(tiny_model_dir, tiny_tokenizer, sequential_r
     assert_same(sequential_results, [results[0], *results[2:]])
 
 
+def test_a_plan_that_raises_while_encoding_fails_alone(tiny_model_dir, tiny_tokenizer, sequential_results,
+                                                      monkeypatch):
+    jobs = mixed_jobs()
+    odd = InnerJob(TrainingPlan.from_texts(["an odd one"]), jobs[0].probe, context_id="quorn", seed=1)
+    loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4)
+    real = loop._encode
+    monkeypatch.setattr(loop, "_encode", lambda plan: (_ for _ in ()).throw(TypeError("odd tokenizer"))
+                        if plan is odd.plan else real(plan))
+    results = loop.run_many([jobs[0], odd, *jobs[1:]])
+    assert results[1].error == "exception" and "TypeError: odd tokenizer" in results[1].error_message
+    assert results[1].reward == 0.0 and results[1].traceback
+    assert_same(sequential_results, [results[0], *results[2:]])
+
+
+def test_gradient_checkpointing_trains_in_slots(tiny_model_dir, tiny_tokenizer, sequential_results, monkeypatch):
+    def no_fallback(*args, **kwargs):
+        raise AssertionError("the batched group failed and fell back to one at a time")
+
+    loop = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4, gradient_checkpointing=True)
+    monkeypatch.setattr(loop, "run", no_fallback)
+    assert_same(sequential_results, loop.run_many(mixed_jobs()))
+
+
 def test_generation_grader_scores_each_slot(tiny_model_dir, tiny_tokenizer):
     jobs = mixed_jobs()
     one = make_loop(tiny_model_dir, tiny_tokenizer, grader="f1", max_new_tokens=6).run_many(jobs)

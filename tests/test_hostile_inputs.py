@@ -347,3 +347,23 @@ def test_any_text_is_a_plan_or_a_self_edit_error(tiny_tokenizer, text):
     except SelfEditError:
         return
     assert all(any(ch.isalnum() for ch in line) for line in lines)
+
+
+def test_a_diverged_run_leaves_nothing_behind(tiny_model_dir, tiny_tokenizer):
+    """A self-edit whose training goes to NaN fails alone; the next context's unadapted score is not NaN."""
+    from transformers import AutoModelForCausalLM
+
+    def fresh_loop():
+        config = InnerLoopConfig(lora_r=4, lora_alpha=8, target_modules=("q_proj", "v_proj"), num_epochs=3,
+                                 lr_schedule="constant", max_grad_norm=None,
+                                 bounds=PlanBounds(max_learning_rate=1e38))
+        return InnerLoop(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_tokenizer, config)
+
+    other = {**CONTEXT, "context_id": "other", "title": "Other"}
+    loop = fresh_loop()
+    diverging = SelfEditReward(KnowledgeTask(), loop, hyperparameters={"learning_rate": 1e38})
+    assert score(diverging, CONTEXT, [NORMAL["implications"]], TRAIN_LIMIT_S) == ([0.0], ["nan_loss"])
+    values, errors = score(SelfEditReward(KnowledgeTask(), loop), other, [NORMAL["implications"]], TRAIN_LIMIT_S)
+    expected, _ = score(SelfEditReward(KnowledgeTask(), fresh_loop()), other, [NORMAL["implications"]],
+                        TRAIN_LIMIT_S)
+    assert errors == [""] and values == expected

@@ -95,7 +95,7 @@ def _measurement_work(loop: InnerLoop, jobs: Sequence[InnerJob], *, count: int, 
     for job in jobs:
         try:
             encoded = loop._encode(job.plan)
-        except SelfEditError:
+        except Exception:  # SelfEditError or worse: the run itself reports it; it just cannot be timed
             continue
         capped = job.plan.with_hyperparameters(max_steps=min(steps, job.plan.num_steps))
         usable.append((InnerJob(capped, job.probe, context_id=job.context_id, seed=job.seed), encoded))

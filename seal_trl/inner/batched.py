@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from .jobs import INNER_ADAPTER, InnerJob, InnerResult
 from .sync import POLICY_ADAPTER
 from .steps import learning_rate_at, lora_a_inits, plan_batches
 from .packed_attention import packed_examples
-from .packing import pack_slots
+from .packing import PackedBatch, pack_slots
 from .tensors import IGNORE_INDEX, EncodedExample, labelled_logits, labelled_targets, pad_right
 
 if TYPE_CHECKING:
@@ -298,39 +299,47 @@ class BatchedTrainer:
             routing = SlotRouting(slots=packed.slots, pad_index=packed.pad_index, unpad_index=packed.unpad_index,
                                   every_slot=[k for k, _ in stepping] == list(range(self.num_slots)),
                                   offsets=ends.to(device=loop.device, dtype=torch.int32))
-            with self.slots.routed(routing), loop.autocast(), packed_examples(loop.model, packed.example_lengths):
-                logits = labelled_logits(loop.model, packed.labels, input_ids=packed.input_ids,
-                                         position_ids=packed.position_ids, use_cache=False)
-            losses = per_slot_mean_nll(logits, packed.labels, packed.token_slots, self.num_slots)
-            values = losses.tolist()
-            finite = []
-            for k, _ in stepping:
-                if math.isfinite(values[k]):
-                    finite.append(k)
-                else:
-                    self._fail(slots[k], "nan_loss", f"training loss became {values[k]} at step {slots[k].step}",
-                               field="learning_rate")
-            if finite:
-                losses[finite].sum().backward()
-                for k in range(self.num_slots):
-                    grads = self.slots.slot_grads[k] if k in finite else [None] * len(self.slots.slot_params[k])
-                    for p, g in zip(self.slots.slot_params[k], grads):
-                        p.grad = g
-                for k in finite:
-                    if loop.config.max_grad_norm is not None:
-                        torch.nn.utils.clip_grad_norm_(self.slots.slot_params[k], loop.config.max_grad_norm,
-                                                       foreach=True)
-                    self.optimizer.param_groups[k]["lr"] = learning_rate_at(
-                        slots[k].job.plan, slots[k].step, loop.config.lr_schedule)
-                self.optimizer.step()
-                self.slots.zero_grad()
-            for k in finite:
-                slot = slots[k]
-                slot.result.losses.append(values[k])
-                slot.result.tokens_trained += packed.tokens_per_slot[k]
-                slot.step += 1
-                slot.result.steps = slot.step
+            # Backward runs inside the routing and packing too: gradient checkpointing recomputes the forward there.
+            with self.slots.routed(routing), packed_examples(loop.model, packed.example_lengths):
+                with loop.autocast():
+                    logits = labelled_logits(loop.model, packed.labels, input_ids=packed.input_ids,
+                                             position_ids=packed.position_ids, use_cache=False)
+                self._step(slots, stepping, packed, logits)
         loop.model.eval()
+
+    def _step(self, slots: list[_Slot], stepping: list[tuple[int, list[EncodedExample]]], packed: PackedBatch,
+              logits: torch.Tensor) -> None:
+        """Backward and one optimizer step for the slots whose loss is finite; the others fail."""
+        loop = self.loop
+        losses = per_slot_mean_nll(logits, packed.labels, packed.token_slots, self.num_slots)
+        values = losses.tolist()
+        finite = []
+        for k, _ in stepping:
+            if math.isfinite(values[k]):
+                finite.append(k)
+            else:
+                self._fail(slots[k], "nan_loss", f"training loss became {values[k]} at step {slots[k].step}",
+                           field="learning_rate")
+        if finite:
+            losses[finite].sum().backward()
+            for k in range(self.num_slots):
+                grads = self.slots.slot_grads[k] if k in finite else [None] * len(self.slots.slot_params[k])
+                for p, g in zip(self.slots.slot_params[k], grads):
+                    p.grad = g
+            for k in finite:
+                if loop.config.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(self.slots.slot_params[k], loop.config.max_grad_norm,
+                                                   foreach=True)
+                self.optimizer.param_groups[k]["lr"] = learning_rate_at(
+                    slots[k].job.plan, slots[k].step, loop.config.lr_schedule)
+            self.optimizer.step()
+            self.slots.zero_grad()
+        for k in finite:
+            slot = slots[k]
+            slot.result.losses.append(values[k])
+            slot.result.tokens_trained += packed.tokens_per_slot[k]
+            slot.step += 1
+            slot.result.steps = slot.step
 
     @staticmethod
     def _fail(slot: _Slot, reason: str, message: str, *, field: str | None = None) -> None:
@@ -420,8 +429,13 @@ def run_batched(loop: InnerLoop, jobs: Sequence[InnerJob], num_slots: int, *,
         results.append(result)
         try:
             encoded = loop._encode(job.plan)
-        except SelfEditError as err:
-            result.error, result.error_message = err.reason, str(err)
+        except Exception as err:  # as in `InnerLoop.run`: a self-edit never takes the call down
+            if isinstance(err, SelfEditError):
+                result.error, result.error_message = err.reason, str(err)
+            else:
+                logger.exception("encoding a self-edit raised (context %s, seed %s)", job.context_id, seed)
+                result.error, result.error_message = "exception", f"{type(err).__name__}: {err}"
+                result.traceback = traceback.format_exc()
             result.seconds = time.perf_counter() - start
             finish(position)
             continue

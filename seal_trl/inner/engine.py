@@ -144,7 +144,9 @@ class InnerLoop:
 
     @torch.no_grad()
     def _neutralise_adapter(self) -> None:
+        # A too: after a run that diverged, A can hold NaN, and B = 0 alone would still give 0 * NaN = NaN
         for layer in self._layers:
+            layer.lora_A[INNER_ADAPTER].weight.zero_()
             layer.lora_B[INNER_ADAPTER].weight.zero_()
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
