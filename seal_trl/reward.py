@@ -23,7 +23,7 @@ from .inner.engine import InnerLoop
 from .inner.jobs import InnerJob, InnerResult
 from .inner.store import ResultStore, run_key
 from .plans import SelfEditError
-from .seeding import context_key, derive_seed
+from .seeding import check_distinct_context_ids, content_digest, context_key, derive_seed
 from .tasks.base import Task, completion_text
 from .tasks.knowledge import COPY_NGRAM, matching_copies
 
@@ -130,6 +130,7 @@ class SelfEditReward:
         keys: list[str] = []
         parsed: dict[int, list[InnerResult]] = {}
         crashed: list[InnerResult] = []
+        check_distinct_context_ids(contexts)
         version = self.inner_loop.policy_version if self.store is not None else ""
         settings = self._settings() if self.store is not None else {}
         for i, (context, self_edit) in enumerate(zip(contexts, self_edits, strict=True)):
@@ -155,7 +156,7 @@ class SelfEditReward:
                 jobs.append(InnerJob(plan, probe, context_id=context_id, seed=seed))
                 owners.append(i)
                 if self.store is not None:
-                    keys.append(run_key(policy=version, context=context_id, self_edit=self_edit,
+                    keys.append(run_key(policy=version, context=_stored_context(context), self_edit=self_edit,
                                         settings=settings, seed=seed))
         results = self._run(jobs, keys)
         check_systematic_failure([*results, *crashed], self.max_exception_rate)
@@ -217,7 +218,8 @@ class SelfEditReward:
                 text = f"\x00baseline: passage x{k:g}"  # cannot be a self-edit's text; x2.0 keys as x2
                 seed = self._seed(cid, text, r)
                 jobs.append(InnerJob(plan, probe, context_id=cid, seed=seed))
-                keys.append(run_key(policy=version, context=cid, self_edit=text, settings=settings, seed=seed))
+                keys.append(run_key(policy=version, context=_stored_context(contexts[cid]), self_edit=text,
+                                    settings=settings, seed=seed))
                 owners.append((cid, k))
         todo = [i for i, key in enumerate(keys) if key not in self._baseline_runs]
         for i, result in zip(todo, self._run([jobs[i] for i in todo], [keys[i] for i in todo]), strict=True):
@@ -241,8 +243,19 @@ class SelfEditReward:
         config.pop("compile")
         if config["autocast"] == "off":  # fp32 runs keep the keys they had before the option existed
             config.pop("autocast")
-        return {"inner": config, "hyperparameters": self.default_hyperparameters(),
-                "task": [type(self.task).__name__, getattr(self.task, "style", None)]}
+        settings = {"inner": config, "hyperparameters": self.default_hyperparameters(), "task": self._task_settings()}
+        judge = getattr(getattr(self.inner_loop, "grader", None), "judge_model", None)
+        if judge is not None:  # the judge's weights are not hashed: its name or path stands for them
+            settings["judge"] = getattr(judge, "name_or_path", None) or type(judge).__name__
+        return settings
+
+    def _task_settings(self) -> list[Any]:
+        """The task's type and every field that changes a plan or a probe (not the prompt-only ones)."""
+        fields = {}
+        if dataclasses.is_dataclass(self.task):
+            fields = {f.name: getattr(self.task, f.name) for f in dataclasses.fields(self.task)
+                      if f.name not in ("tokenizer", "chat", "name", "context_fields")}
+        return [type(self.task).__name__, fields]
 
     def _run(self, jobs: list[InnerJob], keys: list[str]) -> list[InnerResult]:
         """Run the jobs not in the store (all of them without one), with a progress bar counting inner runs."""
@@ -318,6 +331,11 @@ class SelfEditReward:
         failures = [r for r in reasons if r]
         if failures:
             logger.info("%d of %d self-edits scored 0: %s", len(failures), len(reasons), dict(Counter(failures)))
+
+
+def _stored_context(context: dict[str, Any]) -> str:
+    """A context in a store key: its id and a digest of its content, so an edited passage is never read back."""
+    return f"{context_key(context)}#{content_digest(context)}"
 
 
 def check_systematic_failure(results: Sequence[InnerResult], max_exception_rate: float) -> None:

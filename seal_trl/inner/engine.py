@@ -79,7 +79,7 @@ class InnerLoop:
         if self.config.autocast == "bf16" and self.device.type == "cpu" and not cpu_has_native_bf16():
             logger.warning("InnerLoopConfig.autocast='bf16' on a CPU without native bf16 (AVX512-BF16 or AMX): "
                            "the bf16 matmuls are emulated and likely slower than fp32; set autocast='off'")
-        self._score_cache: dict[tuple[str, str], float] = {}
+        self._score_cache: dict[tuple, float] = {}  # (grader, context id, probe items)
         self._batched = None  # BatchedTrainer, built on first use of run_many with batch_self_edits > 1
         self.slot_choice: SlotChoice | None = None  # what batch_self_edits="auto" measured and chose
         self._synced_policy = None  # weakref to the LoRA policy whose base weights are already copied
@@ -179,13 +179,14 @@ class InnerLoop:
     # ----- scoring ----------------------------------------------------------------------------
     def score(self, probe: Probe, *, context_id: str | None = None) -> float:
         """The current policy's score on `probe` (no inner adaptation), cached per context id."""
-        key = context_id or probe.context_id
-        if key is not None and (self.grader.name, key) in self._score_cache:
-            return self._score_cache[(self.grader.name, key)]
+        context_id = context_id or probe.context_id
+        key = None if context_id is None else (self.grader.name, context_id, probe.items)
+        if key is not None and key in self._score_cache:
+            return self._score_cache[key]
         self._neutralise_adapter()
         value = self._score_now(probe)
         if key is not None:
-            self._score_cache[(self.grader.name, key)] = value
+            self._score_cache[key] = value
         return value
 
     def _score_now(self, probe: Probe) -> float:

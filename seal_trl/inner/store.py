@@ -39,7 +39,7 @@ def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
         tensor = tensors[name].detach()
         digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
         data = tensor.to("cpu").contiguous()
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")  # 0-dim too
     return digest.hexdigest()
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..plans import SelfEditError, TrainingPlan, clean_self_edit, has_word, self_edit_lines
 from ..probes import Probe, knowledge_probe
+from ..seeding import check_distinct_context_ids
 from .base import Prompt
 from .squad import DatasetFormatError
 
@@ -204,6 +205,7 @@ class KnowledgeTask:
 
         if self.chat is None:
             self.chat = bool(getattr(tokenizer, "chat_template", None))
+        check_distinct_context_ids(contexts)
         rows = []
         for i, context in enumerate(contexts):
             missing = [name for name in self.context_fields if name not in context]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
@@ -61,9 +62,13 @@ def contexts_from_squad(data: Mapping[str, Any], *, source: str = "data") -> lis
             "({'title', 'paragraphs': [{'context', 'qas': [{'id', 'question', 'answers'}]}]})"
         )
     contexts = []
+    slugs = Counter(_slug(a["title"]) for a in data["data"]
+                    if isinstance(a, Mapping) and isinstance(a.get("title"), str))
     for a, article in enumerate(data["data"]):
         where = f"{source}: data[{a}]"
         title = _required_text(article, "title", where)
+        # ids are the title's slug and the paragraph; titles that slug alike (non-Latin, repeated) add the article
+        prefix = _slug(title) if slugs[_slug(title)] == 1 else f"{_slug(title)}-{a}"
         paragraphs = article.get("paragraphs")
         if not isinstance(paragraphs, list) or not paragraphs:
             raise DatasetFormatError(f"{where} ({title!r}): missing or empty field `paragraphs`")
@@ -79,14 +84,23 @@ def contexts_from_squad(data: Mapping[str, Any], *, source: str = "data") -> lis
                 question = _required_text(qa, "question", qwhere)
                 questions.append({"question": question, "answers": _answers(qa, qwhere)})
             contexts.append({
-                "context_id": f"{_slug(title)}-{p}",
+                "context_id": f"{prefix}-{p}",
                 "title": title,
                 "context": passage,
                 "questions": questions,
             })
     if not contexts:
         raise DatasetFormatError(f"{source}: no passages found")
+    _check_unique_ids(contexts, source)
     return contexts
+
+
+def _check_unique_ids(contexts: list[dict], source: str) -> None:
+    ids = Counter(c["context_id"] for c in contexts)
+    repeated = [cid for cid, n in ids.items() if n > 1]
+    if repeated:
+        raise DatasetFormatError(f"{source}: {len(repeated)} passage id(s) repeat (first: {repeated[0]!r}); rename "
+                                 "the articles whose titles give that id")
 
 
 def load_squad_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> list[dict]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from ...plans import PlanBounds, SelfEditError, TrainingPlan
 from ...probes import Probe, ProbeItem
-from ...seeding import derive_seed
+from ...seeding import check_distinct_context_ids, derive_seed
 from . import augment as aug
 from .config import DEFAULT_CONFIG, ArcConfig, parse_config
 from .data import validate_context
@@ -225,6 +225,7 @@ class ArcTask:
             row = validate_context(context)
             row["prompt"] = self.prompt(row)
             rows.append(row)
+        check_distinct_context_ids(rows)
         return Dataset.from_list(rows)
 
 
