@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from seal_trl.tasks.squad import load_bundled
+
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONPATH": str(ROOT)}
 
@@ -111,3 +113,17 @@ def test_inner_batch_self_edits_on_the_command_line(tmp_path, argv, expected):
     _, config, _ = parser.parse_args_and_config(["--output_dir", str(tmp_path), "--use_cpu", *argv])
     assert config.inner_batch_self_edits == expected
     assert config.inner_loop_config().batch_self_edits == expected
+
+
+def test_a_data_file_is_not_split_for_evaluation(squad_file, tmp_path, caplog):
+    from seal_trl.cli.train import SEALScriptArguments, _knowledge_contexts
+
+    with pytest.raises(ValueError, match="eval_split='validation': data is a file, which has no splits.*eval_data"):
+        SEALScriptArguments(data=str(squad_file), eval_split="validation")
+    train, evaluation = _knowledge_contexts(SEALScriptArguments(data=str(squad_file), eval_data="bundled",
+                                                                max_eval_contexts=3))
+    assert len(train) == 4 and [c["context_id"] for c in evaluation] == [
+        c["context_id"] for c in load_bundled("validation")[:3]]
+    assert "also training passages" not in caplog.text
+    _, same = _knowledge_contexts(SEALScriptArguments(data=str(squad_file), eval_data=str(squad_file)))
+    assert len(same) == 4 and "4 of the 4 evaluation passages are also training passages" in caplog.text

