@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from .inner.engine import InnerLoop
 from .inner.jobs import InnerJob, InnerResult
 from .inner.store import ResultStore, run_key
-from .plans import SelfEditError
+from .plans import FAILURE_REASONS, SelfEditError
 from .seeding import check_distinct_context_ids, content_digest, context_key, derive_seed
 from .tasks.base import Task, completion_text
 from .tasks.knowledge import COPY_NGRAM, matching_copies
@@ -35,6 +35,8 @@ _NOT_STORED = ("exception", "out_of_memory")
 # What a self-edit's adapted score is measured against: the unadapted model (the paper), the model fine-tuned on
 # the passage alone, or on the passage repeated to as many training tokens as the self-edit.
 BASELINES = ("none", "passage", "passage-matched")
+# Failures of a passage-matched baseline plan that only say it repeats the passage more than the inner limits allow
+_LIMIT_REASONS = ("too_many_examples", "too_long", "over_budget")
 
 
 class SystematicInnerFailure(RuntimeError):
@@ -49,9 +51,10 @@ class SystematicInnerFailure(RuntimeError):
 class SelfEditReward:
     """Reward = probe gain after fine-tuning on the self-edit, averaged over `repeats` seeded runs.
 
-    A self-edit that cannot be parsed or whose run fails scores 0 with its reason logged (completion table
-    column `inner_error`, metric `inner/failed/<reason>`); training goes on. The score before adaptation is
-    cached per context by the inner loop. `inner_loop` may be attached later (SEALTrainer does, once the
+    A self-edit that cannot be parsed or whose run fails scores 0 (against a baseline: see below) with its reason
+    logged (completion table column `inner_error`, metric `inner/failed/<reason>`, every reason logged on every
+    call so processes average alike); training goes on. The score before adaptation is cached per context by the
+    inner loop. `inner_loop` may be attached later (SEALTrainer does, once the
     policy is loaded). `hyperparameters` override the plan's training settings (learning_rate, epochs, ...).
     `store` (a `ResultStore` or a path) keeps every finished run on disk by content, so a killed run restarted
     with the same command recomputes none of them; `progress` shows a bar counting inner runs per call.
@@ -115,11 +118,12 @@ class SelfEditReward:
         sample = hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:16]
         return derive_seed(self.seed, context_id, sample, repeat)
 
-    def score_one(self, context: dict[str, Any], self_edit: str) -> tuple[float, list[InnerResult], str | None]:
+    def score_one(self, context: dict[str, Any], self_edit: str | bytes
+                  ) -> tuple[float, list[InnerResult], str | None]:
         """The reward of one self-edit for one context, its runs, and a failure reason (or None)."""
         return self.score_many([context], [self_edit])[0]
 
-    def score_many(self, contexts: Sequence[dict[str, Any]], self_edits: Sequence[str]
+    def score_many(self, contexts: Sequence[dict[str, Any]], self_edits: Sequence[str | bytes]
                    ) -> list[tuple[float, list[InnerResult], str | None]]:
         """Rewards of many self-edits: all their inner runs go to the inner loop in one `run_many` call, so
         `batch_self_edits=K` trains K of them at once. With a `store`, runs already finished (same policy
@@ -131,6 +135,7 @@ class SelfEditReward:
         parsed: dict[int, list[InnerResult]] = {}
         crashed: list[InnerResult] = []
         check_distinct_context_ids(contexts)
+        self_edits = [completion_text(e) for e in self_edits]  # bytes and chat messages, as TRL's call gets them
         version = self.inner_loop.policy_version if self.store is not None else ""
         settings = self._settings() if self.store is not None else {}
         for i, (context, self_edit) in enumerate(zip(contexts, self_edits, strict=True)):
@@ -171,7 +176,7 @@ class SelfEditReward:
         return out if self.baseline == "none" else self._against_baseline(contexts, out)
 
     def _check_not_copied(self, context: dict[str, Any], self_edit: str) -> None:
-        if self.max_copied is None or not isinstance(self_edit, str):  # bytes: the task's parser says why
+        if self.max_copied is None:
             return
         share = self.task.copied_share(context, self_edit)
         if share > self.max_copied:
@@ -194,11 +199,20 @@ class SelfEditReward:
             copies.append(matching_copies(mean(trained), once_tokens) if matched else 1.0)
         more = {(context_key(c), k) for c, exact in zip(contexts, copies, strict=True)
                 for k in _whole_copies_around(exact) if k > 1}
-        references.update(self._baseline_scores(by_id, more))
+        references.update(self._baseline_scores(by_id, more, beyond_limits_ok=True))
         out, self.last_references = [], []
         for context, exact, (_, runs, reason) in zip(contexts, copies, scored, strict=True):
+            cid = context_key(context)
             low, high = _whole_copies_around(exact)
-            at_low, at_high = references[context_key(context), low][0], references[context_key(context), high][0]
+            if (cid, high) not in references:  # the passage repeated that often breaks the inner limits
+                most = max(k for c, k in references if c == cid)
+                error = SelfEditError("too_long", f"it trains on as many tokens as {exact:.1f} copies of the passage; "
+                                      f"the inner limits let the passage-matched baseline repeat it {most} times",
+                                      field="self_edit")
+                runs = [dataclasses.replace(r, error=error.reason, error_message=str(error), score_after=None,
+                                            reward=0.0) if r.ok else r for r in runs]
+                reason, exact, low, high = reason or error.reason, most, most, most
+            at_low, at_high = references[cid, low][0], references[cid, high][0]
             reference = at_low + (exact - low) * (at_high - at_low)
             self.last_references.append(reference)
             reward = mean(self.inner_loop.reward_from(reference, r.score_after if r.ok else r.score_before)
@@ -206,9 +220,12 @@ class SelfEditReward:
             out.append((reward, runs, reason))
         return out
 
-    def _baseline_scores(self, contexts: dict[str, dict[str, Any]], wanted: set[tuple[str, int]]
-                         ) -> dict[tuple[str, int], tuple[float, float]]:
-        """(mean adapted score, mean tokens trained) of the passage-only plan with k copies, per (context id, k)."""
+    def _baseline_scores(self, contexts: dict[str, dict[str, Any]], wanted: set[tuple[str, int]], *,
+                         beyond_limits_ok: bool = False) -> dict[tuple[str, int], tuple[float, float]]:
+        """(mean adapted score, mean tokens trained) of the passage-only plan with k copies, per (context id, k).
+
+        A plan of several copies that breaks the inner limits is left out when `beyond_limits_ok` (the self-edits
+        that would need it fail); any other failure, and one copy failing at all, stops with what to change."""
         version, settings = self.inner_loop.policy_version, self._settings()
         jobs, keys, owners = [], [], []
         for cid, k in sorted(wanted):
@@ -227,6 +244,8 @@ class SelfEditReward:
         runs: dict[tuple[str, int], list[InnerResult]] = {}
         for owner, key in zip(owners, keys, strict=True):
             result = self._baseline_runs[key]
+            if not result.ok and beyond_limits_ok and owner[1] > 1 and result.error in _LIMIT_REASONS:
+                continue
             if not result.ok:
                 raise RuntimeError(
                     f"the {self.baseline} baseline could not fine-tune on context {owner[0]!r} ({owner[1]} "
@@ -292,7 +311,7 @@ class SelfEditReward:
                 "task.build_dataset(contexts)"
             )
         contexts = [{f: columns[f][i] for f in self.task.context_fields} for i in range(len(completions))]
-        scored = self.score_many(contexts, [completion_text(c) for c in completions])
+        scored = self.score_many(contexts, completions)
         rewards = [float(reward) for reward, _, _ in scored]
         all_runs = [runs for _, runs, _ in scored]
         reasons = [reason for _, _, reason in scored]
@@ -326,8 +345,10 @@ class SelfEditReward:
                 log_metric("inner/baseline_score_mean", mean(references))
             if chosen_slots is not None:
                 log_metric("inner/batch_self_edits", chosen_slots)
-            for reason, count in Counter(r for r in reasons if r).items():
-                log_metric(f"inner/failed/{reason}", count / len(reasons))
+            # every reason on every call, 0 where absent: TRL averages a metric over the processes that logged it
+            counts = Counter(r for r in reasons if r)
+            for reason in FAILURE_REASONS:
+                log_metric(f"inner/failed/{reason}", counts[reason] / len(reasons))
         failures = [r for r in reasons if r]
         if failures:
             logger.info("%d of %d self-edits scored 0: %s", len(failures), len(reasons), dict(Counter(failures)))

@@ -198,8 +198,10 @@ class SEALTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
         # ReST-EM's loss has no importance ratio, so the "old" log-probs TRL computes (without grad) while it
-        # generates would be thrown away: skip that forward pass.
-        if self._generating and not self.variant.uses_grpo_loss and not torch.is_grad_enabled():
+        # generates would be thrown away: skip that forward pass. Not with vLLM's importance-sampling correction,
+        # which TRL computes from them whatever the loss.
+        needed = self.use_vllm and self.vllm_importance_sampling_correction
+        if self._generating and not self.variant.uses_grpo_loss and not torch.is_grad_enabled() and not needed:
             return None, None, None
         return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 

@@ -5,6 +5,7 @@ from transformers import AutoModelForCausalLM
 
 from seal_trl.config import SEALConfig
 from seal_trl.inner import InnerLoop, InnerLoopConfig
+from seal_trl.plans import FAILURE_REASONS
 from seal_trl.reward import SelfEditReward
 from seal_trl.tasks.arc.task import ArcTask
 from seal_trl.tasks.knowledge import KnowledgeTask, copied_share
@@ -53,6 +54,9 @@ def test_a_copy_is_failed_without_a_run_and_an_own_words_self_edit_runs(inner):
     assert len(inner.jobs_seen) == 1  # only the own-words self-edit was trained
     assert logged["inner_error"] == ["copies_context", ""]
     assert metrics["inner/failed/copies_context"] == 0.5
+    # every reason is logged, 0 where absent: TRL averages a metric over the processes that logged it
+    assert {k for k in metrics if k.startswith("inner/failed/")} == {f"inner/failed/{r}" for r in FAILURE_REASONS}
+    assert metrics["inner/failed/nan_loss"] == 0.0
 
 
 def test_without_max_copied_a_copy_runs(inner):

@@ -227,6 +227,16 @@ def test_utf8_bytes_train_exactly_like_their_text(rewards):
     assert errors == ["", ""] and as_bytes == as_text != 0.0
 
 
+def test_bytes_through_score_one_score_like_their_text(rewards):
+    text = NORMAL["implications"]
+    with hang_guard(TRAIN_LIMIT_S):
+        as_bytes = rewards["implications"].score_one(CONTEXT, text.encode())
+        as_text = rewards["implications"].score_one(CONTEXT, text)
+        broken = rewards["implications"].score_one(CONTEXT, b"\xff\xfe" + text.encode())
+    assert as_bytes[0] == as_text[0] != 0.0 and as_bytes[2] is None
+    assert broken[0] == 0.0 and broken[2] == "not_utf8"
+
+
 def test_a_normal_self_edit_scores_bit_identically_before_and_after_the_corpus(rewards):
     def normal_runs():
         out = {}

@@ -8,6 +8,7 @@ from transformers import AutoModelForCausalLM
 from seal_trl.config import SEALConfig
 from seal_trl.inner import InnerLoop, InnerLoopConfig
 from seal_trl.inner.jobs import InnerJob
+from seal_trl.plans import PlanBounds
 from seal_trl.reward import SelfEditReward
 from seal_trl.tasks.arc.task import ArcTask
 from seal_trl.tasks.knowledge import KnowledgeTask, matching_copies
@@ -117,6 +118,26 @@ def test_failed_self_edit_scores_the_unadapted_model_against_the_baseline(inner)
     assert logged["inner_error"] == ["empty"]
     assert rewards[0] == pytest.approx(run.score_before - reward.last_references[0], abs=1e-6)
     assert rewards[0] < 0  # below the passage fine-tune, where a working self-edit can still win
+
+
+def test_a_self_edit_the_matched_passage_cannot_match_fails_alone(inner):
+    """Two long lines are 3 examples, but matching their tokens takes more copies than max_examples allows."""
+    wordy = " ".join(["the river Velmora runs through the valley of Ostrand and feeds three lakes"] * 6)
+    inner.config = InnerLoopConfig(lora_r=4, lora_alpha=8, target_modules=("q_proj", "v_proj"), num_epochs=2,
+                                   learning_rate=5e-3, bounds=PlanBounds(max_examples=4))
+    reward = SelfEditReward(KnowledgeTask(), inner, baseline="passage-matched", progress=False)
+    logged = {}
+    rewards = reward([""] * 2, [SHORT, f"{wordy}\n{wordy}"], log_extra=logged.__setitem__, **columns(2))
+    assert logged["inner_error"] == ["", "too_long"]
+    failed = reward.last_results[1][0]
+    assert not failed.ok and failed.score_after is None and "copies of the passage" in failed.error_message
+    passage = f"{CONTEXT['title']}\n{CONTEXT['context']}"
+    copies = {len(job.plan.examples) for job in inner.jobs_seen if {e.completion for e in job.plan.examples} == {passage}}
+    most = max(k for k in copies if k <= 4)  # the largest repeat that ran; the ones the long self-edit needs did not
+    assert 1 < most < max(copies)
+    assert reward.last_references[1] == pytest.approx(independent_passage_score(inner, reward, most), abs=1e-5)
+    assert rewards[1] == pytest.approx(failed.score_before - reward.last_references[1], abs=1e-6)
+    assert reward.last_results[0][0].ok
 
 
 def test_baseline_needs_a_passage_and_a_comparable_reward(inner, tmp_path):

@@ -191,6 +191,19 @@ def test_rest_em_m_step_with_accumulation_and_several_steps_per_generation(tiny_
     assert rise[keep].mean() > rise[~keep].mean() + 0.1
 
 
+def test_rest_em_keeps_the_old_log_probs_that_vllm_correction_needs(tiny_model_dir, tiny_tokenizer, dataset,
+                                                                   tmp_path):
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path, max_steps=1), train_dataset=dataset,
+                          processing_class=tiny_tokenizer)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    trainer._generating = True
+    with torch.no_grad():
+        assert trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), 2)[0] is None
+        trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
+        logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), 2)[0]
+    assert logps is not None and logps.shape == (1, 2)
+
+
 def test_a_reward_call_whose_runs_all_raise_stops_training(tiny_model_dir, tiny_tokenizer, dataset, tmp_path,
                                                            monkeypatch):
     """An exception in every inner run is a setup fault: training must stop with the traceback, not score 0s."""
