@@ -260,8 +260,6 @@ class SelfEditReward:
         config = dataclasses.asdict(self.inner_loop.config)
         config.pop("batch_self_edits")  # K slots and the compiled forward give the same results, up to float rounding
         config.pop("compile")
-        if config["autocast"] == "off":  # fp32 runs keep the keys they had before the option existed
-            config.pop("autocast")
         settings = {"inner": config, "hyperparameters": self.default_hyperparameters(), "task": self._task_settings()}
         judge = getattr(getattr(self.inner_loop, "grader", None), "judge_model", None)
         if judge is not None:  # the judge's weights are not hashed: its name or path stands for them

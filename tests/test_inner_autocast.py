@@ -83,6 +83,5 @@ def test_store_keys_tell_bf16_runs_from_fp32_ones(tiny_model_dir, tiny_tokenizer
         return SelfEditReward(KnowledgeTask(), make_loop(tiny_model_dir, tiny_tokenizer, **config))._settings()
 
     fp32, bf16, compiled = settings(), settings(autocast="bf16"), settings(compile=True)
-    assert "autocast" not in fp32["inner"]  # the keys fp32 runs had before the option existed
-    assert bf16["inner"]["autocast"] == "bf16" and bf16 != fp32
+    assert fp32["inner"]["autocast"] == "off" and bf16["inner"]["autocast"] == "bf16" and bf16 != fp32
     assert compiled == fp32  # compiling changes float rounding only, like K slots
