@@ -100,6 +100,25 @@ def test_grouped_matmul_and_its_gather_fallback_agree(tiny_model_dir, tiny_token
     assert not calls
 
 
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped_mm", "gather"])
+def test_a_diverged_slot_leaves_the_others_alone(tiny_model_dir, tiny_tokenizer, monkeypatch, grouped):
+    """Slot 0 diverges (its activations go NaN); slot 1, shorter, is padded in the gather layout with token 0,
+    which must not carry that NaN into slot 1's gradients."""
+    if not grouped:
+        monkeypatch.setattr(batched, "grouped_mm_supported", lambda *a, **k: False)
+    probe = probes()["quorn"]
+    jobs = [InnerJob(TrainingPlan.from_texts(["The Quorn Expedition left port in 1874 along the river Velmora."] * 2,
+                                             epochs=3, learning_rate=1e30), probe, context_id="quorn", seed=1),
+            InnerJob(TrainingPlan.from_texts(["It left in 1874.", "Velmora."], epochs=3), probe, context_id="quorn",
+                     seed=2)]
+    settings = dict(max_grad_norm=None, lr_schedule="constant", bounds=PlanBounds(max_learning_rate=1e30))
+    alone = make_loop(tiny_model_dir, tiny_tokenizer, **settings).run_many(jobs)
+    together = make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=2, **settings).run_many(jobs)
+    assert alone[0].error == together[0].error == "nan_loss"
+    assert together[1].ok
+    assert_same(alone[1:], together[1:])
+
+
 def test_grouped_matmul_support_check():
     ok = batched.grouped_mm_supported([torch.Size([8, 64]), torch.Size([64, 8])], torch.float32, torch.device("cpu"))
     assert ok

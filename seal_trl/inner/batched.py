@@ -56,6 +56,7 @@ class SlotRouting:
     slots: torch.Tensor
     every_slot: bool = False  # slots == arange(K): use the stacked tensors as they are
     pad_index: torch.Tensor | None = None
+    pad_valid: torch.Tensor | None = None
     unpad_index: torch.Tensor | None = None
     offsets: torch.Tensor | None = None
 
@@ -195,10 +196,11 @@ class SlotLoRA:
                 grouped = x.reshape(routing.slots.numel(), -1, features)
                 delta = torch.bmm(torch.bmm(grouped, a.transpose(1, 2)) * scaling, b.transpose(1, 2))
             else:
-                # Padding positions read token 0; their outputs are never scattered back, so they get no gradient.
+                # Padding positions read token 0 and are zeroed: their outputs are never scattered back, and a NaN
+                # in token 0 (its slot diverged) must not reach the other slots' A gradients as 0 * NaN.
                 # index_select, not advanced indexing: its backward (index_add) is several times faster on CPU.
                 grouped = x.reshape(-1, features).index_select(0, routing.pad_index.flatten())
-                grouped = grouped.view(*routing.pad_index.shape, features)
+                grouped = grouped.view(*routing.pad_index.shape, features).masked_fill(~routing.pad_valid, 0.0)
                 delta = torch.bmm(torch.bmm(grouped, a.transpose(1, 2)) * scaling, b.transpose(1, 2))
                 delta = delta.reshape(-1, delta.shape[-1]).index_select(0, routing.unpad_index)
             return output + delta.reshape(output.shape).to(output.dtype)
@@ -296,7 +298,8 @@ class BatchedTrainer:
                 break
             packed = pack_slots(stepping, loop.device)
             ends = torch.tensor([packed.tokens_per_slot.get(k, 0) for k in range(self.num_slots)]).cumsum(0)
-            routing = SlotRouting(slots=packed.slots, pad_index=packed.pad_index, unpad_index=packed.unpad_index,
+            routing = SlotRouting(slots=packed.slots, pad_index=packed.pad_index, pad_valid=packed.pad_valid,
+                                  unpad_index=packed.unpad_index,
                                   every_slot=[k for k, _ in stepping] == list(range(self.num_slots)),
                                   offsets=ends.to(device=loop.device, dtype=torch.int32))
             # Backward runs inside the routing and packing too: gradient checkpointing recomputes the forward there.

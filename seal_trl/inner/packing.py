@@ -23,10 +23,10 @@ class PackedBatch:
     """One packed row: token ids, positions and labels (1, T); the slot of each token (T,).
 
     `example_lengths`: the token count of each example in the row, in order (attention runs per example, see
-    `packed_attention`). `pad_index` (G, L): the positions of each slot's tokens, padded with position 0 to the longest slot, in the
-    order of `slots` (G,). `unpad_index` (T,): where each token sits in that (G * L) layout. The LoRA layers use
-    both to run all slots in one batched matmul where the grouped matmul over the row's per-slot spans (which
-    needs neither) does not run.
+    `packed_attention`). `pad_index` (G, L): the positions of each slot's tokens, padded with position 0 to the
+    longest slot, in the order of `slots` (G,); `pad_valid` (G, L, 1): False at that padding. `unpad_index` (T,):
+    where each token sits in that (G * L) layout. The LoRA layers use them to run all slots in one batched matmul
+    where the grouped matmul over the row's per-slot spans (which needs none of them) does not run.
     """
 
     input_ids: torch.Tensor
@@ -35,6 +35,7 @@ class PackedBatch:
     token_slots: torch.Tensor
     slots: torch.Tensor
     pad_index: torch.Tensor
+    pad_valid: torch.Tensor
     unpad_index: torch.Tensor
     tokens_per_slot: dict[int, int]
     example_lengths: tuple[int, ...]
@@ -62,9 +63,11 @@ def pack_slots(batches: Sequence[tuple[int, Sequence[EncodedExample]]], device: 
         spans.append((start, len(ids)))
     longest = max(end - start for start, end in spans)
     pad_index = torch.zeros((len(spans), longest), dtype=torch.long)
+    pad_valid = torch.zeros((len(spans), longest, 1), dtype=torch.bool)
     unpad_index = torch.empty(len(ids), dtype=torch.long)
     for g, (start, end) in enumerate(spans):
         pad_index[g, : end - start] = torch.arange(start, end)
+        pad_valid[g, : end - start] = True
         unpad_index[start:end] = g * longest + torch.arange(end - start)
     return PackedBatch(
         input_ids=torch.tensor([ids], device=device),
@@ -73,6 +76,7 @@ def pack_slots(batches: Sequence[tuple[int, Sequence[EncodedExample]]], device: 
         token_slots=torch.tensor(token_slots, device=device),
         slots=torch.tensor([slot for slot, _ in batches], device=device),
         pad_index=pad_index.to(device),
+        pad_valid=pad_valid.to(device),
         unpad_index=unpad_index.to(device),
         tokens_per_slot={slot: end - start for (slot, _), (start, end) in zip(batches, spans)},
         example_lengths=tuple(lengths),
