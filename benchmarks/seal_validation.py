@@ -71,12 +71,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+INNER_SETTINGS = ("inner_epochs", "inner_lr", "inner_lora_r", "inner_lora_alpha", "answer_tokens", "seed")
+
+
+def check_resume(state: dict, context_ids: list[str], settings: dict, where: str) -> None:
+    """Refuse to add methods to a state made on other passages or with other inner-loop settings: its methods
+    would be paired with the new ones passage by passage. Records the settings in a state that has none."""
+    saved = state["details"].get("contexts")
+    if saved is not None and saved != context_ids:
+        first = next((i for i, (a, b) in enumerate(zip(saved, context_ids)) if a != b), min(len(saved),
+                                                                                           len(context_ids)))
+        raise SystemExit(f"{where} was made on other passages (they differ from passage {first}): use the same "
+                         "--data, --split and --limit, or another --output-dir")
+    recorded = state.setdefault("inner_settings", dict(settings))
+    changed = [k for k, v in settings.items() if k in recorded and recorded[k] != v]
+    if changed:
+        was = ", ".join(f"--{k.replace('_', '-')} {recorded[k]}" for k in changed)
+        raise SystemExit(f"{where} was made with {was}: use the same settings, or another --output-dir")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     from seal_trl.evaluation import evaluate_methods
     from seal_trl.inner import InnerLoop, InnerLoopConfig
     from seal_trl.models import load_policy
     from seal_trl.tasks.knowledge import KnowledgeTask
+    from seal_trl.continual.registry import atomic_write_bytes
+    from seal_trl.seeding import context_key
     from seal_trl.tasks.squad import load_contexts
 
     out = Path(args.output_dir)
@@ -86,6 +107,9 @@ def main(argv: list[str] | None = None) -> None:
     scores, details, wall = state["scores"], state["details"], state["wall_s"]
     contexts = load_contexts(args.data, split=args.split, limit=args.limit)
     n = len(contexts)
+    if not args.report_only:
+        check_resume(state, [context_key(c) for c in contexts], {k: getattr(args, k) for k in INNER_SETTINGS},
+                     str(state_path))
     config = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
                              lora_alpha=args.inner_lora_alpha, grader="loglik", seed=args.seed,
                              batch_self_edits=args.batch_self_edits, max_new_tokens=args.answer_tokens)
@@ -98,8 +122,8 @@ def main(argv: list[str] | None = None) -> None:
     def done(name: str) -> bool:
         return len(scores.get(name, [])) == n
 
-    def save() -> None:
-        state_path.write_text(json.dumps(state, default=str))
+    def save() -> None:  # atomic: the script is made to be killed and resumed
+        atomic_write_bytes(state_path, json.dumps(state, default=str).encode())
 
     def timed(name: str, fn) -> None:
         if args.only is not None and name not in args.only:
@@ -156,6 +180,8 @@ def report(args: argparse.Namespace, state: dict, seal_names: list[str], out: Pa
     from seal_trl.reporting import paired_table, qa_table, write_report
 
     scores, details, wall = state["scores"], state["details"], state["wall_s"]
+    if "contexts" not in details:
+        raise SystemExit(f"nothing to report yet in {args.state or out / 'state.json'}: no method has finished")
     order = [m for m in ("none", "passage", "passage-matched", *(f"base-{s}" for s in STYLES), *args.also,
                          *seal_names, f"{seal_names[-1]}:none")
              if len(scores.get(m, [])) == len(details["contexts"])]

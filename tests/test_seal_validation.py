@@ -52,3 +52,19 @@ def test_the_table_uses_the_policys_prompt_and_a_restart_recomputes_nothing(tiny
     seal_validation.main(argv)  # every method is in the state file: nothing is run again
     assert calls == []
     assert json.loads((out / "state.json").read_text())["scores"] == state["scores"]
+
+
+def test_a_state_from_other_passages_or_inner_settings_is_refused():
+    import pytest
+
+    settings = {k: 1 for k in seal_validation.INNER_SETTINGS}
+    state = {"scores": {}, "details": {"contexts": ["a", "b"]}, "wall_s": {}}
+    seal_validation.check_resume(state, ["a", "b"], settings, "s.json")
+    assert state["inner_settings"] == settings  # recorded the first time
+    with pytest.raises(SystemExit, match=r"s.json was made on other passages \(they differ from passage 1\)"):
+        seal_validation.check_resume(state, ["a", "c"], settings, "s.json")
+    with pytest.raises(SystemExit, match="differ from passage 2"):
+        seal_validation.check_resume(state, ["a", "b", "c"], settings, "s.json")
+    with pytest.raises(SystemExit, match="s.json was made with --inner-epochs 1: use the same settings"):
+        seal_validation.check_resume(state, ["a", "b"], {**settings, "inner_epochs": 10}, "s.json")
+    seal_validation.check_resume({"scores": {}, "details": {}, "wall_s": {}}, ["x"], settings, "new.json")
