@@ -65,6 +65,20 @@ def test_examples_are_capped_by_the_plan_bounds_keeping_the_originals(tiny_token
     assert queries(originals) <= queries(plan.examples)
 
 
+def test_augmented_examples_fit_the_step_budget_at_the_chosen_epochs(tiny_tokenizer):
+    """Five demonstrations make 25 leave-out tasks, x 10 with the basic augmentations: more than the paper's
+    375-step budget trains at 2 epochs, so the plan keeps the originals and as many augmented ones as fit."""
+    five = {**PUZZLE, "train": [{"input": [[i, 0]], "output": [[0, i]]} for i in range(1, 6)]}
+    task = ArcTask(tokenizer=tiny_tokenizer)
+    plan = task.plan(five, DEFAULT_CONFIG.to_json())
+    assert plan.num_steps <= task.bounds.step_budget and len(plan.examples) == task.bounds.step_budget // 2
+    originals = task.plan(five, config(use_basic_augmentations=False).to_json()).examples
+    assert len(originals) == 25
+    assert Counter((e.prompt.split("Test\n")[-1], e.completion) for e in originals) <= Counter(
+        (e.prompt.split("Test\n")[-1], e.completion) for e in plan.examples)
+    assert len(task.plan(five, DEFAULT_CONFIG.to_json(), batch_size=2).examples) == 250  # max_examples binds
+
+
 def test_loss_mask_covers_exactly_the_output_grid_tokens(tiny_tokenizer):
     # Independent check through the tokenizer's character offsets of the whole rendered text.
     task = ArcTask(tokenizer=tiny_tokenizer)
@@ -84,11 +98,11 @@ def test_loss_mask_covers_exactly_the_output_grid_tokens(tiny_tokenizer):
 
 
 def test_plan_errors_name_the_json_field(tiny_tokenizer):
-    task = ArcTask(tokenizer=tiny_tokenizer, bounds=PlanBounds(max_examples=250, step_budget=50, max_epochs=10))
+    task = ArcTask(tokenizer=tiny_tokenizer, bounds=PlanBounds(max_examples=250, step_budget=5, max_epochs=10))
     with pytest.raises(SelfEditError) as err:
-        task.plan(PUZZLE, config(num_train_epochs=6).to_json())  # 99 examples x 6 epochs
+        task.plan(PUZZLE, config(num_train_epochs=6).to_json())  # even one example x 6 epochs is over 5 steps
     assert err.value.reason == "over_budget" and err.value.field == "training.num_train_epochs"
-    assert "the budget is 50" in str(err.value)
+    assert "the budget is 5" in str(err.value)
     with pytest.raises(SelfEditError) as err:
         task.plan(PUZZLE, config(num_train_epochs=11, use_basic_augmentations=False).to_json())
     assert err.value.reason == "out_of_bounds" and err.value.field == "training.num_train_epochs"

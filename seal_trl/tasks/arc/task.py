@@ -183,13 +183,17 @@ class ArcTask:
                              "task.build_dataset(contexts, tokenizer)")
         pairs = self._pairs(context, "train")
         rng = np.random.default_rng(derive_seed(self.seed, context["context_id"], config.to_json()) % (2**63))
-        tasks = augmented_examples(pairs, config, rng, leave_out=self.leave_out,
-                                   max_examples=self.bounds.max_examples, keep_background=self.keep_background)
+        hp = {k: v for k, v in hyperparameters.items() if k in ("batch_size", "max_steps")}
+        most = self.bounds.max_examples
+        if hp.get("max_steps") is None:  # as many augmented examples as the step budget trains at these epochs
+            most = min(most, max(1, self.bounds.step_budget // max(config.num_train_epochs, 1)
+                                 * hp.get("batch_size", 1)))
+        tasks = augmented_examples(pairs, config, rng, leave_out=self.leave_out, max_examples=most,
+                                   keep_background=self.keep_background)
         if not tasks:
             raise SelfEditError("empty", f"puzzle {context['context_id']!r} has {len(pairs)} demonstration(s); "
                                 "leave-one-out training needs at least 2", field="train")
         examples = [(format_query(self.tokenizer, demos, q_in), grid_to_text(q_out)) for demos, (q_in, q_out) in tasks]
-        hp = {k: v for k, v in hyperparameters.items() if k in ("batch_size", "max_steps")}
         plan = TrainingPlan.from_pairs(examples, learning_rate=config.learning_rate, epochs=config.num_train_epochs,
                                        loss_on=config.loss_on, **hp)
         try:
