@@ -112,3 +112,14 @@ def test_probe_pairs_parse_in_linear_time_on_long_whitespace_runs():
     assert [answer for _, answer in pairs] == ["Ostrand"]
     assert parse_probe_pairs("Q: Where is the mill?\nA: Ostrand", "The mill stands in Ostrand.") == [
         ("Where is the mill?", "Ostrand")]
+
+
+def test_a_one_question_document_is_not_scored_against_gold_answers_only(tiny_model, tiny_tokenizer):
+    from seal_trl.continual.document_probes import labelled_probe, score_probe
+    from seal_trl.continual.documents import Document
+
+    doc = Document(doc_id="d", title="Velmora", text="The river Velmora runs through Ostrand and feeds three lakes.",
+                   questions=({"question": "Which valley does it cross?", "answers": ["Ostrand"]},))
+    probe = labelled_probe(doc)
+    assert probe.distractors and "Ostrand" not in probe.distractors
+    assert score_probe(tiny_model, tiny_tokenizer, probe)["soft_accuracy"] < 100.0  # a gold share of a softmax

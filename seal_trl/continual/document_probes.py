@@ -113,9 +113,12 @@ def cloze_pairs(document: Document, n: int) -> list[tuple[str, str, str]]:
 
 
 def labelled_probe(document: Document) -> DocumentProbe:
+    """The document's own questions, with distractors from its text: a one-question probe would otherwise rank
+    only gold answers and score 100 whatever the model knows."""
     items = tuple(ProbeItem(prompt=knowledge_prompt(document.title, q["question"]), answers=tuple(q["answers"]),
                             question=q["question"]) for q in document.questions)
-    return DocumentProbe(Probe(items=items, context_id=document.doc_id), "labelled")
+    golds = [a for q in document.questions for a in q["answers"]]
+    return DocumentProbe(Probe(items=items, context_id=document.doc_id), "labelled", _distractors(document, golds))
 
 
 def write_probe_text(model, tokenizer, document: Document, *, n: int = 4, max_new_tokens: int = 160) -> str:
