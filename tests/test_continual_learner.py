@@ -63,6 +63,10 @@ def test_gate_refuses_a_candidate_that_regresses_an_earlier_document(tmp_path, t
     attempts = registry.get(third.version)["metrics"]["attempts"]
     assert [a["learning_rate_scale"] for a in attempts] == [1.0, 0.5]
     assert not attempts[0]["passed"] and attempts[-1]["reasons"] == third.verdict.reasons
+    # no retry below the plan bounds' smallest learning rate (1e-2 x 1e-5 < 1e-6): the refusal stands, no error
+    learner.config.gentler_retries, learner.config.retry_lr_factor = 1, 1e-5
+    fourth = learner.adapt(DOC_B, self_edits=[EDIT_B])
+    assert [a["learning_rate_scale"] for a in registry.get(fourth.version)["metrics"]["attempts"]] == [1.0]
     entry = registry.get(second.version)
     assert entry["parent"] == first.version and entry["gate"]["passed"] is False and entry["gate"]["reasons"]
     # multi-objective scores are stored side by side, per document and metric

@@ -413,6 +413,9 @@ class ContinualLearner:
             attempts = []
             for attempt in range(cfg.gentler_retries + 1):
                 lr_scale = cfg.retry_lr_factor ** attempt
+                inner_cfg = self.inner.config
+                if attempt and inner_cfg.learning_rate * lr_scale < inner_cfg.bounds.min_learning_rate:
+                    break  # gentler would be below the plan bounds' smallest learning rate: keep the last candidate
                 best = self._train_best(document, edits, probe, pool, parent, lr_scale)
                 self.inner.load_candidate(best["state"])
                 after = self.measure({**earlier_probes, document.doc_id: probe}, regression=cfg.check_regression)
