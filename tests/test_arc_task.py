@@ -100,7 +100,7 @@ def test_loss_mask_covers_exactly_the_output_grid_tokens(tiny_tokenizer):
 def test_plan_errors_name_the_json_field(tiny_tokenizer):
     task = ArcTask(tokenizer=tiny_tokenizer, bounds=PlanBounds(max_examples=250, step_budget=5, max_epochs=10))
     with pytest.raises(SelfEditError) as err:
-        task.plan(PUZZLE, config(num_train_epochs=6).to_json())  # even one example x 6 epochs is over 5 steps
+        task.plan(PUZZLE, config(num_train_epochs=6).to_json())  # the 9 leave-out originals x 6 epochs > 5 steps
     assert err.value.reason == "over_budget" and err.value.field == "training.num_train_epochs"
     assert "the budget is 5" in str(err.value)
     with pytest.raises(SelfEditError) as err:

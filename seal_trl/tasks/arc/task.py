@@ -185,9 +185,11 @@ class ArcTask:
         rng = np.random.default_rng(derive_seed(self.seed, context["context_id"], config.to_json()) % (2**63))
         hp = {k: v for k, v in hyperparameters.items() if k in ("batch_size", "max_steps")}
         most = self.bounds.max_examples
-        if hp.get("max_steps") is None:  # as many augmented examples as the step budget trains at these epochs
-            most = min(most, max(1, self.bounds.step_budget // max(config.num_train_epochs, 1)
-                                 * hp.get("batch_size", 1)))
+        if hp.get("max_steps") is None:
+            # as many augmented copies as the step budget trains at these epochs; never fewer than the leave-out
+            # originals, so epochs that cannot train even those stay over budget
+            fits = self.bounds.step_budget // max(config.num_train_epochs, 1) * hp.get("batch_size", 1)
+            most = min(most, max(fits, len(leave_out_tasks(pairs, self.leave_out))))
         tasks = augmented_examples(pairs, config, rng, leave_out=self.leave_out, max_examples=most,
                                    keep_background=self.keep_background)
         if not tasks:
