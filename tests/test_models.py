@@ -192,7 +192,10 @@ def test_four_bit_on_cpu_forward_and_lora_backward(tiny_dir, tiny_llama_dir, arc
     with torch.no_grad():  # scoring a probe: eval mode, no grad (what triggers the repacking)
         logits, ref = model.eval()(ids).logits, reference(ids).logits
     assert torch.isfinite(logits).all()
-    assert 0 < (logits - ref).abs().max() < 0.5 * ref.abs().max()  # quantised: close to, but not, fp32
+    if not force_repacking or bnb.functional.has_avx512bf16():
+        # Forced on a CPU without AVX512-BF16, bitsandbytes' packed inference kernel returns wrong logits (seen on an
+        # AVX2-only EPYC); bitsandbytes never takes it there itself, so only the unpacking below is checked.
+        assert 0 < (logits - ref).abs().max() < 0.5 * ref.abs().max()  # quantised: close to, but not, fp32
     if force_repacking:
         assert any(getattr(m.weight.quant_state, "packing_format_for_cpu", False) for m in quantized)
         assert keep_4bit_trainable(model) == len(quantized)
