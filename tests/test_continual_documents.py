@@ -99,6 +99,12 @@ def test_bundled_regression_suite_and_bad_suites(tmp_path):
         RegressionSuite.from_json({"qa": []})
     with pytest.raises(RegressionSuiteError, match=r"qa\[0\] needs"):
         RegressionSuite.from_json({"heldout_text": "x", "qa": [{"question": "q", "choices": ["a"], "answer": 0}]})
+    for bad_item in ("q?", None, {"question": "q", "choices": ["a", 2], "answer": 0},
+                     {"question": "q", "choices": ["a", "b"], "answer": True}):
+        with pytest.raises(RegressionSuiteError, match=r"qa\[0\] needs"):
+            RegressionSuite.from_json({"heldout_text": "x", "qa": [bad_item]})
+    with pytest.raises(RegressionSuiteError, match="`qa` must be a list"):
+        RegressionSuite.from_json({"heldout_text": "x", "qa": "q? a"})
 
 
 def test_probe_pairs_parse_in_linear_time_on_long_whitespace_runs():

@@ -50,14 +50,19 @@ class RegressionSuite:
         text = data.get("heldout_text") if isinstance(data, dict) else None
         if not isinstance(text, str) or not text.strip():
             raise RegressionSuiteError(f"{source}: missing field `heldout_text`")
+        items = data.get("qa") or []
+        if not isinstance(items, list):
+            raise RegressionSuiteError(f"{source}: field `qa` must be a list of question objects")
         qa = []
-        for i, item in enumerate(data.get("qa") or []):
+        for i, item in enumerate(items):
+            item = item if isinstance(item, dict) else {}
             choices = item.get("choices")
             answer = item.get("answer")
             if (not isinstance(item.get("question"), str) or not isinstance(choices, list) or len(choices) < 2
-                    or not isinstance(answer, int) or not 0 <= answer < len(choices)):
-                raise RegressionSuiteError(f"{source}: qa[{i}] needs `question`, `choices` (>= 2) and `answer` "
-                                           "(the index of the correct choice)")
+                    or not all(isinstance(choice, str) for choice in choices)
+                    or isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(choices)):
+                raise RegressionSuiteError(f"{source}: qa[{i}] needs `question`, `choices` (>= 2 strings) and "
+                                           "`answer` (the index of the correct choice)")
             qa.append((item["question"], tuple(choices), answer))
         if not qa:
             raise RegressionSuiteError(f"{source}: field `qa` is empty")
