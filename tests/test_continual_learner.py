@@ -196,3 +196,16 @@ def test_user_constraints_can_refuse_a_candidate(tmp_path, tiny_model, tiny_toke
     assert not report.promoted and seen["samples"]
     reasons = " | ".join(report.verdict.reasons)
     assert "constraint:no_velmora: mentions a forbidden name" in reasons and "ZeroDivisionError" in reasons
+
+
+def test_a_document_learned_again_with_other_text_gets_a_fresh_before_score(tmp_path, tiny_model, tiny_tokenizer):
+    """The promoted model's scores are cached per probe content, not per document id: a document whose text and
+    questions changed is scored before training on its new probe, not on the cached score of the old one."""
+    learner = make_learner(tmp_path, tiny_model, tiny_tokenizer, promotion="never")
+    first = learner.adapt(DOC_A, self_edits=[EDIT_A])
+    changed = Document("a", DOC_B.title, DOC_B.text, DOC_B.questions)  # same id, other text and answers
+    second = learner.adapt(changed, self_edits=[EDIT_B])
+    learner.inner.reset_adapter(0)
+    expected = learner.measure({"a": learner.make_probe(changed)}, regression=False)["docs"]["a"]
+    assert second.before["new"]["a"] == pytest.approx(expected)
+    assert second.before["new"]["a"]["loglik"] != pytest.approx(first.before["new"]["a"]["loglik"])

@@ -35,7 +35,7 @@ from ..inner.jobs import INNER_ADAPTER, InnerResult
 from ..plans import SelfEditError, TrainingPlan
 from .regression import RegressionSuite, regression_scores
 from .registry import AdapterRegistry
-from ..seeding import derive_seed
+from ..seeding import content_digest, derive_seed
 
 logger = logging.getLogger(__name__)
 
@@ -364,17 +364,20 @@ class ContinualLearner:
         return out
 
     def promoted_scores(self, probes: Mapping[str, DocumentProbe]) -> dict[str, Any]:
-        """The promoted model's scores (inner adapter at identity), cached per promoted version."""
+        """The promoted model's scores (inner adapter at identity), cached per promoted version and probe content
+        (a document learned again with other text gets a new probe, so a fresh before-score)."""
         cache = self._scores.setdefault(self._loaded, {"docs": {}})
-        missing = {d: p for d, p in probes.items() if d not in cache["docs"]}
+        keys = {d: _probe_key(d, p) for d, p in probes.items()}
+        missing = {d: p for d, p in probes.items() if keys[d] not in cache["docs"]}
         need_regression = self.config.check_regression and "regression" not in cache
         if missing or need_regression:
             self.inner.reset_adapter(0)
             fresh = self.measure(missing, regression=need_regression)
-            cache["docs"].update(fresh["docs"])
+            cache["docs"].update({keys[d]: score for d, score in fresh["docs"].items()})
             if need_regression:
                 cache["regression"] = fresh["regression"]
-        return cache
+        return {"docs": {d: cache["docs"][keys[d]] for d in probes},
+                **({"regression": cache["regression"]} if "regression" in cache else {})}
 
     def _outputs(self, probe: DocumentProbe) -> CandidateOutputs:
         from ..inner.graders import greedy_answers
@@ -450,8 +453,9 @@ class ContinualLearner:
             if promote:
                 reason = "" if verdict.passed else "promotion=always (naive sequential merge)"
                 self.registry.promote(version, reason=reason)
-                self._scores[version] = {"docs": dict(after["docs"]), **({"regression": after["regression"]}
-                                                                        if "regression" in after else {})}
+                scored = {**earlier_probes, document.doc_id: probe}
+                self._scores[version] = {"docs": {_probe_key(d, scored[d]): v for d, v in after["docs"].items()},
+                                         **({"regression": after["regression"]} if "regression" in after else {})}
                 self.sync()
             else:
                 self.inner.reset_adapter(0)
@@ -499,3 +503,7 @@ class ContinualLearner:
         cfg["base_model_name_or_path"] = self.registry.base_model
         cfg["inference_mode"] = True
         return json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o)))
+
+
+def _probe_key(doc_id: str, probe: DocumentProbe) -> tuple[str, str]:
+    return doc_id, content_digest(probe.to_json())
