@@ -209,3 +209,20 @@ def test_a_document_learned_again_with_other_text_gets_a_fresh_before_score(tmp_
     expected = learner.measure({"a": learner.make_probe(changed)}, regression=False)["docs"]["a"]
     assert second.before["new"]["a"] == pytest.approx(expected)
     assert second.before["new"]["a"]["loglik"] != pytest.approx(first.before["new"]["a"]["loglik"])
+
+
+def test_separate_mode_loads_a_promoted_adapter_trained_on_other_modules(tmp_path, tiny_model, tiny_model_dir,
+                                                                         tiny_tokenizer):
+    """A registry promoted by a learner adapting more modules than this one (q, v, o, up, down against q, v) still
+    computes its promoted model exactly: each promoted adapter is added on its own modules, none dropped."""
+    from transformers import AutoModelForCausalLM
+
+    learner = make_learner(tmp_path, tiny_model, tiny_tokenizer, promotion="always", mode="separate")
+    learner.adapt(DOC_A, self_edits=[EDIT_A])
+    promoted = logits(learner, tiny_tokenizer)
+    narrow = InnerLoopConfig(lora_r=8, lora_alpha=16, target_modules=("q_proj", "v_proj"))
+    other = ContinualLearner(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_tokenizer,
+                             AdapterRegistry(tmp_path / "reg"), ContinualConfig(mode="separate",
+                                                                                check_regression=False), narrow)
+    other.sync()
+    assert torch.allclose(logits(other, tiny_tokenizer), promoted, atol=1e-5)

@@ -155,14 +155,20 @@ class ContinualInnerLoop(InnerLoop):
         else:
             from peft import LoraConfig, set_peft_model_state_dict
 
-            cfg = self.model.peft_config[INNER_ADAPTER]
             for version, state, scaling in chain:
                 adapter = f"promoted_{version}"
+                modules = {k[: -len(".lora_A.weight")] for k in state if k.endswith(".lora_A.weight")}
+                if not modules:
+                    raise ValueError(f"adapter {version} holds no LoRA tensors")
                 r = next(v.shape[0] for k, v in state.items() if k.endswith("lora_A.weight"))
+                # the adapter's own modules, which need not be the inner adapter's (another config trained it)
                 self.model.add_adapter(adapter, LoraConfig(
                     r=r, lora_alpha=scaling * r, lora_dropout=0.0, bias="none", task_type="CAUSAL_LM",
-                    target_modules=list(cfg.target_modules), inference_mode=True))
-                set_peft_model_state_dict(self.model, dict(state), adapter_name=adapter)
+                    target_modules=sorted({m.rsplit(".", 1)[-1] for m in modules}), inference_mode=True))
+                result = set_peft_model_state_dict(self.model, dict(state), adapter_name=adapter)
+                bad = [k for k in getattr(result, "unexpected_keys", []) if "lora_" in k]
+                if bad:
+                    raise ValueError(f"adapter {version} does not fit this model (unexpected tensors {bad[:3]})")
                 self._separate.append(adapter)
         self.model.base_model.set_adapter([*self._separate, INNER_ADAPTER])
         for pname, p in self.model.named_parameters():
