@@ -7,11 +7,20 @@ from typing import Any
 import torch
 
 
-@torch.no_grad()
 def generate_text(model, tokenizer, prompt: str | list[dict[str, Any]], *, max_new_tokens: int,
                   temperature: float = 0.0, seed: int | None = None) -> str:
     """The model's continuation of `prompt` (new tokens only): greedy when `temperature` is 0, otherwise sampled
     with torch's RNG seeded from `seed` so the same call gives the same text."""
+    return generate_texts(model, tokenizer, prompt, n=1, max_new_tokens=max_new_tokens, temperature=temperature,
+                          seed=seed)[0]
+
+
+@torch.no_grad()
+def generate_texts(model, tokenizer, prompt: str | list[dict[str, Any]], *, n: int, max_new_tokens: int,
+                   temperature: float = 0.0, seed: int | None = None) -> list[str]:
+    """`n` continuations of one prompt in one batched `generate` call (n > 1 needs sampling, temperature > 0)."""
+    if n > 1 and temperature <= 0:
+        raise ValueError(f"n={n} greedy continuations would all be the same: use temperature > 0")
     device = next(model.parameters()).device
     if isinstance(prompt, list):
         text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
@@ -21,10 +30,10 @@ def generate_text(model, tokenizer, prompt: str | list[dict[str, Any]], *, max_n
     ids = ids.to(device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     kwargs = {"do_sample": temperature > 0, "max_new_tokens": max_new_tokens, "pad_token_id": pad,
-              "eos_token_id": tokenizer.eos_token_id}
+              "eos_token_id": tokenizer.eos_token_id, "num_return_sequences": n}
     if temperature > 0:
         kwargs["temperature"] = temperature
         if seed is not None:
             torch.manual_seed(seed % (2**32))
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    return [tokenizer.decode(row[ids.shape[1]:], skip_special_tokens=True) for row in out]

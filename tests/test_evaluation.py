@@ -86,6 +86,20 @@ def test_greedy_single_self_edits_are_reproducible(tiny_model_dir, tiny_tokenize
     assert runs[2]["samples"] == runs[3]["samples"]
 
 
+def test_batched_samples_of_one_prompt_are_seeded_and_distinct(tiny_model_dir, tiny_tokenizer):
+    from seal_trl.generation import generate_text, generate_texts
+
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    prompt = KnowledgeTask().prompt(load_bundled("validation")[0])
+    first = generate_texts(policy, tiny_tokenizer, prompt, n=4, max_new_tokens=8, temperature=1.0, seed=3)
+    assert len(first) == 4 and len(set(first)) > 1  # n different samples, not one repeated
+    assert generate_texts(policy, tiny_tokenizer, prompt, n=4, max_new_tokens=8, temperature=1.0, seed=3) == first
+    greedy = generate_text(policy, tiny_tokenizer, prompt, max_new_tokens=8)
+    assert generate_texts(policy, tiny_tokenizer, prompt, n=1, max_new_tokens=8) == [greedy]
+    with pytest.raises(ValueError, match="temperature > 0"):
+        generate_texts(policy, tiny_tokenizer, prompt, n=2, max_new_tokens=8)
+
+
 def _adaptation_detector(loop, monkeypatch):
     """Replace greedy answers by a check of the model it is handed: adapted (logits moved) or not."""
     ids = torch.tensor([[5, 6, 7, 8]])
