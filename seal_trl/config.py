@@ -185,9 +185,18 @@ class SEALConfig(GRPOConfig):
             raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
                              "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
                              "or plain DDP (accelerate_configs/multi_gpu.yaml)")
+        if isinstance(self.inner_target_modules, str):  # `inner_target_modules: q_proj` in a recipe: one name
+            self.inner_target_modules = [self.inner_target_modules]
         super().__post_init__()
-        # Builds (and so validates) the inner-loop settings now, not at the first training step.
-        self.inner_loop_config()
+        # Builds (and so validates) the inner-loop settings now, not at the first training step, naming each
+        # setting as the recipe and the command line spell it.
+        try:
+            self.inner_loop_config()
+        except ValueError as err:
+            message = str(err)
+            for inner_name, name in _INNER_FIELD_NAMES.items():
+                message = message.replace(f"InnerLoopConfig.{inner_name} ", f"{name} ")
+            raise ValueError(message) from None
 
     def inner_loop_config(self) -> InnerLoopConfig:
         return InnerLoopConfig(
@@ -210,3 +219,11 @@ class SEALConfig(GRPOConfig):
             bounds=PlanBounds(step_budget=self.inner_step_budget, max_examples=self.inner_max_examples,
                               max_example_tokens=self.inner_max_seq_length),
         )
+
+
+# InnerLoopConfig's fields as SEALConfig (the recipes, the command line) names them.
+_INNER_FIELD_NAMES = {"lora_r": "inner_lora_r", "lora_alpha": "inner_lora_alpha", "lora_dropout": "inner_lora_dropout",
+                      "target_modules": "inner_target_modules", "learning_rate": "inner_learning_rate",
+                      "num_epochs": "inner_epochs", "batch_size": "inner_batch_size",
+                      "max_seq_length": "inner_max_seq_length", "grader": "inner_grader", "reward": "inner_reward",
+                      "autocast": "inner_autocast"}

@@ -224,6 +224,31 @@ def test_config_errors_name_the_field(tiny_model, tiny_tokenizer):
         InnerLoop(tiny_model, tiny_tokenizer, InnerLoopConfig(target_modules=("no_such_layer",)))
 
 
+@pytest.mark.parametrize("bad, words", [
+    ({"num_epochs": 25}, "num_epochs must be an integer in \\[1, 20\\]"),
+    ({"num_epochs": 2.5}, "num_epochs"),
+    ({"batch_size": 32}, "batch_size must be an integer in \\[1, 16\\]"),
+    ({"learning_rate": 0.05}, "learning_rate must be in"),
+    ({"learning_rate": float("nan")}, "learning_rate must be in"),
+    ({"lora_alpha": 0}, "lora_alpha must be a number > 0"),
+    ({"lora_r": 2.5}, "lora_r must be an integer"),
+    ({"lora_r": True}, "lora_r must be an integer"),
+    ({"max_grad_norm": -1.0}, "max_grad_norm must be a number > 0"),
+])
+def test_config_refuses_settings_under_which_every_self_edit_fails_or_adapts_nothing(bad, words):
+    """Each of these made every reward 0 (plans out of bounds, a no-op adapter) or trained uphill (a negative
+    clipping norm), with no error; they are refused when the config is built."""
+    with pytest.raises(ValueError, match=words):
+        InnerLoopConfig(**bad)
+
+
+def test_config_keeps_in_bounds_settings_and_reads_one_module_name():
+    config = InnerLoopConfig(num_epochs=20, batch_size=16, learning_rate=1e-2, max_grad_norm=None,
+                             target_modules="q_proj")
+    assert config.target_modules == ("q_proj",)
+    assert InnerLoopConfig(learning_rate=5e-2, bounds=PlanBounds(max_learning_rate=1e-1)).learning_rate == 5e-2
+
+
 def test_small_bounds_from_config(tiny_model, tiny_tokenizer, probe):
     loop = InnerLoop(tiny_model, tiny_tokenizer, InnerLoopConfig(lora_r=4, bounds=PlanBounds(step_budget=5)))
     assert loop.run(answer_plan(), probe).error == "over_budget"

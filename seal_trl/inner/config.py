@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -51,12 +52,21 @@ class InnerLoopConfig:
     bounds: PlanBounds = field(default_factory=PlanBounds)
 
     def __post_init__(self):
+        if isinstance(self.target_modules, str):  # one name, not its letters
+            self.target_modules = (self.target_modules,)
         self.target_modules = tuple(self.target_modules)
         if not self.target_modules:
             raise ValueError("InnerLoopConfig.target_modules is empty: name the linear layers to adapt, "
                              "e.g. ('q_proj', 'v_proj')")
-        if self.lora_r < 1:
-            raise ValueError(f"InnerLoopConfig.lora_r must be >= 1, got {self.lora_r}")
+        if not _is_int(self.lora_r) or self.lora_r < 1:
+            raise ValueError(f"InnerLoopConfig.lora_r must be an integer >= 1, got {self.lora_r!r}")
+        if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
+            raise ValueError(f"InnerLoopConfig.lora_alpha must be a number > 0 (0 makes every adapter a no-op, so "
+                             f"every reward 0), got {self.lora_alpha!r}")
+        self._check_plan_defaults()
+        if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
+            raise ValueError(f"InnerLoopConfig.max_grad_norm must be a number > 0, or None for no clipping, got "
+                             f"{self.max_grad_norm!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"InnerLoopConfig.lora_dropout must be in [0, 1), got {self.lora_dropout}")
         if self.lr_schedule not in ("constant", "linear"):
@@ -72,6 +82,31 @@ class InnerLoopConfig:
             raise ValueError(f"InnerLoopConfig.autocast must be 'off' or 'bf16', got {self.autocast!r}")
         if self.max_seq_length < 8:
             raise ValueError(f"InnerLoopConfig.max_seq_length must be >= 8, got {self.max_seq_length}")
+
+
+    def _check_plan_defaults(self) -> None:
+        """The epochs, batch size and learning rate every plan without its own gets must be inside the bounds:
+        outside them each self-edit would fail as out of bounds, and a whole run would train on zero rewards."""
+        b = self.bounds
+        for name, high, bound in (("num_epochs", b.max_epochs, "max_epochs"),
+                                  ("batch_size", b.max_batch_size, "max_batch_size")):
+            value = getattr(self, name)
+            if not _is_int(value) or not 1 <= value <= high:
+                raise ValueError(f"InnerLoopConfig.{name} must be an integer in [1, {high}] (PlanBounds.{bound}: "
+                                 f"outside it every self-edit fails as out of bounds), got {value!r}")
+        lr = self.learning_rate
+        if not _is_number(lr) or not b.min_learning_rate <= lr <= b.max_learning_rate:
+            raise ValueError(f"InnerLoopConfig.learning_rate must be in [{b.min_learning_rate:g}, "
+                             f"{b.max_learning_rate:g}] (PlanBounds: outside it every self-edit fails as out of "
+                             f"bounds), got {lr!r}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def parse_batch_self_edits(value, name: str = "batch_self_edits") -> int | Literal["auto"]:
