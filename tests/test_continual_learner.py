@@ -226,3 +226,36 @@ def test_separate_mode_loads_a_promoted_adapter_trained_on_other_modules(tmp_pat
                                                                                 check_regression=False), narrow)
     other.sync()
     assert torch.allclose(logits(other, tiny_tokenizer), promoted, atol=1e-5)
+
+
+@pytest.mark.parametrize("bad, field", [
+    ({"thresholds": {"probe_metric": "bogus"}}, "GateThresholds.probe_metric"),
+    ({"thresholds": 3}, "ContinualConfig.thresholds"),
+    ({"self_edit_style": "poem"}, "ContinualConfig.self_edit_style"),
+    ({"replay_ratio": float("nan")}, "ContinualConfig.replay_ratio"),
+    ({"anchor_weight": float("inf")}, "ContinualConfig.anchor_weight"),
+    ({"self_edit_temperature": -1.0}, "ContinualConfig.self_edit_temperature"),
+    ({"num_self_edits": 2.5}, "ContinualConfig.num_self_edits"),
+    ({"max_self_edit_lines": -1}, "ContinualConfig.max_self_edit_lines"),
+    ({"probe_questions": 0}, "ContinualConfig.probe_questions"),
+    ({"anchor_texts": "some general text"}, "ContinualConfig.anchor_texts"),
+    ({"anchor_texts": ["ok", 3]}, "ContinualConfig.anchor_texts"),
+])
+def test_config_refuses_bad_fields_before_any_model_loads(bad, field):
+    """Each of these was accepted and failed only later (after training, for a thresholds mapping), or silently
+    changed meaning (one anchor string read as its characters)."""
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        ContinualConfig(**bad)
+
+
+def test_nan_gate_thresholds_are_refused():
+    """NaN compares false with everything: such a threshold refused (or passed) every candidate."""
+    for name in ("min_new_gain", "max_earlier_drop", "max_single_earlier_drop", "max_perplexity_increase"):
+        with pytest.raises(ValueError, match=f"GateThresholds.{name} must be a number"):
+            GateThresholds(**{name: float("nan")})
+
+
+def test_config_reads_thresholds_from_a_mapping():
+    config = ContinualConfig(thresholds={"probe_metric": "loglik", "max_earlier_drop": 0.1}, anchor_texts=["a", " "])
+    assert config.thresholds == GateThresholds(probe_metric="loglik", max_earlier_drop=0.1)
+    assert config.anchor_texts == ("a",)

@@ -14,6 +14,8 @@ so the gate is testable without a model. The learner that produces the scores is
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,9 +39,16 @@ class GateThresholds:
     def __post_init__(self):
         if self.probe_metric not in PROBE_METRICS:
             raise ValueError(f"GateThresholds.probe_metric must be one of {PROBE_METRICS}, got {self.probe_metric!r}")
-        for name in ("max_earlier_drop", "max_perplexity_increase", "max_qa_drop"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"GateThresholds.{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("min_new_gain", "max_earlier_drop", "max_single_earlier_drop", "max_perplexity_increase",
+                     "max_qa_drop"):
+            value = getattr(self, name)
+            if value is None and name == "max_single_earlier_drop":
+                continue
+            # NaN compares false with everything, so a NaN threshold would refuse (or pass) every candidate
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
+                raise ValueError(f"GateThresholds.{name} must be a number, got {value!r}")
+            if name != "min_new_gain" and value < 0:
+                raise ValueError(f"GateThresholds.{name} must be >= 0, got {value}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -81,22 +82,37 @@ class ContinualConfig:
     seed: int = 0
 
     def __post_init__(self):
+        """Every field is checked here, before any model loads or trains (a config read from JSON or YAML, with
+        `thresholds` as a mapping, included)."""
+        from ..tasks.knowledge import STYLES
+
         if self.mode not in ("merge", "separate"):
             raise ValueError(f"ContinualConfig.mode must be 'merge' or 'separate', got {self.mode!r}")
         if self.promotion not in ("gate", "always", "never"):
             raise ValueError(f"ContinualConfig.promotion must be 'gate', 'always' or 'never', got {self.promotion!r}")
-        if self.replay_ratio < 0 or self.max_replay_examples < 0:
-            raise ValueError("ContinualConfig.replay_ratio and max_replay_examples must be >= 0")
-        if self.regularization < 0:
-            raise ValueError(f"ContinualConfig.regularization must be >= 0, got {self.regularization}")
-        if self.anchor_weight < 0 or self.anchor_max_tokens < 2:
-            raise ValueError("ContinualConfig.anchor_weight must be >= 0 and anchor_max_tokens >= 2, got "
-                             f"{self.anchor_weight} and {self.anchor_max_tokens}")
+        if isinstance(self.thresholds, Mapping):
+            self.thresholds = GateThresholds(**self.thresholds)
+        if not isinstance(self.thresholds, GateThresholds):
+            raise ValueError("ContinualConfig.thresholds must be a GateThresholds (or a mapping of its fields), got "
+                             f"{type(self.thresholds).__name__}")
+        if self.self_edit_style not in STYLES:
+            raise ValueError(f"ContinualConfig.self_edit_style must be one of {STYLES}, got {self.self_edit_style!r}")
+        for name, low in (("num_self_edits", 1), ("self_edit_max_new_tokens", 1), ("max_self_edit_lines", 1),
+                          ("max_replay_examples", 0), ("anchor_max_tokens", 2), ("gentler_retries", 0),
+                          ("probe_questions", 1), ("probe_max_new_tokens", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"ContinualConfig.{name} must be an integer >= {low}, got {value!r}")
+        for name in ("replay_ratio", "regularization", "anchor_weight", "self_edit_temperature"):
+            value = getattr(self, name)
+            if not _finite(value) or value < 0:
+                raise ValueError(f"ContinualConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not _finite(self.retry_lr_factor) or not 0 < self.retry_lr_factor <= 1:
+            raise ValueError(f"ContinualConfig.retry_lr_factor must be in (0, 1], got {self.retry_lr_factor!r}")
+        if isinstance(self.anchor_texts, str) or not all(isinstance(t, str) for t in self.anchor_texts):
+            raise ValueError("ContinualConfig.anchor_texts must be a list of texts (strings), not one string or "
+                             "other values")
         self.anchor_texts = tuple(t for t in self.anchor_texts if t.strip())
-        if self.gentler_retries < 0 or not 0 < self.retry_lr_factor <= 1:
-            raise ValueError("ContinualConfig.gentler_retries must be >= 0 and retry_lr_factor in (0, 1]")
-        if self.num_self_edits < 1:
-            raise ValueError(f"ContinualConfig.num_self_edits must be >= 1, got {self.num_self_edits}")
 
 
 class ContinualInnerLoop(InnerLoop):
@@ -513,3 +529,7 @@ class ContinualLearner:
 
 def _probe_key(doc_id: str, probe: DocumentProbe) -> tuple[str, str]:
     return doc_id, content_digest(probe.to_json())
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
