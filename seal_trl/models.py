@@ -399,16 +399,30 @@ def load_policy(model: str | None, adapter: str | None) -> tuple[str, object, ob
     path = model or str(embedded_model_path())
     policy, tokenizer = load_model_and_tokenizer(path)
     if adapter:
-        from pathlib import Path
-
-        from peft import PeftModel
-
-        local = Path(adapter)
-        if local.exists() and not (local / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"--adapter {adapter!r} has no adapter_config.json (pass a PEFT adapter directory)")
-        try:
-            policy = PeftModel.from_pretrained(policy, adapter)
-        except (OSError, ValueError) as err:
-            raise FileNotFoundError(f"--adapter {adapter!r} could not be loaded as a local directory or Hub repo: "
-                                    f"{str(err).splitlines()[0]}") from None
+        policy = attach_adapter(policy, adapter, flag="--adapter")
     return path, policy.eval(), tokenizer
+
+
+def attach_adapter(model, adapter: str, *, flag: str = "adapter"):
+    """`model` with the PEFT adapter `adapter` (a local directory or a Hub name) on top. Whatever stops it from
+    loading (no config or weights, a damaged file, an adapter trained on another base model) is one
+    `ModelLoadError` that names `flag`."""
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    local = Path(adapter).expanduser()
+    if local.exists():
+        if not (local / "adapter_config.json").is_file():
+            raise ModelLoadError(f"{flag} {adapter!r} has no adapter_config.json (pass a PEFT adapter directory)")
+        if not any((local / name).is_file() for name in ("adapter_model.safetensors", "adapter_model.bin")):
+            raise ModelLoadError(f"{flag} {adapter!r} has no adapter_model.safetensors: its weights are missing "
+                                 "(copy them too, or pass another adapter)")
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except Exception as err:  # PEFT and safetensors raise many types here: one message for all of them
+        detail = " ".join(str(err).split())[:300] or type(err).__name__
+        hint = (": it was trained on another base model, pass the model it was trained on"
+                if "size mismatch" in detail else "")
+        raise ModelLoadError(f"{flag} {adapter!r} could not be loaded onto the model{hint} "
+                             f"({type(err).__name__}: {detail})") from None

@@ -259,3 +259,16 @@ def test_config_reads_thresholds_from_a_mapping():
     config = ContinualConfig(thresholds={"probe_metric": "loglik", "max_earlier_drop": 0.1}, anchor_texts=["a", " "])
     assert config.thresholds == GateThresholds(probe_metric="loglik", max_earlier_drop=0.1)
     assert config.anchor_texts == ("a",)
+
+
+def test_a_promoted_version_whose_config_lacks_its_scaling_says_roll_back(tmp_path, tiny_model, tiny_tokenizer):
+    from seal_trl.continual.registry import RegistryError
+
+    learner = make_learner(tmp_path, tiny_model, tiny_tokenizer)
+    state = {"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight": torch.zeros(8, 64),
+             "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(64, 8)}
+    version = learner.registry.add_version(state, {"r": 8}, parent=None, documents=[], metrics={},
+                                           verdict={"passed": True, "objectives": [], "reasons": []})
+    learner.registry.promote(version)
+    with pytest.raises(RegistryError, match=f"version {version}'s adapter_config.json has no usable lora_alpha"):
+        learner.sync()

@@ -212,3 +212,12 @@ def test_push_to_hub_sends_only_promoted_versions_with_chain_and_card(tmp_path):
     empty = AdapterRegistry(tmp_path / "empty", create=True)
     with pytest.raises(RegistryError, match="no version is promoted"):
         empty.push_to_hub("me/x", api=FakeHub())
+
+
+def test_a_damaged_adapter_file_is_a_registry_error_that_says_roll_back(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True, base_model="tiny")
+    v1 = add(reg, 1)
+    path = reg.version_dir(v1) / "adapter_model.safetensors"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # a half-copied version
+    with pytest.raises(RegistryError, match=f"version {v1}'s files are damaged: roll back past it"):
+        reg.load_adapter(v1)

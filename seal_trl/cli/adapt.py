@@ -107,7 +107,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     from ..continual.learner import ContinualConfig, ContinualLearner
     from ..continual.documents import read_documents
     from ..inner.config import InnerLoopConfig
-    from ..models import load_model_and_tokenizer
+    from ..models import attach_adapter, load_model_and_tokenizer
 
     # everything that can be refused is checked before the model loads and before the registry changes
     check_adapter(args.policy_adapter, "--policy-adapter")
@@ -131,9 +131,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     with registry.locked() if registry else contextlib.nullcontext():
         model, tokenizer = load_model_and_tokenizer(args.model)
         if args.policy_adapter:
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, args.policy_adapter).merge_and_unload()
+            model = attach_adapter(model, args.policy_adapter, flag="--policy-adapter").merge_and_unload()
         # a new registry is created only now, so a model that fails to load leaves none behind (built on the wrong
         # base model name, it would refuse the corrected command)
         registry = registry or AdapterRegistry(args.registry, create=True, base_model=_base_model_name(args),

@@ -35,7 +35,7 @@ from ..inner.engine import InnerLoop
 from ..inner.jobs import INNER_ADAPTER, InnerResult
 from ..plans import SelfEditError, TrainingPlan
 from .regression import RegressionSuite, regression_scores
-from .registry import AdapterRegistry
+from .registry import AdapterRegistry, RegistryError
 from ..seeding import content_digest, derive_seed
 
 logger = logging.getLogger(__name__)
@@ -297,7 +297,12 @@ class ContinualLearner:
             chain = []
             for v in self.registry.chain(promoted):
                 cfg = self.registry.read_json(v, "adapter_config.json")
-                chain.append((v, self.registry.load_adapter(v), adapter_scaling(cfg)))
+                try:
+                    scaling = adapter_scaling(cfg)
+                except (KeyError, TypeError, ValueError, ZeroDivisionError):
+                    raise RegistryError(f"version {v}'s adapter_config.json has no usable lora_alpha and r; its files "
+                                        "are damaged: roll back past it or restore them") from None
+                chain.append((v, self.registry.load_adapter(v), scaling))
             self.inner.set_promoted(chain, self.config.mode)
             if self.config.anchor_weight > 0:
                 self.inner.set_anchor(self.anchor_texts(), self.config.anchor_weight,

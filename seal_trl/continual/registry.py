@@ -240,7 +240,12 @@ class AdapterRegistry:
         """The version's adapter tensors (PEFT keys, no adapter name)."""
         from safetensors.torch import load_file
 
-        return load_file(str(self.version_dir(version) / ADAPTER_FILE))
+        path = self.version_dir(version) / ADAPTER_FILE
+        try:
+            return load_file(str(path))
+        except Exception as err:  # safetensors raises its own error type for a truncated or damaged file
+            raise RegistryError(f"{path}: cannot read the adapter ({type(err).__name__}: {err}); version {version}'s "
+                                "files are damaged: roll back past it or restore them") from None
 
     def read_json(self, version: str, name: str) -> Any:
         return read_json_file(self.version_dir(version) / name, error=RegistryError,
