@@ -221,3 +221,24 @@ def test_a_damaged_adapter_file_is_a_registry_error_that_says_roll_back(tmp_path
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # a half-copied version
     with pytest.raises(RegistryError, match=f"version {v1}'s files are damaged: roll back past it"):
         reg.load_adapter(v1)
+
+
+@pytest.mark.parametrize("damage", ["version-deleted", "adapter-truncated", "parent-config-deleted"])
+def test_promote_and_rollback_refuse_a_version_whose_model_cannot_be_built(tmp_path, damage):
+    import shutil
+
+    reg = AdapterRegistry(tmp_path / "reg", create=True, base_model="tiny")
+    v1 = add(reg, 1)
+    reg.promote(v1)
+    v2 = add(reg, 2, parent=v1)
+    if damage == "version-deleted":
+        shutil.rmtree(reg.version_dir(v2))
+    elif damage == "adapter-truncated":
+        path = reg.version_dir(v2) / "adapter_model.safetensors"
+        path.write_bytes(path.read_bytes()[:20])
+    else:
+        (reg.version_dir(v1) / "adapter_config.json").unlink()
+    manifest = (tmp_path / "reg" / "registry.json").read_bytes()
+    with pytest.raises(RegistryError, match=f"cannot promote '{v2}'|version {v1}'s files are damaged"):
+        reg.promote(v2)
+    assert (tmp_path / "reg" / "registry.json").read_bytes() == manifest and reg.promoted == v1

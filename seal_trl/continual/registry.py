@@ -328,6 +328,8 @@ class AdapterRegistry:
             manifest = self.manifest()
             if version is not None and version not in manifest["versions"]:
                 self.get(version)  # raises the clear error
+            if version is not None:
+                self.check_files(version, action)
             previous = manifest["promoted"]
             manifest["promoted"] = version
             entry = {"action": action, "version": version, "from": previous, "time": _now()}
@@ -339,6 +341,21 @@ class AdapterRegistry:
             atomic_write_json(self.root / MANIFEST, manifest, hook="manifest_temp_written")
             _at("manifest_replaced")
             return entry
+
+    def check_files(self, version: str, action: str = "load") -> None:
+        """Raise `RegistryError` unless the model of `version` can be built: its adapter and config, and those of
+        every version below it, are there and readable (checked before a promotion or rollback points at it)."""
+        from safetensors import safe_open
+
+        for v in self.chain(version):
+            path = self.version_dir(v) / ADAPTER_FILE
+            try:
+                with safe_open(str(path), framework="pt") as fh:
+                    fh.keys()
+            except Exception as err:  # a missing file is an OSError, a damaged one safetensors' own error type
+                raise RegistryError(f"cannot {action} {version!r}: {path} cannot be read ({type(err).__name__}: "
+                                    f"{err}); restore version {v}'s files first (nothing was changed)") from None
+            self.read_json(v, ADAPTER_CONFIG)
 
     def promote(self, version: str, *, reason: str = "") -> dict[str, Any]:
         """Make `version` the promoted one. A version the gate refused needs a `reason` (a manual override)."""
