@@ -214,6 +214,9 @@ CASES = [
     Case("train-data-directory", lambda ws: train(ws, "--data", str(write(ws, "d/a.txt", "x").parent)),
          ("data", "directory")),
     Case("train-learning-rate-nan", lambda ws: train(ws, "--learning_rate", "nan"), ("learning_rate", "finite")),
+    Case("train-output-dir-holds-a-finished-model",
+         lambda ws: train(ws, "--output_dir", str(write(ws, "done/adapter_model.safetensors", b"weights").parent)),
+         ("output_dir", "already holds a trained model", "new output_dir")),
     # inner settings under which every self-edit would fail (or the adapter do nothing): a run of zero rewards
     Case("train-inner-epochs-over-bounds", lambda ws: train(ws, "--inner_epochs", "25"),
          ("inner_epochs", "[1, 20]", "out of bounds")),

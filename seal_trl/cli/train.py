@@ -98,6 +98,8 @@ def build(script_args: SEALScriptArguments, training_args: SEALConfig, model_arg
     loads, so a bad path or file costs nothing."""
     check_output_dir(training_args.output_dir, "output_dir")
     checkpoint = resume_checkpoint(training_args)
+    if checkpoint is None:
+        check_no_finished_model(training_args.output_dir)
     contexts = None if script_args.task == "arc" else _knowledge_contexts(script_args)
     model_path = model_args.model_name_or_path or str(embedded_model_path())
     tokenizer = load_tokenizer(model_path, trust_remote_code=getattr(training_args, "trust_remote_code", False))
@@ -143,6 +145,20 @@ def resume_checkpoint(training_args: SEALConfig) -> str | None:
         raise UsageError(f"resume_from_checkpoint {chosen!r} is incomplete ({problem}); pass an earlier checkpoint, "
                          "or leave it unset to resume from output_dir's last complete one")
     return chosen
+
+
+#: What a finished run leaves in output_dir (`save_model`): a policy adapter, or a full model.
+FINISHED_MODEL_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
+
+
+def check_no_finished_model(output_dir: str) -> None:
+    """With no checkpoint to resume from, training starts over and its final save replaces the model an earlier
+    run left in `output_dir` (recipes that save no checkpoints, e.g. cpu_demo.yaml): refuse that, changing nothing."""
+    found = [name for name in FINISHED_MODEL_FILES if os.path.isfile(os.path.join(output_dir, name))]
+    if found:
+        raise UsageError(f"output_dir {output_dir!r} already holds a trained model ({found[0]}) and no checkpoint to "
+                         "resume from: training would start over and overwrite it. Pass a new output_dir, or move "
+                         "that model away")
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:
