@@ -91,6 +91,19 @@ def test_missing_paths_empty_directories_and_duplicate_ids(tmp_path):
         read_documents([tmp_path / "a.txt", tmp_path / "sub"])
 
 
+
+def test_distinct_ids_that_share_a_slug_stay_distinct_and_true_duplicates_are_refused(tmp_path):
+    """Non-Latin ids all slug to 'doc' (and 'Report 1' / 'report-1' to one slug): they were refused as duplicates."""
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps([{"id": "文書一", "text": "The cat sat."}, {"id": "文書二", "text": "The dog ran."},
+                                {"id": "Report 1", "text": "Rain."}, {"id": "report-1", "text": "Snow."}]))
+    ids = [d.doc_id for d in read_documents(path)]
+    assert len(set(ids)) == 4 and ids[0] == "doc" and ids[2] == "report-1"
+    path.write_text(json.dumps([{"id": "a", "text": "One."}, {"id": "a", "text": "Two."}]))
+    with pytest.raises(DocumentError, match="'a' appears twice"):
+        read_documents(path)
+
+
 def test_bundled_regression_suite_and_bad_suites(tmp_path):
     suite = RegressionSuite.bundled()
     assert len(suite.heldout_text.split()) > 150 and len(suite.qa) >= 12

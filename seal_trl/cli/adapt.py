@@ -78,15 +78,15 @@ def _base_model_name(args: argparse.Namespace) -> str:
     return f"{name}+{args.policy_adapter}" if args.policy_adapter else name
 
 
-def _read_anchor_texts(path: str) -> tuple[str, ...]:
-    """The paragraphs (blank-line separated) of a UTF-8 text file, validated like a document."""
+def _read_anchor_texts(path: str, max_bytes: int) -> tuple[str, ...]:
+    """The paragraphs (blank-line separated) of a UTF-8 text file, validated (and size-limited) like a document."""
     from ..continual.documents import DocumentError, read_document_file
     from ..safe_json import check_regular_file
 
     if not Path(path).exists():
         raise DocumentError(f"{path}: no such file (--anchor-text)")
     check_regular_file(Path(path), error=DocumentError, hint=" (--anchor-text takes a UTF-8 text file)")
-    docs = read_document_file(Path(path), max_bytes=1_000_000, chunk_chars=10**9)
+    docs = read_document_file(Path(path), max_bytes=max_bytes, chunk_chars=10**9)
     texts = tuple(p.strip() for d in docs for p in d.text.split("\n\n") if p.strip())
     if not texts:
         raise DocumentError(f"{path}: no text in it (--anchor-text)")
@@ -113,7 +113,8 @@ def run_adapt(args: argparse.Namespace) -> int:
     check_adapter(args.policy_adapter, "--policy-adapter")
     documents = read_documents(args.documents, max_bytes=int(args.max_document_mb * 1_000_000),
                                chunk_chars=args.chunk_chars)
-    anchor_texts = _read_anchor_texts(args.anchor_text) if args.anchor_text else ()
+    anchor_texts = (_read_anchor_texts(args.anchor_text, int(args.max_document_mb * 1_000_000))
+                    if args.anchor_text else ())
     config = ContinualConfig(
         mode=args.mode, promotion=args.promotion, replay_ratio=args.replay_ratio,
         max_replay_examples=args.max_replay_examples, regularization=args.regularization,

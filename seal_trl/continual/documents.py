@@ -161,6 +161,7 @@ def _from_json(data: Any, path: Path, chunk_chars: int) -> list[Document]:
         return [Document(c["context_id"], c["title"], c["context"], tuple(c["questions"]), where) for c in contexts]
     items = data if isinstance(data, list) else [data]
     docs: list[Document] = []
+    raw_ids: dict[str, str] = {}  # slug -> the id it came from
     for i, item in enumerate(items):
         iwhere = f"{where}[{i}]" if isinstance(data, list) else where
         if not isinstance(item, Mapping):
@@ -170,7 +171,10 @@ def _from_json(data: Any, path: Path, chunk_chars: int) -> list[Document]:
             raise DocumentError(f"{iwhere}: missing field `text` (the document's text)")
         title = item.get("title") if isinstance(item.get("title"), str) else path.stem
         doc_id = str(item.get("id") or (path.stem if len(items) == 1 else f"{path.stem}-{i}"))
-        docs.extend(make_documents(_slug(doc_id), title, text, questions=_questions(item.get("questions"), iwhere),
+        slug = _slug(doc_id)
+        if raw_ids.setdefault(slug, doc_id) != doc_id:  # distinct ids with one slug ('文書一', '文書二' -> 'doc')
+            slug = f"{slug}-{i}"
+        docs.extend(make_documents(slug, title, text, questions=_questions(item.get("questions"), iwhere),
                                    source=iwhere, chunk_chars=chunk_chars))
     return docs
 
