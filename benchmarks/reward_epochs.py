@@ -128,7 +128,8 @@ def report(args, rewards: dict[int, list[list[float]]], failed: dict[int, int], 
     for epochs in args.epochs[1:]:
         s = paired_comparison(best[epochs], best[first], seed=args.seed)
         same = sum(int(np.argmax(a)) == int(np.argmax(b)) for a, b in zip(rewards[epochs], rewards[first]))
-        corr = np.corrcoef([r for row in rewards[epochs] for r in row], [r for row in rewards[first] for r in row])[0, 1]
+        corr = np.corrcoef([r for row in rewards[epochs] for r in row],
+                           [r for row in rewards[first] for r in row])[0, 1]
         lines += ["", f"{epochs} against {first} epochs, per passage: best sample's reward {s.mean_difference:+.3f} "
                   f"[{s.ci_low:+.3f}, {s.ci_high:+.3f}], {s.wins}/{s.losses} (n {s.n}); the same sample is best on "
                   f"{same} of {n} passages; correlation of the {n * args.samples} samples' rewards {corr:+.2f}."]

@@ -169,7 +169,8 @@ CASES = [
     Case("policy-adapter-missing", lambda ws: adapt(ws, "--policy-adapter", str(ws / "no-adapter")),
          ("--policy-adapter", "does not exist")),
     Case("anchor-text-over-max-document-mb",  # the anchor file was held to a fixed 1 MB whatever the flag said
-         lambda ws: adapt(ws, "--max-document-mb", "0.001", "--anchor-text", str(write(ws, "anchors.txt", "a " * 1000))),
+         lambda ws: adapt(ws, "--max-document-mb", "0.001",
+                          "--anchor-text", str(write(ws, "anchors.txt", "a " * 1000))),
          ("anchors.txt", "--max-document-mb")),
     Case("anchor-text-directory", lambda ws: adapt(ws, "--anchor-text", str(write(ws, "anchors/a.txt", "x").parent)),
          ("--anchor-text", "directory")),

@@ -15,7 +15,6 @@ so the gate is testable without a model. The learner that produces the scores is
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -30,7 +29,7 @@ from .gate import CandidateOutputs, Constraint, GateThresholds, GateVerdict, eva
 from .document_probes import (DocumentProbe, drop_held_out, labelled_probe, score_probe, self_written_probe,
                          write_probe_text)
 from .documents import Document
-from ..inner.config import InnerLoopConfig
+from ..inner.config import InnerLoopConfig, is_finite_number
 from ..inner.engine import InnerLoop
 from ..inner.jobs import INNER_ADAPTER, InnerResult
 from ..plans import SelfEditError, TrainingPlan
@@ -105,9 +104,9 @@ class ContinualConfig:
                 raise ValueError(f"ContinualConfig.{name} must be an integer >= {low}, got {value!r}")
         for name in ("replay_ratio", "regularization", "anchor_weight", "self_edit_temperature"):
             value = getattr(self, name)
-            if not _finite(value) or value < 0:
+            if not is_finite_number(value) or value < 0:
                 raise ValueError(f"ContinualConfig.{name} must be a finite number >= 0, got {value!r}")
-        if not _finite(self.retry_lr_factor) or not 0 < self.retry_lr_factor <= 1:
+        if not is_finite_number(self.retry_lr_factor) or not 0 < self.retry_lr_factor <= 1:
             raise ValueError(f"ContinualConfig.retry_lr_factor must be in (0, 1], got {self.retry_lr_factor!r}")
         if isinstance(self.anchor_texts, str) or not all(isinstance(t, str) for t in self.anchor_texts):
             raise ValueError("ContinualConfig.anchor_texts must be a list of texts (strings), not one string or "
@@ -534,7 +533,3 @@ class ContinualLearner:
 
 def _probe_key(doc_id: str, probe: DocumentProbe) -> tuple[str, str]:
     return doc_id, content_digest(probe.to_json())
-
-
-def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -60,11 +60,11 @@ class InnerLoopConfig:
                              "e.g. ('q_proj', 'v_proj')")
         if not _is_int(self.lora_r) or self.lora_r < 1:
             raise ValueError(f"InnerLoopConfig.lora_r must be an integer >= 1, got {self.lora_r!r}")
-        if not _is_number(self.lora_alpha) or self.lora_alpha <= 0:
+        if not is_finite_number(self.lora_alpha) or self.lora_alpha <= 0:
             raise ValueError(f"InnerLoopConfig.lora_alpha must be a number > 0 (0 makes every adapter a no-op, so "
                              f"every reward 0), got {self.lora_alpha!r}")
         self._check_plan_defaults()
-        if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or self.max_grad_norm <= 0):
+        if self.max_grad_norm is not None and (not is_finite_number(self.max_grad_norm) or self.max_grad_norm <= 0):
             raise ValueError(f"InnerLoopConfig.max_grad_norm must be a number > 0, or None for no clipping, got "
                              f"{self.max_grad_norm!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -95,7 +95,7 @@ class InnerLoopConfig:
                 raise ValueError(f"InnerLoopConfig.{name} must be an integer in [1, {high}] (PlanBounds.{bound}: "
                                  f"outside it every self-edit fails as out of bounds), got {value!r}")
         lr = self.learning_rate
-        if not _is_number(lr) or not b.min_learning_rate <= lr <= b.max_learning_rate:
+        if not is_finite_number(lr) or not b.min_learning_rate <= lr <= b.max_learning_rate:
             raise ValueError(f"InnerLoopConfig.learning_rate must be in [{b.min_learning_rate:g}, "
                              f"{b.max_learning_rate:g}] (PlanBounds: outside it every self-edit fails as out of "
                              f"bounds), got {lr!r}")
@@ -105,7 +105,8 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value) -> bool:
+def is_finite_number(value) -> bool:
+    """A real int or float (not a bool), not NaN or infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
