@@ -59,13 +59,18 @@ def main() -> None:
     wanted = {"passages": [context_key(c) for c in contexts], "samples": args.samples, "style": args.style,
               "max_new_tokens": args.max_new_tokens, "seed": args.seed}
     saved = json.loads(samples_path.read_text()) if samples_path.exists() else None
-    if saved is not None and saved["settings"] != wanted:
+    # each passage's samples are seeded by its own content, so a run over more passages keeps the earlier ones
+    done = 0 if saved is None else len(saved["settings"]["passages"])
+    if saved is not None and ({**saved["settings"], "passages": wanted["passages"][:done]}
+                              != {**wanted, "passages": wanted["passages"][:done]} or done > len(contexts)):
         sys.exit(f"{samples_path} holds samples for other settings: remove it or pass another --output-dir")
-    start = time.perf_counter()
-    if saved is None:
-        edits = [generate_texts(policy, tokenizer, task.prompt(c), n=args.samples, max_new_tokens=args.max_new_tokens,
-                                temperature=1.0, seed=derive_seed(args.seed, context_key(c))) for c in contexts]
-        saved = {"settings": wanted, "edits": edits, "wall_s": round(time.perf_counter() - start, 1)}
+    if done < len(contexts):
+        start = time.perf_counter()
+        new = [generate_texts(policy, tokenizer, task.prompt(c), n=args.samples, max_new_tokens=args.max_new_tokens,
+                              temperature=1.0, seed=derive_seed(args.seed, context_key(c))) for c in contexts[done:]]
+        earlier = saved or {"edits": [], "wall_s": 0.0}
+        saved = {"settings": wanted, "edits": earlier["edits"] + new,
+                 "wall_s": round(earlier["wall_s"] + time.perf_counter() - start, 1)}
         atomic_write_bytes(samples_path, json.dumps(saved).encode())
     edits = saved["edits"]
     del policy
