@@ -176,6 +176,9 @@ class SEALConfig(GRPOConfig):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         if self.inner_grader == "judge" and not self.inner_judge_model:
             raise ValueError("inner_grader='judge' needs inner_judge_model (a local path or Hub name of the judge)")
+        if self.inner_judge_model and self.inner_grader != "judge":
+            raise ValueError(f"inner_judge_model is set but inner_grader={self.inner_grader!r} does not use a judge: "
+                             "set inner_grader: judge, or remove inner_judge_model")
         if not 0.0 <= self.inner_max_exception_rate <= 1.0:
             raise ValueError(f"inner_max_exception_rate must be in [0, 1], got {self.inner_max_exception_rate}")
         if self.multi_objective_aggregation != "sum_then_normalize":

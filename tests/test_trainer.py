@@ -335,6 +335,8 @@ def test_config_rejects_inconsistent_settings(tmp_path):
             SEALConfig(output_dir=str(tmp_path), **bad)
     with pytest.raises(ValueError, match="inner_judge_model"):
         SEALConfig(output_dir=str(tmp_path), inner_grader="judge")
+    with pytest.raises(ValueError, match="inner_judge_model is set but inner_grader='f1' does not use a judge"):
+        SEALConfig(output_dir=str(tmp_path), inner_grader="f1", inner_judge_model="judges/small")
     with pytest.raises(ValueError, match="multi_objective_aggregation"):
         SEALConfig(output_dir=str(tmp_path), multi_objective_aggregation="normalize_then_sum")
     with pytest.raises(ValueError, match="FSDP is not supported.*zero3.yaml"):
