@@ -104,6 +104,16 @@ def test_a_directory_that_is_not_a_registry_is_refused_untouched(tmp_path):
     reg = AdapterRegistry(tmp_path / "reg", create=True, base_model="model-a")
     with pytest.raises(RegistryError, match="built on base model 'model-a'"):
         AdapterRegistry(reg.root, base_model="model-b")
+    model, adapter = tmp_path / "models" / "x", tmp_path / "policy"
+    model.mkdir(parents=True)
+    adapter.mkdir()
+    reg = AdapterRegistry(tmp_path / "reg2", create=True, base_model=f"{model}+{adapter}")
+    # the same directories spelled otherwise are the same base model; another directory is not
+    AdapterRegistry(reg.root, base_model=f"{model}/+{tmp_path}/models/../policy")
+    with pytest.raises(RegistryError, match="built on base model"):
+        AdapterRegistry(reg.root, base_model=f"{model}+{tmp_path}")
+    with pytest.raises(RegistryError, match="built on base model"):
+        AdapterRegistry(reg.root, base_model=str(model))
 
 
 @pytest.mark.parametrize("hook", ["manifest_temp_written", "manifest_replaced"])

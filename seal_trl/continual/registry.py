@@ -155,6 +155,18 @@ def _check_manifest(data: dict[str, Any], path: Path) -> None:
         damaged("promoted", f"an existing version (it names {data['promoted']!r})")
 
 
+def _same_model(recorded: str, given: str) -> bool:
+    """Whether two spellings name the same base model: equal, or the same local directories (`models/x`,
+    `models/x/`, its absolute path), a policy adapter joined with "+" compared part by part."""
+    if recorded == given:
+        return True
+
+    def canonical(name: str) -> list[str]:
+        parts = [name] if Path(name).expanduser().exists() else name.split("+")
+        return [str(Path(p).expanduser().resolve()) if Path(p).expanduser().exists() else p for p in parts]
+
+    return canonical(recorded) == canonical(given)
+
 
 class AdapterRegistry:
     """Versioned adapters with a manifest, a lock, promotion and rollback.
@@ -188,7 +200,8 @@ class AdapterRegistry:
                                                  "created": _now(), "base_model": base_model, "promoted": None,
                                                  "versions": {}, "log": []})
         data = self.manifest()
-        if base_model is not None and data.get("base_model") not in (None, base_model):
+        if base_model is not None and data.get("base_model") is not None and not _same_model(data["base_model"],
+                                                                                            base_model):
             raise RegistryError(f"{self.root} was built on base model {data['base_model']!r}, not {base_model!r}; "
                                 "use the same --model or a new registry directory")
 
