@@ -318,6 +318,17 @@ def test_bad_self_edits_score_zero_and_training_continues(tiny_model_dir, tiny_t
         reward(["p"], ["x"], context_id=["a"])
 
 
+def test_a_step_budget_below_the_inner_epochs_is_refused_for_the_knowledge_task(tmp_path):
+    from seal_trl.tasks.arc.task import ArcTask
+
+    args = SEALConfig(output_dir=str(tmp_path), use_cpu=True, inner_epochs=10, inner_step_budget=5)
+    with pytest.raises(ValueError, match="inner_step_budget=5 is below inner_epochs=10: every knowledge self-edit"):
+        SEALTrainer("unused-model", args=args)
+    with pytest.raises(Exception) as err:  # ARC self-edits choose their own epochs: the budget is not refused
+        SEALTrainer("unused-model", args=args, task=ArcTask())
+    assert "inner_step_budget" not in str(err.value)
+
+
 def test_config_rejects_inconsistent_settings(tmp_path):
     with pytest.raises(ValueError, match="algorithm"):
         SEALConfig(output_dir=str(tmp_path), algorithm="ppo")
