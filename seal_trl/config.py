@@ -201,6 +201,14 @@ class SEALConfig(GRPOConfig):
                 message = message.replace(f"InnerLoopConfig.{inner_name} ", f"{name} ")
             raise ValueError(message) from None
 
+    def check_knowledge_step_budget(self) -> None:
+        """A knowledge plan trains `inner_epochs` epochs of at least one step each (ARC self-edits choose their own
+        epochs, so this is checked per task, not in `__post_init__`)."""
+        if self.inner_epochs > self.inner_step_budget:
+            raise ValueError(f"inner_step_budget={self.inner_step_budget} is below inner_epochs={self.inner_epochs}: "
+                             "every knowledge self-edit would fail as over_budget; raise inner_step_budget or lower "
+                             "inner_epochs")
+
     def inner_loop_config(self) -> InnerLoopConfig:
         return InnerLoopConfig(
             lora_r=self.inner_lora_r,

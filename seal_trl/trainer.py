@@ -88,11 +88,8 @@ class SEALTrainer(GRPOTrainer):
             raise TypeError(f"args must be a SEALConfig, got {type(args).__name__}; SEALConfig accepts every "
                             "GRPOConfig field")
         self.task = task or KnowledgeTask(style=args.self_edit_style)
-        if isinstance(self.task, KnowledgeTask) and args.inner_epochs > args.inner_step_budget:
-            # a knowledge plan trains inner_epochs epochs of at least one step: every self-edit would be over budget
-            raise ValueError(f"inner_step_budget={args.inner_step_budget} is below inner_epochs={args.inner_epochs}: "
-                             "every knowledge self-edit would fail as over_budget; raise inner_step_budget or lower "
-                             "inner_epochs")
+        if isinstance(self.task, KnowledgeTask):
+            args.check_knowledge_step_budget()
         self.variant = get_variant(args.algorithm)
         self.seal_reward = SelfEditReward(self.task, inner_loop, repeats=args.reward_repeats, seed=args.seed,
                                           max_exception_rate=args.inner_max_exception_rate,

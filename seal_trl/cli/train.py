@@ -100,6 +100,8 @@ def build(script_args: SEALScriptArguments, training_args: SEALConfig, model_arg
     checkpoint = resume_checkpoint(training_args)
     if checkpoint is None:
         check_no_finished_model(training_args.output_dir)
+    if script_args.task == "knowledge":
+        training_args.check_knowledge_step_budget()
     contexts = None if script_args.task == "arc" else _knowledge_contexts(script_args)
     model_path = model_args.model_name_or_path or str(embedded_model_path())
     tokenizer = load_tokenizer(model_path, trust_remote_code=getattr(training_args, "trust_remote_code", False))
