@@ -54,6 +54,9 @@ def test_constraints_are_objectives_and_never_crash_the_gate():
     def broken(_):
         raise RuntimeError("boom")
 
+    for blank in ([""], ["ok", "  "], []):  # a blank phrase would ban nothing (or everything): refused
+        with pytest.raises(ValueError, match="non-blank phrases"):
+            banned_phrases(blank)
     results = run_constraints([banned_phrases(["acme corp"]), banned_phrases(["zebra"], name="zebra"), broken],
                               outputs)
     assert results["banned_phrases"].startswith("an answer contains banned phrase 'acme corp'")

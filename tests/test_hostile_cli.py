@@ -162,6 +162,7 @@ CASES = [
     Case("retry-lr-factor-zero", lambda ws: adapt(ws, "--retry-lr-factor", "0"), ("--retry-lr-factor", "> 0")),
     Case("min-new-gain-nan", lambda ws: adapt(ws, "--min-new-gain", "nan"), ("--min-new-gain", "'nan'")),
     Case("max-qa-drop-negative", lambda ws: adapt(ws, "--max-qa-drop", "-0.5"), ("--max-qa-drop", ">= 0")),
+    Case("adapt-banned-phrase-empty", lambda ws: adapt(ws, "--banned-phrase", " "), ("--banned-phrase", "' '")),
     Case("adapt-inner-epochs-zero", lambda ws: adapt(ws, "--inner-epochs", "0"), ("--inner-epochs", ">= 1")),
     Case("adapt-inner-lr-nan", lambda ws: adapt(ws, "--inner-lr", "nan"), ("--inner-lr", "'nan'")),
     Case("adapt-inner-lora-r-zero", lambda ws: adapt(ws, "--inner-lora-r", "0"), ("--inner-lora-r", ">= 1")),

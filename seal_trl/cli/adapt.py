@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..continual.registry import MANIFEST, AdapterRegistry, RegistryError, check_new_registry_location
 from ..tasks.knowledge import STYLES
-from .flags import check_adapter, inner_epochs, inner_learning_rate, integer, number
+from .flags import check_adapter, inner_epochs, inner_learning_rate, integer, number, phrase
 
 
 def add_continual_commands(sub) -> None:
@@ -50,7 +50,7 @@ def add_continual_commands(sub) -> None:
     adapt.add_argument("--max-perplexity-increase", type=number(0), default=0.02, help="relative, 0.02 = 2%%")
     adapt.add_argument("--max-qa-drop", type=number(0), default=0.02, help="relative, 0.02 = 2%%")
     adapt.add_argument("--no-regression", action="store_true", help="skip the regression suite objectives")
-    adapt.add_argument("--banned-phrase", action="append", default=[],
+    adapt.add_argument("--banned-phrase", action="append", default=[], type=phrase,
                        help="a constraint: refuse candidates whose answers contain this phrase (repeatable)")
     adapt.add_argument("--max-document-mb", type=number(0, 1000, exclusive=True), default=1.0,
                        help="refuse larger document files")

@@ -38,6 +38,13 @@ def batch_self_edits(text: str) -> int | str:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def phrase(text: str) -> str:
+    """An argparse type: text with something other than whitespace in it."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a phrase, got {text!r}")
+    return text
+
+
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
     """An argparse type: an integer in [minimum, maximum]."""
     def parse(text: str) -> int:

@@ -89,7 +89,10 @@ Constraint = Callable[[CandidateOutputs], "str | None"]
 
 def banned_phrases(phrases: Iterable[str], *, name: str = "banned_phrases") -> Constraint:
     """A constraint that fails when any sampled answer contains one of `phrases` (case-insensitive)."""
-    lowered = [p.lower() for p in phrases if p.strip()]
+    phrases = list(phrases)
+    if not phrases or not all(isinstance(p, str) and p.strip() for p in phrases):
+        raise ValueError(f"banned_phrases needs one or more non-blank phrases, got {phrases!r}")
+    lowered = [p.lower() for p in phrases]
 
     def check(outputs: CandidateOutputs) -> str | None:
         for prompt, text in outputs.samples.items():
