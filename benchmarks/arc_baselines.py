@@ -1,5 +1,5 @@
 """Few-shot ARC baselines on the embedded SmolLM2-135M-Instruct (CPU): in-context only, TTT with the default
-config, TTT with the model's own self-edit (before RL). Appends a section to benchmarks/RESULTS.md.
+config, TTT with the model's own self-edit (before RL). Appends a section to the day's log, benchmarks/log/.
 
     SEAL_TRL_CACHE=/tmp/sealcache PYTHONPATH=. python benchmarks/arc_baselines.py --tasks 8
 """

@@ -5,7 +5,7 @@ The reference-style loop is what a user would write from the SEAL reference code
 to disk and loaded back for scoring, and the score before adaptation recomputed every time. Both use
 the same plans, LoRA settings, learning rate, epochs, batch size and grader (answer log-likelihood).
 
-Each variant runs in its own subprocess so peak RSS is its own. Results are appended to RESULTS.md.
+Each variant runs in its own subprocess so peak RSS is its own. Results are appended to the day's log, benchmarks/log/.
 
     python benchmarks/inner_loop.py --model tiny                 # quick (seconds)
     python benchmarks/inner_loop.py --model embedded --plans 3   # SmolLM2-135M (tens of minutes on 2 cores)
@@ -607,7 +607,7 @@ def main() -> None:
                              "reference")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU check)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    parser.add_argument("--json", default=None, help="--batched: write the results here instead of RESULTS.md")
+    parser.add_argument("--json", default=None, help="--batched: write the results here instead of the log")
     parser.add_argument("--autocast", default="off", choices=["off", "bf16", "compare"],
                         help="InnerLoopConfig.autocast for seal-trl's loop (the reference loop stays as it is); "
                              "'compare': each --batched K (default 1) in fp32 and in bf16, speed and rewards")

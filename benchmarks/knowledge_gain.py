@@ -2,7 +2,7 @@
 
 On one invented passage (benchmarks/knowledge_example.py): (i) the passage alone, (ii) an implications-style
 self-edit plus the passage, (iii) unrelated text of the same size. Scored by answer log-likelihood and by
-greedy-answer token F1. Appends a table to RESULTS.md.
+greedy-answer token F1. Appends a table to the day's log, benchmarks/log/.
 
     python benchmarks/knowledge_gain.py --model embedded
 """

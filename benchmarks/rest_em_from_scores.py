@@ -5,12 +5,12 @@ where `seal_validation.py` reads it (OUTPUT_DIR/checkpoint-STEPS).
 Why not `seal-trl train`: a round's E-step at the paper's 10 inner epochs costs about 2 h on 2 CPU cores, and
 `reward_epochs.py` has already scored the base policy's samples at that setting (resumable, same reward:
 `reward_baseline: passage-matched`). This script spends no inner run. Its M-step is the trainer's, at
-recipes/rest_em_rounds_cpu.yaml's settings: LoRA r=32, alpha 64, dropout 0.05 on q/k/v/o; AdamW lr 3e-4, linear
-decay, gradient norm clipped at 1; the round's rows shuffled once and cut into micro-batches of 8 passages' samples,
-each one optimizer step, `--iterations` passes; the loss `variants.rest_em_loss` (kept tokens' summed NLL over the
-round's kept tokens); a micro-batch with nothing kept moves no weight. What differs from the trainer: the samples
-were drawn by `generation.generate_texts` (the model's own generation settings), not by TRL's generate, and a
-completion is re-tokenized from its text (EOS appended when it is shorter than the token limit).
+recipes/smollm2-135m/cpu_rest_em_rounds.yaml's settings: LoRA r=32, alpha 64, dropout 0.05 on q/k/v/o; AdamW lr 3e-4,
+linear decay, gradient norm clipped at 1; the round's rows shuffled once and cut into micro-batches of 8 passages'
+samples, each one optimizer step, `--iterations` passes; the loss `variants.rest_em_loss` (kept tokens' summed NLL
+over the round's kept tokens); a micro-batch with nothing kept moves no weight. What differs from the trainer: the
+samples were drawn by `generation.generate_texts` (the model's own generation settings), not by TRL's generate,
+and a completion is re-tokenized from its text (EOS appended when it is shorter than the token limit).
 
     PYTHONPATH=. python benchmarks/rest_em_from_scores.py --scores runs/reward-epochs --epochs 10 \\
         --output-dir runs/rest-em-10ep

@@ -1,7 +1,7 @@
 """One ReST-EM round (or a few GRPO steps) of SEALTrainer on the embedded model with the bundled data, on CPU.
 
 Reports wall time, keep fraction, mean gain of kept vs all self-edits, and the mean inner-loop gain of the
-policy's greedy self-edits on held-out validation passages before and after training. Appends to RESULTS.md.
+policy's greedy self-edits on held-out validation passages before and after training. Appends to benchmarks/log/.
 
     python benchmarks/rest_em_round.py --algorithm rest_em --contexts 8 --generations 4
     python benchmarks/rest_em_round.py --algorithm grpo --contexts 4 --generations 4 --steps 2

@@ -37,7 +37,7 @@ def main() -> None:
     p.add_argument("--batch-self-edits", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="runs/reward-epochs")
-    p.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    p.add_argument("--no-append", action="store_true", help="do not append to the day's log in benchmarks/log/")
     args = p.parse_args()
 
     from seal_trl.continual.registry import atomic_write_bytes

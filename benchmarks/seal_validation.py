@@ -13,7 +13,7 @@ Methods, all on the same passages with the same inner loop (the training run's s
 
 Each finished method is saved to --state at once, so a killed run restarted with the same command resumes at the
 first unfinished method. At the end: report.md / report.json / chart.png in --output-dir, paired tables against
-passage, passage-matched and the base policy on SEAL's prompt (base-STYLE), and a section appended to benchmarks/RESULTS.md.
+passage, passage-matched and the base policy on SEAL's prompt (base-STYLE), and a section appended to benchmarks/log/.
 
     PYTHONPATH=. python benchmarks/seal_validation.py --run runs/rest-em-rounds \\
         --checkpoints checkpoint-12 checkpoint-24 --limit 64
@@ -60,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--state", default=None, help="resume file (default: OUTPUT_DIR/state.json)")
     p.add_argument("--output-dir", default="runs/seal-validation")
-    p.add_argument("--no-append", action="store_true", help="do not append to benchmarks/RESULTS.md")
+    p.add_argument("--no-append", action="store_true", help="do not append to the day's log in benchmarks/log/")
     p.add_argument("--report-only", action="store_true", help="report the methods finished so far, run nothing")
     p.add_argument("--only", nargs="*", default=None,
                    help="run only these methods (names as in the table, e.g. passage seal-checkpoint-12); the "

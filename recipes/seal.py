@@ -1,4 +1,4 @@
-"""`accelerate launch recipes/seal.py --config recipes/cpu_demo.yaml [--flag value ...]`
+"""`accelerate launch recipes/seal.py --config recipes/smollm2-135m/cpu_demo.yaml [--flag value ...]`
 
 The recipe itself lives in `seal_trl/cli/train.py` (so `seal-trl train` and installed users get the same code):
 TrlParser over SEALScriptArguments (data), SEALConfig (training, ReST-EM/GRPO, inner loop) and TRL's

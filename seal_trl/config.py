@@ -209,6 +209,15 @@ class SEALConfig(GRPOConfig):
                              "every knowledge self-edit would fail as over_budget; raise inner_step_budget or lower "
                              "inner_epochs")
 
+    def check_round_fits(self, n_contexts: int) -> None:
+        """ReST-EM: one round (one generation batch over all processes) must be a whole share of the training
+        contexts. Checked at start because the round grows with the number of processes."""
+        if self.algorithm == "rest_em":
+            message = round_fit_error(n_contexts, self.per_device_train_batch_size, self.world_size,
+                                      self.steps_per_generation, self.num_generations)
+            if message:
+                raise ValueError(message)
+
     def inner_loop_config(self) -> InnerLoopConfig:
         return InnerLoopConfig(
             lora_r=self.inner_lora_r,
@@ -230,6 +239,31 @@ class SEALConfig(GRPOConfig):
             bounds=PlanBounds(step_budget=self.inner_step_budget, max_examples=self.inner_max_examples,
                               max_example_tokens=self.inner_max_seq_length),
         )
+
+
+def round_fit_error(n_contexts: int, per_device: int, world_size: int, steps: int, num_generations: int) -> str | None:
+    """Why a ReST-EM round of `per_device x world_size x steps` self-edits (`num_generations` per context) does not
+    divide `n_contexts` contexts, with a setting that would; None when it does. TRL drops an incomplete round, so a
+    round larger than the data trains nothing and a remainder is never trained on."""
+    def contexts_per_round(batch: int, steps_: int) -> int | None:
+        total = batch * world_size * steps_
+        return total // num_generations if total % num_generations == 0 else None
+
+    def fits(batch: int, steps_: int) -> bool:
+        size = contexts_per_round(batch, steps_)
+        return size is not None and n_contexts % size == 0
+
+    size = contexts_per_round(per_device, steps)
+    if size is not None and n_contexts % size == 0:
+        return None
+    fixes = [next((f"steps_per_generation={s}" for s in range(steps, 0, -1) if fits(per_device, s)), None) or next(
+        (f"per_device_train_batch_size={b}" for b in range(per_device, 0, -1) if fits(b, steps)), None)]
+    if size is not None:
+        fixes.append(f"max_train_contexts to a multiple of {size}")
+    round_text = f"{size} contexts" if size is not None else f"not a multiple of num_generations={num_generations}"
+    return (f"a ReST-EM round is per_device_train_batch_size={per_device} x {world_size} process(es) x "
+            f"steps_per_generation={steps} = {per_device * world_size * steps} self-edits ({round_text}), which does "
+            f"not divide the {n_contexts} training contexts; set {' or '.join(fix for fix in fixes if fix)}")
 
 
 # InnerLoopConfig's fields as SEALConfig (the recipes, the command line) names them.

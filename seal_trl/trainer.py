@@ -90,6 +90,8 @@ class SEALTrainer(GRPOTrainer):
         self.task = task or KnowledgeTask(style=args.self_edit_style)
         if isinstance(self.task, KnowledgeTask):
             args.check_knowledge_step_budget()
+        if train_dataset is not None and hasattr(train_dataset, "__len__"):
+            args.check_round_fits(len(train_dataset))
         self.variant = get_variant(args.algorithm)
         self.seal_reward = SelfEditReward(self.task, inner_loop, repeats=args.reward_repeats, seed=args.seed,
                                           max_exception_rate=args.inner_max_exception_rate,

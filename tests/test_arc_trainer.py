@@ -81,9 +81,10 @@ def test_arc_recipe_runs_on_a_directory_of_puzzles(tiny_model_dir, tmp_path):
     data.mkdir()
     for k, puzzle in enumerate(PUZZLES):
         (data / f"p{k}.json").write_text(json.dumps({"train": puzzle["train"], "test": puzzle["test"]}))
-    trainer = cli(["--config", "recipes/arc_rest_em.yaml", "--model_name_or_path", str(tiny_model_dir),
-                   "--arc_data", str(data), "--output_dir", str(tmp_path / "out"), "--bf16", "false", "--use_cpu",
-                   "true", "--use_peft", "false", "--num_generations", "2", "--per_device_train_batch_size", "4",
+    trainer = cli(["--config", "recipes/llama3.2-1b/arc_rest_em_1xgpu.yaml",
+                   "--model_name_or_path", str(tiny_model_dir), "--arc_data", str(data),
+                   "--output_dir", str(tmp_path / "out"), "--bf16", "false", "--use_cpu", "true", "--use_peft",
+                   "false", "--num_generations", "2", "--per_device_train_batch_size", "4",
                    "--steps_per_generation", "1", "--max_steps", "1", "--max_completion_length", "8",
                    "--inner_lora_r", "4", "--inner_target_modules", "q_proj", "v_proj", "--inner_max_examples", "8",
                    "--inner_step_budget", "40", "--arc_answer_tokens", "4"])

@@ -49,6 +49,8 @@ def test_recipe_trains_saves_and_cli_overrides_yaml(tiny_model_dir, squad_file, 
     ({"algoritm": "grpo"}, "Unknown arguments from config file"),
     ({"algorithm": "ppo"}, "algorithm='ppo' is not known"),
     ({"task": "chess"}, "task='chess' is not known"),
+    ({"per_device_train_batch_size": 6}, "= 6 self-edits (3 contexts), which does not divide the 4 training contexts; "
+                                         "set per_device_train_batch_size=4"),
 ])
 def test_recipe_bad_yaml_gets_a_clear_error(tiny_model_dir, squad_file, tmp_path, extra, message):
     config = write_yaml(tmp_path / "bad.yaml", tiny_model_dir, squad_file, tmp_path / "out", **extra)
@@ -69,13 +71,15 @@ def test_shipped_recipes_and_accelerate_configs_parse():
 
     from seal_trl.config import SEALConfig
 
-    for name in ("cpu_demo", "knowledge_rest_em", "knowledge_grpo", "rest_em_rounds_cpu"):
+    for name in ("smollm2-135m/cpu_demo", "smollm2-135m/cpu_rest_em_rounds", "qwen2.5-7b/rest_em_1xgpu_qlora",
+                 "qwen2.5-7b/rest_em_8xgpu_zero3", "qwen2.5-7b/grpo_8xgpu", "llama3.2-1b/arc_rest_em_1xgpu"):
         raw = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text())
         raw.pop("bf16", None)  # bf16 needs a GPU to validate; this machine has none
         parser = TrlParser((SEALScriptArguments, SEALConfig, ModelConfig))
         script, config, model = parser.parse_dict(raw)
         assert config.algorithm in ("rest_em", "grpo") and config.generation_batch_size % config.num_generations == 0
-        if name == "rest_em_rounds_cpu":  # 2 rounds of 48 passages x 5, a checkpoint and an evaluation per round
+        # 2 rounds of 48 passages x 5, a checkpoint and an evaluation per round
+        if name == "smollm2-135m/cpu_rest_em_rounds":
             round_steps = config.steps_per_generation * config.num_iterations
             assert config.generation_batch_size == 48 * 5 and config.max_steps == 2 * round_steps
             assert config.save_steps == config.eval_steps == round_steps

@@ -110,7 +110,7 @@ def check_recipe_config(path: str) -> None:
     from ..safe_json import read_bytes
 
     raw = read_bytes(path, max_bytes=MAX_CONFIG_BYTES, error=UsageError,
-                     hint=" (--config takes a recipe YAML file, e.g. recipes/cpu_demo.yaml)")
+                     hint=" (--config takes a recipe YAML file, e.g. recipes/smollm2-135m/cpu_demo.yaml)")
     try:
         yaml.safe_load(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as err:

@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train", help="run a recipe (YAML); extra --flags override it",
         description="Run recipes/seal.py's recipe. Any further --flag value pairs override the YAML "
                     "(SEALConfig, ModelConfig and data fields).")
-    train.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/cpu_demo.yaml")
+    train.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/smollm2-135m/cpu_demo.yaml")
     train.add_argument("--accelerate-config", default=None,
                        help="launch through accelerate with this config: a file or one of single_gpu, multi_gpu, "
                             "zero2, zero3, multi_cpu")

@@ -1,6 +1,6 @@
 """The SEAL training recipe (behind `recipes/seal.py` and `seal-trl train`).
 
-    accelerate launch recipes/seal.py --config recipes/cpu_demo.yaml [--flag value ...]
+    accelerate launch recipes/seal.py --config recipes/smollm2-135m/cpu_demo.yaml [--flag value ...]
 
 TrlParser reads three groups of settings from the YAML file and the command line (flags override YAML):
 `SEALScriptArguments` (data), `SEALConfig` (training, ReST-EM/GRPO, inner loop) and TRL's `ModelConfig`
@@ -155,7 +155,8 @@ FINISHED_MODEL_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model
 
 def check_no_finished_model(output_dir: str) -> None:
     """With no checkpoint to resume from, training starts over and its final save replaces the model an earlier
-    run left in `output_dir` (recipes that save no checkpoints, e.g. cpu_demo.yaml): refuse that, changing nothing."""
+    run left in `output_dir` (recipes that save no checkpoints, e.g. smollm2-135m/cpu_demo.yaml): refuse that,
+    changing nothing."""
     found = [name for name in FINISHED_MODEL_FILES if os.path.isfile(os.path.join(output_dir, name))]
     if found:
         raise UsageError(f"output_dir {output_dir!r} already holds a trained model ({found[0]}) and no checkpoint to "

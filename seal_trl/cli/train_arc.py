@@ -1,7 +1,8 @@
-"""The few-shot ARC side of the SEAL recipe (`task: arc` in the YAML; see `recipes/arc_rest_em.yaml`).
+"""The few-shot ARC side of the SEAL recipe (`task: arc` in the YAML; see
+`recipes/llama3.2-1b/arc_rest_em_1xgpu.yaml`).
 
-    seal-trl train --config recipes/arc_rest_em.yaml [--flag value ...]
-    accelerate launch recipes/seal.py --config recipes/arc_rest_em.yaml
+    seal-trl train --config recipes/llama3.2-1b/arc_rest_em_1xgpu.yaml [--flag value ...]
+    accelerate launch recipes/seal.py --config recipes/llama3.2-1b/arc_rest_em_1xgpu.yaml
 
 The recipe (`seal_trl.cli.train`) parses the YAML with TrlParser and calls `build_arc_trainer` when
 `task == "arc"`. The inner loop always uses the ARC grader (2 voted attempts over augmented queries) and
