@@ -43,6 +43,34 @@ SEAL_CITATION = textwrap.dedent("""\
     }""")
 
 
+# TRL's and transformers' private (or undocumented) members that SEALTrainer overrides, calls or reads: for a
+# function, the parameters it relies on, in order; None for an attribute. tests/test_trl_internals.py checks each
+# against the installed TRL and transformers (and that this list misses none): a release that changes one fails
+# there, by name.
+TRL_INTERNALS: dict[str, tuple[str, ...] | None] = {
+    # overridden (TRL calls them on SEALTrainer)
+    "_get_train_sampler": ("dataset",),
+    "_save_checkpoint": ("model", "trial"),
+    "_load_rng_state": ("checkpoint",),
+    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
+    "_generate_and_score_completions": ("inputs",),
+    "_get_per_token_logps_and_entropies": ("model", "input_ids", "attention_mask", "logits_to_keep",
+                                           "compute_entropy"),
+    "_compute_loss": ("model", "inputs"),
+    # called
+    "_get_output_dir": ("trial",),
+    # read or written
+    "_step": None, "_buffered_inputs": None, "_metrics": None, "_logs": None,
+    "_tag_names": None, "_name": None, "_paper": None,
+    "temperature": None, "use_vllm": None, "vllm_importance_sampling_correction": None, "num_generations": None,
+    "num_generations_eval": None, "reward_weights": None, "scale_rewards": None, "model_wrapped": None,
+    "is_fsdp_enabled": None, "current_gradient_accumulation_steps": None,
+    # module members (dotted)
+    "trl.trainer.utils.add_fused_lm_head": ("model", "temperature", "cast_lm_head_to_fp32", "outputs"),
+    "transformers.integrations.deepspeed._hf_deepspeed_config_weak_ref": None,
+}
+
+
 @contextmanager
 def _unsharded_loading():
     """Load the inner model whole: under ZeRO-3, transformers would otherwise partition it like the policy.
