@@ -137,8 +137,7 @@ class SEALTrainer(GRPOTrainer):
             raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
                              "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
                              "or plain DDP (accelerate_configs/multi_gpu.yaml)")
-        if not self.variant.uses_grpo_loss:
-            self._score_at_temperature_one()
+        self._prepare_rest_em_loss()
         keep_4bit_trainable(self.model)  # a QLoRA policy is sampled (eval, no grad) and then trained
         if args.inner_result_store and self.seal_reward.store is None:
             self.seal_reward.store = ResultStore(os.path.join(
@@ -149,12 +148,14 @@ class SEALTrainer(GRPOTrainer):
         self._gathered_rewards: torch.Tensor | None = None
         self._generating = False
 
-    def _score_at_temperature_one(self) -> None:
+    def _prepare_rest_em_loss(self) -> None:
         """ReST-EM's M-step is the NLL of the kept self-edits themselves (temperature 1), whatever temperature
         sampled them. TRL fixes its temperature into the fused LM head it adds to the policy when the trainer is
         built, and every log-prob TRL computes goes through that head; under ReST-EM the M-step is the only reader
         left (no KL: beta=0; no importance ratio: see below), so the head is added again at temperature 1.
         """
+        if self.variant.uses_grpo_loss:
+            return
         if self.use_vllm and self.vllm_importance_sampling_correction:
             # vLLM's importance ratio only reweights TRL's GRPO loss, which ReST-EM replaces: computing it would
             # cost a forward pass per generation (and need log-probs at the sampling temperature).
@@ -319,7 +320,7 @@ class SEALTrainer(GRPOTrainer):
         completion_ids = inputs["completion_ids"][kept]
         input_ids = torch.cat([inputs["prompt_ids"][kept], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"][kept], inputs["completion_mask"][kept]], dim=1)
-        # at temperature 1 (see _score_at_temperature_one): the NLL of the self-edit itself
+        # at temperature 1 (see _prepare_rest_em_loss): the NLL of the self-edit itself
         per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
             model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=False
         )

@@ -76,9 +76,13 @@ MUTATIONS: list[Mutation] = [
              ("tests/test_variants.py::test_rest_em_margin_is_strict",)),
     # ----- more rules worth guarding -----------------------------------------------------------------------
     Mutation("rest_em_loss_at_sampling_temperature", "seal_trl/trainer.py",
-             "            self._score_at_temperature_one()\n", "            pass\n",
+             "        if self.temperature != 1.0:", "        if False:",
              (TRAINER_TESTS + "test_rest_em_loss_is_the_nll_at_temperature_one_whatever_the_sampling_temperature"
               "[False]",)),
+    Mutation("grpo_log_probs_at_temperature_one", "seal_trl/trainer.py",
+             "        if self.variant.uses_grpo_loss:\n            return\n        if self.use_vllm",
+             "        if self.use_vllm",
+             (TRAINER_TESTS + "test_grpo_log_probs_stay_at_the_sampling_temperature",)),
     Mutation("rest_em_computes_old_log_probs", "seal_trl/trainer.py",
              "if self._generating and not self.variant.uses_grpo_loss and not torch.is_grad_enabled():",
              "if False:",

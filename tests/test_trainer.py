@@ -215,8 +215,8 @@ def test_rest_em_never_computes_old_log_probs_and_grpo_still_does(tiny_model_dir
         assert ("old_per_token_logps" in captured[0]) == (algorithm == "grpo")
         # the vLLM correction's flags as a vLLM run would have them: GRPO keeps the correction, ReST-EM drops it
         trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
-        trainer._score_at_temperature_one()
-        assert trainer.vllm_importance_sampling_correction is False
+        trainer._prepare_rest_em_loss()
+        assert trainer.vllm_importance_sampling_correction is (algorithm == "grpo")
     assert calls == {"grpo": [True], "rest_em": [False]}
 
 
@@ -250,6 +250,19 @@ def test_rest_em_loss_is_the_nll_at_temperature_one_whatever_the_sampling_temper
 
     assert abs(nll(1.0) - nll(0.5)) > 0.01  # 1000 times the tolerance below
     assert loss.item() == pytest.approx(nll(1.0).item(), abs=1e-5)
+
+
+def test_grpo_log_probs_stay_at_the_sampling_temperature(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    """GRPO's ratio compares the policy with the distribution that sampled: TRL's log-probs at temperature 0.5."""
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path, algorithm="grpo", temperature=0.5),
+                          train_dataset=dataset, processing_class=tiny_tokenizer)
+    model = trainer.model.eval()
+    ids = torch.tensor([[5, 6, 7, 11, 12, 13]])
+    with torch.no_grad():
+        logps = trainer._get_per_token_logps_and_entropies(model, ids, torch.ones_like(ids), 3)[0]
+        logits = model(input_ids=ids).logits[:, 2:-1].float()
+    expected = torch.log_softmax(logits / 0.5, -1).gather(-1, ids[:, 3:].unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(logps, expected, atol=1e-5)
 
 
 def test_rest_em_loss_weighs_each_kept_token_alike_whichever_micro_batch_it_is_in(tiny_model_dir, tiny_tokenizer,
