@@ -21,6 +21,7 @@ from torch.utils.data import Sampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
+from trl.trainer.utils import add_fused_lm_head
 
 from .config import SEALConfig
 from .inner import sync
@@ -40,6 +41,34 @@ SEAL_CITATION = textwrap.dedent("""\
         year         = 2025,
         eprint       = {arXiv:2506.10943},
     }""")
+
+
+# TRL's and transformers' private (or undocumented) members that SEALTrainer overrides, calls or reads: for a
+# function, the parameters it relies on, in order; None for an attribute. tests/test_trl_internals.py checks each
+# against the installed TRL and transformers (and that this list misses none): a release that changes one fails
+# there, by name.
+TRL_INTERNALS: dict[str, tuple[str, ...] | None] = {
+    # overridden (TRL calls them on SEALTrainer)
+    "_get_train_sampler": ("dataset",),
+    "_save_checkpoint": ("model", "trial"),
+    "_load_rng_state": ("checkpoint",),
+    "_calculate_rewards": ("inputs", "prompts", "completions", "completion_ids_list"),
+    "_generate_and_score_completions": ("inputs",),
+    "_get_per_token_logps_and_entropies": ("model", "input_ids", "attention_mask", "logits_to_keep",
+                                           "compute_entropy"),
+    "_compute_loss": ("model", "inputs"),
+    # called
+    "_get_output_dir": ("trial",),
+    # read or written
+    "_step": None, "_buffered_inputs": None, "_metrics": None, "_logs": None,
+    "_tag_names": None, "_name": None, "_paper": None,
+    "temperature": None, "use_vllm": None, "vllm_importance_sampling_correction": None, "num_generations": None,
+    "num_generations_eval": None, "reward_weights": None, "scale_rewards": None, "model_wrapped": None,
+    "is_fsdp_enabled": None, "current_gradient_accumulation_steps": None,
+    # module members (dotted)
+    "trl.trainer.utils.add_fused_lm_head": ("model", "temperature", "cast_lm_head_to_fp32", "outputs"),
+    "transformers.integrations.deepspeed._hf_deepspeed_config_weak_ref": None,
+}
 
 
 @contextmanager
@@ -110,6 +139,7 @@ class SEALTrainer(GRPOTrainer):
             raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
                              "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
                              "or plain DDP (accelerate_configs/multi_gpu.yaml)")
+        self._prepare_rest_em_loss()
         keep_4bit_trainable(self.model)  # a QLoRA policy is sampled (eval, no grad) and then trained
         if args.inner_result_store and self.seal_reward.store is None:
             self.seal_reward.store = ResultStore(os.path.join(
@@ -119,6 +149,24 @@ class SEALTrainer(GRPOTrainer):
         self.inner_loop = self.seal_reward.inner_loop
         self._gathered_rewards: torch.Tensor | None = None
         self._generating = False
+
+    def _prepare_rest_em_loss(self) -> None:
+        """ReST-EM's M-step is the NLL of the kept self-edits themselves (temperature 1), whatever temperature
+        sampled them. TRL fixes its temperature into the fused LM head it adds to the policy when the trainer is
+        built, and every log-prob TRL computes goes through that head; under ReST-EM the M-step is the only reader
+        left (no KL: beta=0; no importance ratio: see below), so the head is added again at temperature 1.
+        """
+        if self.variant.uses_grpo_loss:
+            return
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            # vLLM's importance ratio only reweights TRL's GRPO loss, which ReST-EM replaces: computing it would
+            # cost a forward pass per generation (and need log-probs at the sampling temperature).
+            logger.info("algorithm='rest_em': vllm_importance_sampling_correction has no effect on its loss; off")
+            self.vllm_importance_sampling_correction = False
+        if self.temperature != 1.0:
+            policy = self.model.get_base_model() if sync.is_peft_model(self.model) else self.model
+            add_fused_lm_head(policy, temperature=1.0, cast_lm_head_to_fp32=self.args.cast_lm_head_to_fp32,
+                              outputs=("log_probs", "entropy"))
 
     # ----- the inner loop --------------------------------------------------------------------
     def _build_inner_loop(self) -> InnerLoop:
@@ -202,10 +250,9 @@ class SEALTrainer(GRPOTrainer):
 
     def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
         # ReST-EM's loss has no importance ratio, so the "old" log-probs TRL computes (without grad) while it
-        # generates would be thrown away: skip that forward pass. Not with vLLM's importance-sampling correction,
-        # which TRL computes from them whatever the loss.
-        needed = self.use_vllm and self.vllm_importance_sampling_correction
-        if self._generating and not self.variant.uses_grpo_loss and not torch.is_grad_enabled() and not needed:
+        # generates, when generation and optimizer steps are misaligned, would be thrown away: skip that forward
+        # pass (vLLM's importance-sampling correction, their other reader, is off under ReST-EM).
+        if self._generating and not self.variant.uses_grpo_loss and not torch.is_grad_enabled():
             return None, None, None
         return super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
 
@@ -275,10 +322,10 @@ class SEALTrainer(GRPOTrainer):
         completion_ids = inputs["completion_ids"][kept]
         input_ids = torch.cat([inputs["prompt_ids"][kept], completion_ids], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"][kept], inputs["completion_mask"][kept]], dim=1)
-        with _temperature(self, 1.0):  # the NLL of the self-edit itself, not of the sampling distribution
-            per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=False
-            )
+        # at temperature 1 (see _prepare_rest_em_loss): the NLL of the self-edit itself
+        per_token_logps, _, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=False
+        )
         mask = _loss_mask(inputs)[kept] * (0 if nothing_kept else 1)
         nll_and_tokens = torch.stack([rest_em_loss(per_token_logps, mask, 1.0).detach(), mask.sum().float()])
         nll_sum, tokens = self.accelerator.gather(nll_and_tokens.reshape(1, 2)).sum(0)
@@ -315,13 +362,3 @@ class _EpochSeeded(Sampler):
 def _loss_mask(inputs: dict) -> torch.Tensor:
     mask = inputs["completion_mask"]
     return mask if "tool_mask" not in inputs else mask * inputs["tool_mask"]
-
-
-@contextmanager
-def _temperature(trainer, value: float):
-    saved = trainer.temperature
-    trainer.temperature = value
-    try:
-        yield
-    finally:
-        trainer.temperature = saved

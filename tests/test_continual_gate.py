@@ -48,6 +48,17 @@ def test_thresholds_are_configurable_and_validated():
         GateThresholds(max_qa_drop=-1)
 
 
+def test_a_zero_threshold_allows_exactly_no_change():
+    """Thresholds are inclusive limits: with every limit at 0, a candidate that changes nothing it should keep
+    passes, and the smallest drop beyond it fails."""
+    zero = GateThresholds(max_earlier_drop=0, max_single_earlier_drop=0, max_perplexity_increase=0, max_qa_drop=0)
+    before = scores(20, {"a": 60, "b": 40})
+    verdict = evaluate_gate(before, scores(60, {"a": 60, "b": 40}), zero)
+    assert verdict.passed and len(verdict.objectives) == 5
+    assert not evaluate_gate(before, scores(60, {"a": 59.99, "b": 40}), zero).passed
+    assert not evaluate_gate(before, scores(60, {"a": 60, "b": 40}, ppl=10.001), zero).passed
+
+
 def test_constraints_are_objectives_and_never_crash_the_gate():
     outputs = CandidateOutputs(samples={"Question: who?\nAnswer:": "The Acme Corp is the best"})
 

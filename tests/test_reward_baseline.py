@@ -3,6 +3,7 @@
 import math
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from seal_trl.config import SEALConfig
@@ -83,13 +84,24 @@ def test_passage_baseline_reward_is_the_gain_over_the_passage_fine_tune(inner):
     assert reference != pytest.approx(before, abs=1e-3)  # the baseline really fine-tuned
 
 
-def test_baseline_runs_once_per_context_and_policy_version(inner):
+def test_baseline_runs_once_per_context_and_policy_version(inner, tiny_model_dir):
     reward = SelfEditReward(KnowledgeTask(), inner, baseline="passage", progress=False)
     reward([""] * 2, [SHORT, LONG], **columns(2))
     first = len(inner.jobs_seen)
     assert first == 3  # two self-edits and one passage run for the one context
     reward([""], [SHORT + " Again."], **columns(1))
     assert len(inner.jobs_seen) == first + 1  # the passage run is reused
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    inner.sync_from(policy)  # the same weights: the same policy version
+    reward([""], [SHORT + " Once more."], **columns(1))
+    assert len(inner.jobs_seen) == first + 2
+    with torch.no_grad():
+        next(policy.parameters()).add_(0.01)
+    inner.sync_from(policy)  # a new policy: its passage run is its own
+    reward([""], [SHORT + " And again."], **columns(1))
+    assert len(inner.jobs_seen) == first + 4
+    passage = f"{CONTEXT['title']}\n{CONTEXT['context']}"
+    assert [job.plan.examples[0].completion == passage for job in inner.jobs_seen[-2:]].count(True) == 1
 
 
 def test_passage_matched_baseline_interpolates_whole_copies_to_the_self_edits_tokens(inner):

@@ -73,6 +73,10 @@ def test_fewer_than_two_pairs_give_no_interval():
 def test_missing_values_drop_their_pair_and_mismatched_lengths_fail():
     stats = paired_comparison([1.0, None, 3.0, float("nan")], [0.0, 1.0, 1.0, 1.0], seed=0)
     assert stats.n == 2 and stats.mean_difference == pytest.approx(1.5)
+    # a value missing for one method removes the other method's value for that item too: per pair, not per
+    # method (which would shift B's values against A's and compare different items)
+    shifted = paired_comparison([None, 1.0, 2.0], [5.0, 0.0, float("nan")], seed=0)
+    assert (shifted.n, shifted.mean_a, shifted.mean_b, shifted.mean_difference) == (1, 1.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="same items"):
         paired_comparison([1.0, 2.0], [1.0], seed=0)
     with pytest.raises(ValueError, match="confidence"):

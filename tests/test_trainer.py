@@ -191,17 +191,127 @@ def test_rest_em_m_step_with_accumulation_and_several_steps_per_generation(tiny_
     assert rise[keep].mean() > rise[~keep].mean() + 0.1
 
 
-def test_rest_em_keeps_the_old_log_probs_that_vllm_correction_needs(tiny_model_dir, tiny_tokenizer, dataset,
-                                                                   tmp_path):
-    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path, max_steps=1), train_dataset=dataset,
-                          processing_class=tiny_tokenizer)
-    ids = torch.tensor([[5, 6, 7, 8]])
-    trainer._generating = True
-    with torch.no_grad():
-        assert trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), 2)[0] is None
+def test_rest_em_never_computes_old_log_probs_and_grpo_still_does(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    """With generation and optimizer steps misaligned (steps_per_generation 2, no accumulation) TRL computes the
+    "old" log-probs without grad while it generates: GRPO's ratio reads them, ReST-EM's loss does not. vLLM's
+    importance-sampling correction, their other reader, only reweights GRPO's loss, so ReST-EM turns it off."""
+    calls = {}
+    for algorithm in ("grpo", "rest_em"):
+        args = tiny_args(tmp_path / algorithm, algorithm=algorithm, max_steps=1, steps_per_generation=2)
+        trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer)
+        original, captured = trainer._get_per_token_logps_and_entropies, []
+        computed = calls[algorithm] = []
+
+        def counting(model, input_ids, *a, _original=original, _computed=computed, _trainer=trainer, **k):
+            out = _original(model, input_ids, *a, **k)
+            if _trainer._generating and not torch.is_grad_enabled():
+                _computed.append(out[0] is not None)
+            return out
+
+        trainer._get_per_token_logps_and_entropies = counting
+        apply = trainer._apply_variant
+        trainer._apply_variant = lambda output, _apply=apply, _c=captured: _c.append(_apply(output)) or _c[-1]
+        trainer.train()
+        assert ("old_per_token_logps" in captured[0]) == (algorithm == "grpo")
+        # the vLLM correction's flags as a vLLM run would have them: GRPO keeps the correction, ReST-EM drops it
         trainer.use_vllm = trainer.vllm_importance_sampling_correction = True
-        logps = trainer._get_per_token_logps_and_entropies(trainer.model, ids, torch.ones_like(ids), 2)[0]
-    assert logps is not None and logps.shape == (1, 2)
+        trainer._prepare_rest_em_loss()
+        assert trainer.vllm_importance_sampling_correction is (algorithm == "grpo")
+    assert calls == {"grpo": [True], "rest_em": [False]}
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_rest_em_loss_is_the_nll_at_temperature_one_whatever_the_sampling_temperature(lora, tiny_model_dir,
+                                                                                      tiny_tokenizer, dataset,
+                                                                                      tmp_path):
+    """Self-edits sampled at temperature 0.5 are trained on their NLL under the model itself (temperature 1):
+    the M-step loss equals log_softmax of the plain logits on the completion tokens, not of logits / 0.5."""
+    from peft import LoraConfig
+
+    peft_config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]) if lora else None
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path, temperature=0.5), train_dataset=dataset,
+                          processing_class=tiny_tokenizer, peft_config=peft_config)
+    assert trainer.temperature == 0.5 and trainer.generation_config.temperature == 0.5  # sampling unchanged
+    model = trainer.model.eval()
+    prompt = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    completion = torch.tensor([[11, 12, 13, 14], [15, 16, 17, 0]])
+    completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    inputs = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
+              "completion_mask": completion_mask, "advantages": torch.ones(2),
+              "rest_em_kept_tokens": torch.full((2,), 7.0)}
+    with torch.no_grad():
+        loss = trainer._compute_loss(model, inputs)
+        logits = model(input_ids=torch.cat([prompt, completion], 1),
+                       attention_mask=torch.cat([torch.ones_like(prompt), completion_mask], 1)).logits[:, 2:-1]
+
+    def nll(temperature):
+        logps = torch.log_softmax(logits.float() / temperature, -1).gather(-1, completion.unsqueeze(-1)).squeeze(-1)
+        return -(logps * completion_mask).sum() / completion_mask.sum()
+
+    assert abs(nll(1.0) - nll(0.5)) > 0.01  # 1000 times the tolerance below
+    assert loss.item() == pytest.approx(nll(1.0).item(), abs=1e-5)
+
+
+def test_grpo_log_probs_stay_at_the_sampling_temperature(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    """GRPO's ratio compares the policy with the distribution that sampled: TRL's log-probs at temperature 0.5."""
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path, algorithm="grpo", temperature=0.5),
+                          train_dataset=dataset, processing_class=tiny_tokenizer)
+    model = trainer.model.eval()
+    ids = torch.tensor([[5, 6, 7, 11, 12, 13]])
+    with torch.no_grad():
+        logps = trainer._get_per_token_logps_and_entropies(model, ids, torch.ones_like(ids), 3)[0]
+        logits = model(input_ids=ids).logits[:, 2:-1].float()
+    expected = torch.log_softmax(logits / 0.5, -1).gather(-1, ids[:, 3:].unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(logps, expected, atol=1e-5)
+
+
+def test_rest_em_loss_weighs_each_kept_token_alike_whichever_micro_batch_it_is_in(tiny_model_dir, tiny_tokenizer,
+                                                                                   dataset, tmp_path):
+    """The M-step loss divides by the kept tokens of the whole generation batch, not of each micro-batch: split
+    into micro-batches of unequal length, the parts add up to the loss of the batch in one piece."""
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path), train_dataset=dataset,
+                          processing_class=tiny_tokenizer)
+    model = trainer.model.eval()
+    prompt = torch.tensor([[5, 6, 7], [8, 9, 10], [4, 4, 4]])
+    completion = torch.tensor([[11, 12, 13, 14], [15, 16, 0, 0], [20, 21, 22, 23]])
+    completion_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]])
+    advantages = torch.tensor([1.0, 1.0, 0.0])  # the third row is not kept
+    whole = {"prompt_ids": prompt, "prompt_mask": torch.ones_like(prompt), "completion_ids": completion,
+             "completion_mask": completion_mask, "advantages": advantages, "rest_em_kept_tokens": torch.full((3,), 6.0)}
+    with torch.no_grad():
+        loss = trainer._compute_loss(model, whole)
+        parts = [trainer._compute_loss(model, {k: v[rows] for k, v in whole.items()}) for rows in ([0], [1, 2])]
+    assert sum(parts).item() == pytest.approx(loss.item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("algorithm", ["grpo", "rest_em"])
+def test_failed_self_edits_are_never_kept_and_rank_last_in_training(algorithm, tiny_model_dir, tiny_tokenizer,
+                                                                    dataset, tmp_path):
+    """The trainer's wiring of failures, whatever reward a failed self-edit carries: the first self-edit of each
+    context fails (here with the best reward of its group), so ReST-EM must not keep it and GRPO must give it
+    its group's lowest advantage."""
+    import dataclasses
+
+    args = tiny_args(tmp_path, algorithm=algorithm, max_steps=1, num_generations=2, per_device_train_batch_size=4,
+                     rest_em_margin=None)
+    trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer)
+    original = trainer.seal_reward.score_many
+
+    def first_of_each_group_fails(contexts, self_edits):
+        scored = original(contexts, self_edits)
+        return [(10.0, [dataclasses.replace(runs[0], error="unparseable", score_after=None)], reason)
+                if i % 2 == 0 else (reward, runs, reason) for i, (reward, runs, reason) in enumerate(scored)]
+
+    trainer.seal_reward.score_many = first_of_each_group_fails
+    captured = []
+    apply = trainer._apply_variant
+    trainer._apply_variant = lambda output: captured.append(apply(output)) or captured[-1]
+    trainer.train()
+    advantages = captured[0]["advantages"].view(-1, 2)
+    if algorithm == "rest_em":
+        assert advantages[:, 0].tolist() == [0.0, 0.0] and advantages[:, 1].tolist() == [1.0, 1.0]
+    else:
+        assert torch.all(advantages[:, 0] < advantages[:, 1])
 
 
 def test_a_reward_call_whose_runs_all_raise_stops_training(tiny_model_dir, tiny_tokenizer, dataset, tmp_path,

@@ -39,6 +39,12 @@ def test_rest_em_margin_only_and_top_k_only():
     assert rest_em_keep_mask(torch.tensor([0.3, 0.3, 0.1]), 3, top_k=1, margin=None).tolist() == [1, 0, 0]
 
 
+def test_rest_em_margin_is_strict():
+    """The paper keeps self-edits whose gain is positive: a reward exactly at the margin is not kept."""
+    assert rest_em_keep_mask(torch.tensor([0.0, -0.1]), 2, top_k=1, margin=0.0).tolist() == [0, 0]
+    assert rest_em_keep_mask(torch.tensor([0.25, 0.5, 0.75]), 3, top_k=None, margin=0.5).tolist() == [0, 0, 1]
+
+
 def test_rest_em_never_keeps_nan_and_validates():
     assert rest_em_keep_mask(torch.tensor([float("nan"), 0.2]), 2).tolist() == [0, 1]
     with pytest.raises(ValueError, match="top_k and/or margin"):
