@@ -93,6 +93,7 @@ class SEALTrainer(GRPOTrainer):
         self.variant = get_variant(args.algorithm)
         self.seal_reward = SelfEditReward(self.task, inner_loop, repeats=args.reward_repeats, seed=args.seed,
                                           max_exception_rate=args.inner_max_exception_rate,
+                                          min_uniform_failures=args.inner_min_uniform_failures,
                                           baseline=args.reward_baseline, max_copied=args.self_edit_max_copied)
         if reward_funcs is None:
             extra = []
