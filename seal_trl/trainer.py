@@ -154,7 +154,7 @@ class SEALTrainer(GRPOTrainer):
         # Every rank enters together (all generate at the same boundary), so the ZeRO-3 gather is collective.
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                          gather_deepspeed3_params=True) as unwrapped:
-            self.inner_loop.sync_from(unwrapped)
+            self.inner_loop.sync_from(unwrapped, step=self.state.global_step)
 
     # ----- exact resume ---------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
