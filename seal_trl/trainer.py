@@ -190,9 +190,8 @@ class SEALTrainer(GRPOTrainer):
     def _preflight(self) -> None:
         """Once, before the first generation: the most expensive inner run the bounds allow (`inner/preflight.py`),
         on every rank; if it does not fit on any rank, no rank starts."""
-        config = self.inner_loop.config
-        # a knowledge plan trains in the inner batch size; other tasks' self-edits may choose up to the bound
-        batch = config.batch_size if isinstance(self.task, KnowledgeTask) else config.bounds.max_batch_size
+        # the batch size every plan of the built-in tasks trains with (their self-edits do not choose it)
+        batch = self.seal_reward.default_hyperparameters()["batch_size"]
         limit = self.args.inner_preflight_max_memory_gb
         report = run_preflight(self.inner_loop, batch_size=batch,
                                max_memory_bytes=None if limit is None else int(limit * 2**30))

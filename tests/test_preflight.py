@@ -58,7 +58,7 @@ def test_the_preflight_reports_an_out_of_memory_run(tiny_model_dir, tiny_tokeniz
 
 def test_a_preflight_that_does_not_fit_stops_the_trainer_before_any_generation(tiny_model_dir, tiny_tokenizer,
                                                                                dataset, tmp_path, monkeypatch):
-    args = tiny_args(tmp_path, inner_preflight_max_memory_gb=1e-6, inner_max_seq_length=128)
+    args = tiny_args(tmp_path, inner_preflight=True, inner_preflight_max_memory_gb=1e-6, inner_max_seq_length=128)
     trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer)
     generated = []
     monkeypatch.setattr(trainer, "_generate", lambda *a, **k: generated.append(1))
@@ -69,8 +69,8 @@ def test_a_preflight_that_does_not_fit_stops_the_trainer_before_any_generation(t
 
 
 def test_a_preflight_that_fits_is_logged_as_metrics(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
-    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path, max_steps=1), train_dataset=dataset,
-                          processing_class=tiny_tokenizer)
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path, max_steps=1, inner_preflight=True),
+                          train_dataset=dataset, processing_class=tiny_tokenizer)
     trainer.train()
     assert trainer.preflight_report.fits
     assert trainer.preflight_report.tokens_per_example == trainer.args.inner_max_seq_length

@@ -25,9 +25,10 @@ TINY_INNER = dict(inner_epochs=2, inner_lora_r=4, inner_lora_alpha=8, inner_targ
 
 
 def tiny_args(tmp_path, **overrides):
+    # the inner-loop preflight (on by default) is tested in test_preflight.py; here it would only add seconds
     settings = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, num_generations=2,
                     max_completion_length=12, use_cpu=True, report_to=[], save_strategy="no", seed=0,
-                    learning_rate=1e-3, **TINY_INNER)
+                    learning_rate=1e-3, inner_preflight=False, **TINY_INNER)
     settings.update(overrides)
     return SEALConfig(**settings)
 
@@ -227,8 +228,8 @@ def test_an_inner_model_out_of_memory_on_every_run_stops_the_first_reward_call(t
     with the settings to lower."""
     from seal_trl.reward import SystematicInnerFailure
 
-    args = tiny_args(tmp_path, max_steps=2, inner_preflight=False)
-    trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer)
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path), train_dataset=dataset,
+                          processing_class=tiny_tokenizer)
 
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
