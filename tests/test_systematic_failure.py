@@ -39,3 +39,23 @@ def test_bad_self_edits_stay_reward_zero_events():
     check_systematic_failure([over, over, long, over], 0.5, [over, over, long, over])  # not all alike
     check_systematic_failure([over] * 3 + [run()], 0.5, [over] * 3 + [None])  # one ran
     check_systematic_failure([over] * 8, 0.5, [over] * 8, min_uniform_failures=0)  # turned off
+
+
+def test_every_setting_a_stop_message_names_is_a_sealconfig_field():
+    """A message that names a setting the user cannot set is no help: every `inner_*`, `max_*` or `self_edit_*`
+    word in the fixes must be a SEALConfig field (inner_gradient_checkpointing was only an InnerLoopConfig one)."""
+    import dataclasses
+    import re
+
+    from seal_trl.config import SEALConfig
+    from seal_trl.inner.preflight import FIT_FIXES
+    from seal_trl.reward import _POLICY_OUTPUT_FIX, FAILURE_FIXES
+
+    fields = {f.name for f in dataclasses.fields(SEALConfig)}
+    named = set()
+    for text in [*FAILURE_FIXES.values(), _POLICY_OUTPUT_FIX, FIT_FIXES]:
+        named |= set(re.findall(r"\b(?:inner|max|self_edit)_[a-z_0-9]+", text))
+    assert "inner_gradient_checkpointing" in named and "inner_load_in_4bit" in named
+    assert named <= fields, sorted(named - fields)
+    config = SEALConfig(output_dir="unused", use_cpu=True, inner_gradient_checkpointing=True)
+    assert config.inner_loop_config().gradient_checkpointing
