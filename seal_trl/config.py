@@ -82,8 +82,33 @@ class SEALConfig(GRPOConfig):
     )
     inner_max_exception_rate: float = field(
         default=0.5,
-        metadata={"help": "A reward call whose inner runs raise an exception more often than this (or all of them) "
-                          "stops training with the first traceback: a setup fault, not bad self-edits."},
+        metadata={"help": "A reward call whose inner runs fault (raise an exception or run out of memory) more often "
+                          "than this (or all of them) stops training with the reason, the setting to change and the "
+                          "first traceback: a setup fault, not bad self-edits."},
+    )
+    inner_min_uniform_failures: int = field(
+        default=4,
+        metadata={"help": "A reward call of at least this many self-edits in which every self-edit fails for the same "
+                          "reason (all over the step budget, all too long, all unparseable...) stops training with "
+                          "the setting to change. 0: never."},
+    )
+    inner_gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "Gradient checkpointing in the inner loop's fine-tunes: less activation memory per "
+                          "self-edit (longer examples, more slots), about a third more compute."},
+    )
+    inner_preflight: bool = field(
+        default=True,
+        metadata={"help": "Before the first generation, train the most expensive inner run the bounds allow "
+                          "(inner_max_seq_length tokens per example, at K = inner_batch_self_edits) for a few steps "
+                          "on the real model and device, log its peak memory and time, and refuse to start if it "
+                          "does not fit."},
+    )
+    inner_preflight_max_memory_gb: float | None = field(
+        default=None,
+        metadata={"help": "With inner_preflight: refuse to start when the preflight's peak memory (GPU memory "
+                          "allocated on CUDA, resident-memory growth on CPU) exceeds this many GB, e.g. to leave "
+                          "room for vLLM. None: only an out-of-memory error refuses."},
     )
     inner_reward: str = field(
         default="gain", metadata={"help": "'gain' (after - before) or 'binary' (1 if improved).",
@@ -181,6 +206,13 @@ class SEALConfig(GRPOConfig):
                              "set inner_grader: judge, or remove inner_judge_model")
         if not 0.0 <= self.inner_max_exception_rate <= 1.0:
             raise ValueError(f"inner_max_exception_rate must be in [0, 1], got {self.inner_max_exception_rate}")
+        if isinstance(self.inner_min_uniform_failures, bool) or not isinstance(self.inner_min_uniform_failures, int) \
+                or self.inner_min_uniform_failures < 0:
+            raise ValueError(f"inner_min_uniform_failures must be an integer >= 0 (0: off), got "
+                             f"{self.inner_min_uniform_failures!r}")
+        limit = self.inner_preflight_max_memory_gb
+        if limit is not None and not (isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0):
+            raise ValueError(f"inner_preflight_max_memory_gb must be a number of GB > 0, or unset, got {limit!r}")
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not supported by "
                              "SEAL's variants, which weight the summed rewards; use 'sum_then_normalize'")
@@ -236,6 +268,7 @@ class SEALConfig(GRPOConfig):
             batch_self_edits=self.inner_batch_self_edits,
             autocast=self.inner_autocast,
             compile=self.inner_compile,
+            gradient_checkpointing=self.inner_gradient_checkpointing,
             bounds=PlanBounds(step_budget=self.inner_step_budget, max_examples=self.inner_max_examples,
                               max_example_tokens=self.inner_max_seq_length),
         )

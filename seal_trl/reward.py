@@ -40,7 +40,7 @@ _LIMIT_REASONS = ("too_many_examples", "too_long", "over_budget")
 
 
 class SystematicInnerFailure(RuntimeError):
-    """Too many inner runs of one reward call raised an exception: a setup fault, not bad self-edits.
+    """A reward call failed systematically (faults on too many runs, or every self-edit failing the same way).
 
     A bad self-edit is a normal event (reward 0 with a reason); an exception inside the engine on most runs
     (a model the inner loop cannot train, a sync that broke the weights, a kernel without autograd) would
@@ -58,7 +58,8 @@ class SelfEditReward:
     policy is loaded). `hyperparameters` override the plan's training settings (learning_rate, epochs, ...).
     `store` (a `ResultStore` or a path) keeps every finished run on disk by content, so a killed run restarted
     with the same command recomputes none of them; `progress` shows a bar counting inner runs per call.
-    `max_exception_rate`: see `check_systematic_failure`.
+    `max_exception_rate` (faults: exceptions, out of memory) and `min_uniform_failures` (every self-edit failing
+    for one reason): see `check_systematic_failure`.
 
     `baseline` sets what the adapted score is compared with. `"none"` (the paper): the unadapted model, so a
     self-edit earns its gain. `"passage"`: the model fine-tuned on the passage alone (same inner settings), so
@@ -78,7 +79,8 @@ class SelfEditReward:
     def __init__(self, task: Task, inner_loop: InnerLoop | None = None, *, repeats: int = 1, seed: int = 0,
                  hyperparameters: dict[str, Any] | None = None, name: str = "seal_inner_loop",
                  max_exception_rate: float = 0.5, store: ResultStore | str | os.PathLike | None = None,
-                 progress: bool = True, baseline: str = "none", max_copied: float | None = None):
+                 progress: bool = True, baseline: str = "none", max_copied: float | None = None,
+                 min_uniform_failures: int = 4):
         if max_copied is not None:
             if not 0.0 <= max_copied < 1.0:
                 raise ValueError(f"max_copied must be in [0, 1) (a share of the self-edit), got {max_copied}")
@@ -98,6 +100,10 @@ class SelfEditReward:
         if not 0.0 <= max_exception_rate <= 1.0:
             raise ValueError(f"max_exception_rate must be in [0, 1], got {max_exception_rate}")
         self.max_exception_rate = max_exception_rate
+        if isinstance(min_uniform_failures, bool) or not isinstance(min_uniform_failures, int) \
+                or min_uniform_failures < 0:
+            raise ValueError(f"min_uniform_failures must be an integer >= 0 (0: off), got {min_uniform_failures!r}")
+        self.min_uniform_failures = min_uniform_failures
         self.store = ResultStore(store) if isinstance(store, (str, os.PathLike)) else store
         self.progress = progress
         self.task = task
@@ -164,7 +170,6 @@ class SelfEditReward:
                     keys.append(run_key(policy=version, context=_stored_context(context), self_edit=self_edit,
                                         settings=settings, seed=seed))
         results = self._run(jobs, keys)
-        check_systematic_failure([*results, *crashed], self.max_exception_rate)
         for owner, result in zip(owners, results, strict=True):
             parsed.setdefault(owner, []).append(result)
         out = []
@@ -172,6 +177,9 @@ class SelfEditReward:
             runs = parsed[i]
             errors = [r.error for r in runs if r.error]
             out.append((mean(r.reward for r in runs), runs, errors[0] if errors else None))
+        first_failed = [next((r for r in runs if not r.ok), None) for _, runs, _ in out]
+        check_systematic_failure([*results, *crashed], self.max_exception_rate, first_failed,
+                                 min_uniform_failures=self.min_uniform_failures)
         self.last_references = None
         return out if self.baseline == "none" else self._against_baseline(contexts, out)
 
@@ -357,18 +365,62 @@ def _stored_context(context: dict[str, Any]) -> str:
     return f"{context_key(context)}#{content_digest(context)}"
 
 
-def check_systematic_failure(results: Sequence[InnerResult], max_exception_rate: float) -> None:
-    """Raise `SystematicInnerFailure` when all runs, or more than `max_exception_rate` of them, raised."""
-    raised = [r for r in results if r.error == "exception"]
-    if not raised:
-        return
-    if len(raised) == len(results) or len(raised) / len(results) > max_exception_rate:
-        first = raised[0]
+# Run failures that are faults of the setup (memory, code), not of one self-edit: counted against the fault rate.
+FAULT_REASONS = ("exception", "out_of_memory")
+# What to change when a reward call fails systematically, by failure reason.
+FAILURE_FIXES = {
+    "out_of_memory": "the inner model ran out of memory: lower inner_batch_self_edits (K), inner_max_seq_length "
+                     "(tokens per example) or inner_batch_size, or set inner_load_in_4bit=True or "
+                     "inner_gradient_checkpointing=True",
+    "exception": "a setup fault, not bad self-edits (traceback below)",
+    "over_budget": "every plan needs more optimizer steps than the budget: raise inner_step_budget, or lower "
+                   "inner_epochs or inner_max_examples",
+    "too_long": "every self-edit is over the token limits: raise inner_max_seq_length, or lower "
+                "max_completion_length",
+    "too_many_examples": "every self-edit has too many examples: raise inner_max_examples",
+    "out_of_bounds": "every plan's hyperparameters are outside the inner bounds: check inner_learning_rate, "
+                     "inner_epochs and inner_batch_size",
+    "nan_loss": "every run diverged or its probe score was not finite: lower inner_learning_rate, turn "
+                "inner_autocast off, or check the grader (inner_grader)",
+    "copies_context": "every self-edit copies the passage: raise self_edit_max_copied, or leave it unset",
+}
+_POLICY_OUTPUT_FIX = ("the policy writes no usable self-edit: check the task prompt (self_edit_style), raise "
+                      "max_completion_length if self-edits are cut off, or start from a model that follows the format")
+
+
+def check_systematic_failure(results: Sequence[InnerResult], max_fault_rate: float,
+                             self_edit_failures: Sequence[InnerResult | None] = (), *,
+                             min_uniform_failures: int = 4) -> None:
+    """Raise `SystematicInnerFailure` when a reward call failed for a reason that is not one self-edit's fault.
+
+    Two rules. Faults (`FAULT_REASONS`: an exception, out of memory) in all runs, or in more than
+    `max_fault_rate` of them. And, with at least `min_uniform_failures` self-edits (0: never), every self-edit
+    failing for the same reason (`self_edit_failures`: each self-edit's first failed run, or None): every plan
+    over the step budget, every self-edit too long, a grader whose score is never finite... A bad self-edit is a
+    normal event, but when all of them fail the same way the setup is at fault. The message names the reason and
+    the setting to change.
+    """
+    faults = [r for r in results if r.error in FAULT_REASONS]
+    if faults and (len(faults) == len(results) or len(faults) / len(results) > max_fault_rate):
+        kinds = Counter(r.error for r in faults)
+        kind = kinds.most_common(1)[0][0]
+        first = next(r for r in faults if r.error == kind)
+        counts = ", ".join(f"{n} {k}" for k, n in kinds.items())
         raise SystematicInnerFailure(
-            f"{len(raised)} of {len(results)} inner runs raised an exception (limit {max_exception_rate:.0%} a "
-            f"reward call): a setup fault, not bad self-edits, so training stops instead of scoring them 0. "
+            f"{len(faults)} of {len(results)} inner runs failed ({counts}; limit {max_fault_rate:.0%} a reward "
+            f"call, inner_max_exception_rate): {FAILURE_FIXES[kind]}. Training stops instead of scoring them 0. "
             f"First: {first.error_message}\n{first.traceback or ''}"
         )
+    reasons = {None if r is None else r.error for r in self_edit_failures}
+    if min_uniform_failures and len(self_edit_failures) >= min_uniform_failures and len(reasons) == 1:
+        reason, first = reasons.pop(), self_edit_failures[0]
+        if reason is not None:
+            raise SystematicInnerFailure(
+                f"all {len(self_edit_failures)} self-edits of a reward call failed as {reason!r}: "
+                f"{FAILURE_FIXES.get(reason, _POLICY_OUTPUT_FIX)}. Training stops instead of scoring them all 0 "
+                f"(inner_min_uniform_failures={min_uniform_failures}; 0 turns this check off). "
+                f"First: {first.error_message}"
+            )
 
 
 def _whole_copies_around(copies: float) -> tuple[int, int]:

@@ -26,8 +26,9 @@ from trl.trainer.utils import add_fused_lm_head
 from .config import SEALConfig
 from .inner import sync
 from .inner.engine import InnerLoop
+from .inner.preflight import PreflightFailure, run_preflight
 from .inner.store import ResultStore
-from .models import keep_4bit_trainable, load_model_and_tokenizer
+from .models import keep_4bit_trainable, load_model_and_tokenizer, quantization_config_4bit, resolve_dtype
 from .reward import SelfEditReward
 from .tasks.knowledge import KnowledgeTask
 from .variants import get_variant, rank_failures_last, rest_em_loss
@@ -72,22 +73,29 @@ TRL_INTERNALS: dict[str, tuple[str, ...] | None] = {
 
 
 @contextmanager
-def _unsharded_loading():
-    """Load the inner model whole: under ZeRO-3, transformers would otherwise partition it like the policy.
+def _unsharded_loading(deepspeed_config_holder):
+    """Load the inner model whole: under ZeRO-3, transformers would otherwise partition it like the policy
+    (`from_pretrained` enters `deepspeed.zero.Init` while `is_deepspeed_zero3_enabled()`).
 
-    Each rank needs its own complete inner model (the per-rank inner loops run independently).
+    Each rank needs its own complete inner model (the per-rank inner loops run independently). transformers' public
+    `unset_hf_deepspeed_config` / `set_hf_deepspeed_config` switch ZeRO-3 off for the block and back on after, with
+    `deepspeed_config_holder`, the live `HfDeepSpeedConfig` (accelerate's `deepspeed_plugin.dschf`, or
+    `args.hf_deepspeed_config`). accelerate's `zero3_init_context_manager(enable=False)` is no substitute: it
+    re-creates the same ZeRO-3 config, so `is_deepspeed_zero3_enabled()` stays true.
     """
-    try:
-        from transformers.integrations import deepspeed as hf_deepspeed
-    except ImportError:
+    from transformers.integrations import is_deepspeed_zero3_enabled, set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    if not is_deepspeed_zero3_enabled():
         yield
         return
-    saved = hf_deepspeed._hf_deepspeed_config_weak_ref
-    hf_deepspeed._hf_deepspeed_config_weak_ref = None
+    if deepspeed_config_holder is None:
+        raise RuntimeError("DeepSpeed ZeRO-3 is enabled but its HfDeepSpeedConfig was not found on the accelerator "
+                           "or the training arguments: cannot load the inner model unsharded")
+    unset_hf_deepspeed_config()
     try:
         yield
     finally:
-        hf_deepspeed._hf_deepspeed_config_weak_ref = saved
+        set_hf_deepspeed_config(deepspeed_config_holder)
 
 
 class SEALTrainer(GRPOTrainer):
@@ -124,6 +132,7 @@ class SEALTrainer(GRPOTrainer):
         self.variant = get_variant(args.algorithm)
         self.seal_reward = SelfEditReward(self.task, inner_loop, repeats=args.reward_repeats, seed=args.seed,
                                           max_exception_rate=args.inner_max_exception_rate,
+                                          min_uniform_failures=args.inner_min_uniform_failures,
                                           baseline=args.reward_baseline, max_copied=args.self_edit_max_copied)
         if reward_funcs is None:
             extra = []
@@ -149,6 +158,8 @@ class SEALTrainer(GRPOTrainer):
         self.inner_loop = self.seal_reward.inner_loop
         self._gathered_rewards: torch.Tensor | None = None
         self._generating = False
+        self._preflight_done = not args.inner_preflight
+        self.preflight_report = None  # the inner-loop preflight's PreflightReport, once it ran
 
     def _prepare_rest_em_loss(self) -> None:
         """ReST-EM's M-step is the NLL of the kept self-edits themselves (temperature 1), whatever temperature
@@ -170,28 +181,49 @@ class SEALTrainer(GRPOTrainer):
 
     # ----- the inner loop --------------------------------------------------------------------
     def _build_inner_loop(self) -> InnerLoop:
-        with _unsharded_loading():
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        holder = getattr(plugin, "dschf", None) or getattr(self.args, "hf_deepspeed_config", None)
+        with _unsharded_loading(holder):
             return self._load_inner_loop()
 
+    def _inner_model_kwargs(self, dtype: torch.dtype) -> dict:
+        """`from_pretrained` keyword arguments for the inner model: the policy's (`model_init_kwargs`,
+        `trust_remote_code`: revision, attn_implementation, dtype, ...), except its device placement and
+        quantisation, which are the inner loop's own (its device; `inner_load_in_4bit`). Without a dtype there, the
+        mixed-precision dtype (bf16/fp16/fp32)."""
+        kwargs = {k: v for k, v in (self.args.model_init_kwargs or {}).items()
+                  if k not in ("device_map", "quantization_config")}
+        kwargs.setdefault("trust_remote_code", self.args.trust_remote_code)
+        kwargs.setdefault("dtype", dtype)
+        return kwargs
+
     def _load_inner_loop(self) -> InnerLoop:
+        from transformers import AutoModelForCausalLM
+        from trl.trainer.utils import create_model_from_path
+
         config = self.args.inner_loop_config()
         policy = sync.unwrap(self.model)
         plain = policy.get_base_model() if sync.is_peft_model(policy) else policy
         path = getattr(plain.config, "_name_or_path", None)
         dtype = torch.bfloat16 if self.args.bf16 else (torch.float16 if self.args.fp16 else torch.float32)
+        kwargs = self._inner_model_kwargs(dtype)
         if path:
-            # Its own copy of the weights the policy came from (never a deepcopy: trainers patch methods on the
-            # policy instance that a copy would share); sync_from then makes it current.
-            inner_model, _ = load_model_and_tokenizer(path, dtype=dtype, load_in_4bit=config.load_in_4bit)
+            # Its own copy of the weights the policy came from, loaded as TRL loaded the policy (never a deepcopy:
+            # trainers patch methods on the policy instance that a copy would share); sync_from then makes it current.
+            if config.load_in_4bit:
+                compute = resolve_dtype(kwargs["dtype"])
+                kwargs["quantization_config"] = quantization_config_4bit(None if compute == "auto" else compute)
+            inner_model = create_model_from_path(path, device_map=None, **kwargs)
+            if config.load_in_4bit:
+                keep_4bit_trainable(inner_model)
         elif config.load_in_4bit:
             raise ValueError("inner_load_in_4bit=True needs a policy loaded from a path or Hub name (its config "
                              "has no _name_or_path); pass the model by name, or set inner_load_in_4bit=False")
         else:
-            from transformers import AutoModelForCausalLM
-
-            inner_model = AutoModelForCausalLM.from_config(plain.config, dtype=dtype)
+            inner_model = AutoModelForCausalLM.from_config(plain.config, dtype=dtype,
+                                                           trust_remote_code=kwargs["trust_remote_code"])
         if not config.load_in_4bit:
-            inner_model.to(self.accelerator.device, dtype=dtype)
+            inner_model.to(self.accelerator.device)
         tokenizer = getattr(self.processing_class, "tokenizer", self.processing_class)
         judge = None
         if config.grader == "judge":
@@ -203,7 +235,28 @@ class SEALTrainer(GRPOTrainer):
         # Every rank enters together (all generate at the same boundary), so the ZeRO-3 gather is collective.
         with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
                                          gather_deepspeed3_params=True) as unwrapped:
-            self.inner_loop.sync_from(unwrapped)
+            self.inner_loop.sync_from(unwrapped, step=self.state.global_step)
+
+    def _preflight(self) -> None:
+        """Once, before the first generation: the most expensive inner run the bounds allow (`inner/preflight.py`),
+        on every rank; if it does not fit on any rank, no rank starts."""
+        # the batch size every plan of the built-in tasks trains with (their self-edits do not choose it)
+        batch = self.seal_reward.default_hyperparameters()["batch_size"]
+        limit = self.args.inner_preflight_max_memory_gb
+        report = run_preflight(self.inner_loop, batch_size=batch,
+                               max_memory_bytes=None if limit is None else int(limit * 2**30))
+        logger.info(report.describe())
+        self.preflight_report = report
+        fits = self.accelerator.gather(torch.tensor([int(report.fits)], device=self.accelerator.device))
+        if not report.fits:
+            raise PreflightFailure(f"training did not start: {report.describe()}")
+        if not bool(fits.all()):
+            raise PreflightFailure("training did not start: the inner-loop preflight does not fit on another rank "
+                                   "(its log says why)")
+        metrics = self._metrics["train"]
+        metrics["seal/preflight_peak_memory_gb"].append(report.peak_memory_bytes / 2**30)
+        metrics["seal/preflight_seconds_per_step"].append(report.seconds_per_step)
+        self._preflight_done = True
 
     # ----- exact resume ---------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
@@ -241,6 +294,8 @@ class SEALTrainer(GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         self._sync_inner_loop()
+        if not self._preflight_done:
+            self._preflight()
         self._generating = True
         try:
             output = super()._generate_and_score_completions(inputs)

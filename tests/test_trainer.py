@@ -25,9 +25,10 @@ TINY_INNER = dict(inner_epochs=2, inner_lora_r=4, inner_lora_alpha=8, inner_targ
 
 
 def tiny_args(tmp_path, **overrides):
+    # the inner-loop preflight (on by default) is tested in test_preflight.py; here it would only add seconds
     settings = dict(output_dir=str(tmp_path / "out"), max_steps=2, per_device_train_batch_size=2, num_generations=2,
                     max_completion_length=12, use_cpu=True, report_to=[], save_strategy="no", seed=0,
-                    learning_rate=1e-3, **TINY_INNER)
+                    learning_rate=1e-3, inner_preflight=False, **TINY_INNER)
     settings.update(overrides)
     return SEALConfig(**settings)
 
@@ -326,9 +327,34 @@ def test_a_reward_call_whose_runs_all_raise_stops_training(tiny_model_dir, tiny_
         raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation")
 
     monkeypatch.setattr(trainer.inner_loop, "_train", broken)
-    with pytest.raises(SystematicInnerFailure, match="2 of 2 inner runs raised") as info:
+    with pytest.raises(SystematicInnerFailure, match="2 of 2 inner runs failed") as info:
         trainer.train()
     assert "leaf Variable" in str(info.value) and "Traceback" in str(info.value)
+
+
+def test_an_inner_model_out_of_memory_on_every_run_stops_the_first_reward_call(tiny_model_dir, tiny_tokenizer,
+                                                                                 dataset, tmp_path, monkeypatch):
+    """Every inner run out of memory: not 0-reward self-edits but a setup fault, stopped in the first reward call
+    with the settings to lower."""
+    from seal_trl.reward import SystematicInnerFailure
+
+    trainer = SEALTrainer(str(tiny_model_dir), args=tiny_args(tmp_path), train_dataset=dataset,
+                          processing_class=tiny_tokenizer)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    calls = []
+    original = trainer.seal_reward.score_many
+    monkeypatch.setattr(trainer.seal_reward, "score_many", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(trainer.inner_loop, "_train", out_of_memory)
+    with pytest.raises(SystematicInnerFailure, match="2 of 2 inner runs failed \\(2 out_of_memory") as info:
+        trainer.train()
+    message = str(info.value)
+    assert len(calls) == 1 and trainer.state.global_step == 0
+    for knob in ("inner_batch_self_edits", "inner_max_seq_length", "inner_load_in_4bit",
+                 "inner_gradient_checkpointing"):
+        assert knob in message
 
 
 def test_qlora_policy_trains_with_real_rewards(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):

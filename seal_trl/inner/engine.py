@@ -9,6 +9,7 @@ no files. A failing self-edit ends its own run with reward 0 and a reason; the e
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -28,7 +29,7 @@ from .batched import BatchedTrainer, run_batched
 from .config import InnerLoopConfig
 from .graders import Grader, make_grader
 from .jobs import INNER_ADAPTER, InnerJob, InnerResult
-from .store import tensors_fingerprint
+from .store import sampled_fingerprint, tensors_fingerprint
 from .steps import learning_rate_at, lora_a_inits, plan_batches
 from .tensors import EncodedExample, encode_example, labelled_logits, labelled_nll, pad_right
 
@@ -84,6 +85,10 @@ class InnerLoop:
         self.slot_choice: SlotChoice | None = None  # what batch_self_edits="auto" measured and chose
         self._synced_policy = None  # weakref to the LoRA policy whose base weights are already copied
         self._policy_version: str | None = None
+        self._syncs = 0
+        self._lora_base_copies = 0
+        self._base_update = "as built"  # which update put the base weights there (see `policy_version`)
+        self._base_digest: str | None = None
         self._compiled = None  # the compiled training forward (config.compile), built on first use
         self._activate_adapters()
 
@@ -156,25 +161,37 @@ class InnerLoop:
         return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model, adapter_name=INNER_ADAPTER).items()}
 
     # ----- policy sync ----------------------------------------------------------------------
-    def sync_from(self, policy) -> None:
+    def sync_from(self, policy, *, step: int | None = None) -> None:
         """Make the inner model compute what the current policy computes.
 
         `policy`: a PEFT LoRA model (base copied once, adapter tensors every call), a full model, or a
-        full state dict (e.g. gathered under ZeRO-3). Clears the cached before-scores.
+        full state dict (e.g. gathered under ZeRO-3). Clears the cached before-scores. `step`: the number of
+        optimizer updates the policy has had (SEALTrainer passes its global step), so a resumed run gives a full
+        policy the same version as the run it resumes (see `policy_version`); None counts the syncs instead.
         """
+        self._syncs += 1
+        full_update = f"step {step}" if step is not None else f"sync {self._syncs}"
         if isinstance(policy, dict):
             sync.copy_full_weights(self.model, policy)
+            self._base_changed(full_update)
         else:
             policy = sync.unwrap(policy)
             if sync.is_peft_model(policy):
                 known = self._synced_policy is not None and self._synced_policy() is policy
                 sync.copy_lora_policy(self.model, policy, copy_base=not known)
+                if not known:  # a LoRA policy's base is frozen: counted per copy, not per optimizer step
+                    self._lora_base_copies += 1
+                    self._base_changed(f"LoRA base copy {self._lora_base_copies}")
                 self._synced_policy = weakref.ref(policy)
                 self._activate_adapters()
             else:
                 sync.copy_full_weights(self.model, policy.state_dict())
+                self._base_changed(full_update)
         self._score_cache.clear()
         self._policy_version = None
+
+    def _base_changed(self, update: str) -> None:
+        self._base_update, self._base_digest = update, None
 
     # ----- scoring ----------------------------------------------------------------------------
     def score(self, probe: Probe, *, context_id: str | None = None) -> float:
@@ -273,13 +290,26 @@ class InnerLoop:
 
     @property
     def policy_version(self) -> str:
-        """A fingerprint of the weights the inner model computes with before training (base and synced policy
-        adapter, not the trained inner adapter): what a run's result depends on besides its job. Computed on
-        first use after each sync."""
+        """A version of the weights the inner model computes with before training (base and synced policy
+        adapter, not the trained inner adapter): what a run's result depends on besides its job, so the store's
+        key. Computed on first use after each sync, at a cost that does not grow with the base model:
+
+        - the policy adapter (a LoRA policy) is hashed whole (`tensors_fingerprint`): its cost grows with the
+          adapter;
+        - the base weights get a digest of sampled elements (`sampled_fingerprint`, once per base copy) plus
+          the update that put them there: the optimizer step a full policy was synced at (`sync_from(step=)`, else
+          the sync's number in this process), or the how-manieth copy of a LoRA policy's frozen base. An update the
+          sample misses still changes the version; a resumed run syncs the same weights at the same step, so its
+          versions (and store keys) match the killed run's.
+        """
         if self._policy_version is None:
             state = self.model.state_dict()
-            self._policy_version = tensors_fingerprint(
-                {k: v for k, v in state.items() if f".{INNER_ADAPTER}." not in k})
+            adapter = {k: v for k, v in state.items() if f".{sync.POLICY_ADAPTER}." in k}
+            if self._base_digest is None:
+                self._base_digest = sampled_fingerprint(
+                    {k: v for k, v in state.items() if f".{INNER_ADAPTER}." not in k and k not in adapter})
+            parts = (self._base_update, self._base_digest, tensors_fingerprint(adapter))
+            self._policy_version = hashlib.sha256("|".join(parts).encode()).hexdigest()
         return self._policy_version
 
     def _batched_trainer(self, num_slots: int):

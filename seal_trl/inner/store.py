@@ -43,6 +43,29 @@ def tensors_fingerprint(tensors: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+SAMPLES_PER_TENSOR = 1024  # elements `sampled_fingerprint` reads from each tensor
+
+
+def sampled_fingerprint(tensors: Mapping[str, torch.Tensor], samples: int = SAMPLES_PER_TENSOR) -> str:
+    """A sha256 over names, shapes, dtypes and the bytes of up to `samples` evenly spaced elements of each tensor.
+
+    Its cost grows with the number of tensors, not their size (a 7B model: a few hundred thousand elements, read
+    where the tensors live, copied to the host at once). It misses an update that leaves every sampled element as
+    it was: a policy version built on it must also count the updates (see `InnerLoop.policy_version`)."""
+    digest = hashlib.sha256()
+    picked: dict[torch.device, list[torch.Tensor]] = {}
+    for name in sorted(tensors):
+        tensor = tensors[name].detach()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        flat = tensor.reshape(-1)
+        if flat.numel():
+            sample = flat[:: max(1, flat.numel() // samples)][:samples].contiguous()
+            picked.setdefault(sample.device, []).append(sample.view(torch.uint8))
+    for device in sorted(picked, key=str):
+        digest.update(torch.cat(picked[device]).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 class ResultStore:
     """Append-only JSON-lines store of `InnerResult`s by content key (see the module docstring)."""
 
