@@ -13,10 +13,8 @@ skipped with a warning that names it. Bad settings, data files and checkpoints a
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
-import math
 import os
 import re
 import sys
@@ -36,6 +34,7 @@ from ..tasks.knowledge import KnowledgeTask
 from ..tasks.squad import is_local_path, load_contexts
 from ..trainer import SEALTrainer
 from .flags import UsageError, check_output_dir, check_recipe_config
+from .recipe_schema import check_settings
 
 logger = logging.getLogger("seal_trl.cli.train")
 
@@ -254,10 +253,16 @@ def shut_down_distributed(trainer: SEALTrainer) -> None:
 
 
 class _RecipeParser(TrlParser):
-    """TrlParser whose usage errors (a bad flag value) are one `UsageError` instead of the usage block."""
+    """TrlParser whose usage errors (a bad flag value) are one `UsageError` instead of the usage block, and whose
+    merged YAML and flag values are checked against the recipe schema before any dataclass is built."""
 
     def error(self, message: str):
         raise UsageError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, remaining = super().parse_known_args(args, namespace)
+        check_settings(vars(namespace), self.dataclass_types)
+        return namespace, remaining
 
 
 def make_parser(subparsers=None) -> TrlParser:
@@ -275,19 +280,7 @@ def parse(argv: list[str] | None = None) -> tuple[SEALScriptArguments, SEALConfi
     config = _flag_value(argv, "--config")
     if config is not None:
         check_recipe_config(config)
-    settings = make_parser().parse_args_and_config(args=argv)
-    _refuse_non_finite(*settings)
-    return settings
-
-
-def _refuse_non_finite(*settings) -> None:
-    """TrlParser takes `nan` and `inf` for any float field; no SEAL setting means either."""
-    for group in settings:
-        for f in dataclasses.fields(group):
-            value = getattr(group, f.name, None)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UsageError(f"{f.name}={value} is not a finite number; fix --{f.name} or the recipe's "
-                                 f"`{f.name}:`")
+    return make_parser().parse_args_and_config(args=argv)
 
 
 def run(argv: list[str] | None = None) -> SEALTrainer:
