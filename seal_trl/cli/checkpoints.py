@@ -132,14 +132,19 @@ def finished_step(checkpoint: str | None, training_args: SEALConfig) -> int | No
 def load_finished_checkpoint(trainer: SEALTrainer, checkpoint: str, step: int) -> None:
     """Put the weights and the state (step, log history) of a checkpoint at the run's last step into the trainer,
     training nothing."""
-    if trainer.is_deepspeed_enabled:
-        raise UsageError(f"{checkpoint} is at step {step}, the run's last: nothing is left to train, and under "
-                         f"DeepSpeed its weights are not re-saved to output_dir; use {checkpoint} as the model, or "
-                         "raise max_steps to train further")
     logger.info("%s is at step %d, the run's last: nothing is left to train; saving its model as the final one",
                 checkpoint, step)
     trainer._load_from_checkpoint(checkpoint)  # transformers' own loader: adapters, sharded and full weights
     trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+
+
+def check_finished_loadable(trainer: SEALTrainer, checkpoint: str | None, step: int | None) -> None:
+    """Before training: under DeepSpeed the model's weights are partitioned until `train` prepares the engine, so a
+    finished checkpoint's weights cannot be loaded without training; say so instead."""
+    if step is not None and trainer.is_deepspeed_enabled:
+        raise UsageError(f"{checkpoint} is at step {step}, the run's last: nothing is left to train, and under "
+                         f"DeepSpeed its weights are not re-saved to output_dir; use {checkpoint} as the model, or "
+                         "raise max_steps to train further")
 
 
 def save_final_model(trainer: SEALTrainer, output_dir: str) -> None:

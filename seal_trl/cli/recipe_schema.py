@@ -79,6 +79,11 @@ RANGES: dict[str, Range] = {
 }
 
 
+#: Fields whose annotation is narrower than what their __post_init__ takes: typed str so that the command line accepts
+#: "auto", SEALConfig.inner_batch_self_edits also takes a YAML integer.
+ANNOTATIONS: dict[str, Any] = {"inner_batch_self_edits": int | str}
+
+
 @dataclass(frozen=True)
 class Rule:
     """What a field's annotation allows: a test and the words for it."""
@@ -143,7 +148,7 @@ def schema(dataclass_types: Iterable[type]) -> dict[str, Rule]:
         hints = typing.get_type_hints(cls)
         for f in fields(cls):
             if f.init:
-                rule = rule_for(hints.get(f.name, Any))
+                rule = rule_for(ANNOTATIONS.get(f.name, hints.get(f.name, Any)))
                 if f.default in (None, "") and not rule.test(None):
                     rule = Rule(lambda value, test=rule.test: value is None or test(value), f"null or {rule.expects}")
                 rules[f.name] = rule

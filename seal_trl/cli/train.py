@@ -8,7 +8,9 @@ TrlParser reads three groups of settings from the YAML file and the command line
 `model_name_or_path` the embedded SmolLM2-135M-Instruct is used.
 
 A rerun in the same output_dir resumes from the newest *complete* checkpoint: one a kill left half written is
-skipped with a warning that names it; one at the run's last step trains nothing more (checkpoints.py). Bad settings, data files and checkpoints are refused before any model loads.
+skipped with a warning that names it; one at the run's last step trains nothing more (checkpoints.py). Settings
+are checked by type and range (recipe_schema.py); bad settings, data files and checkpoints are refused before any
+model loads.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from ..models import embedded_model_path, load_tokenizer
 from ..tasks.knowledge import KnowledgeTask
 from ..tasks.squad import is_local_path, load_contexts
 from ..trainer import SEALTrainer
-from .checkpoints import (check_no_finished_model, finished_step, load_finished_checkpoint, recover_final_save,
-                          resume_checkpoint, save_final_model)
+from .checkpoints import (check_finished_loadable, check_no_finished_model, finished_step, load_finished_checkpoint,
+                          recover_final_save, resume_checkpoint, save_final_model)
 from .flags import UsageError, check_output_dir, check_recipe_config
 from .recipe_schema import check_settings
 
@@ -131,6 +133,7 @@ def build(script_args: SEALScriptArguments, training_args: SEALConfig, model_arg
         trainer = _build_knowledge_trainer(script_args, training_args, model_args, model_path, tokenizer, contexts)
     logger.info("task %s, training on %d process(es), algorithm %s", script_args.task,
                 trainer.accelerator.num_processes, training_args.algorithm)
+    check_finished_loadable(trainer, checkpoint, finished_step(checkpoint, training_args))
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     return trainer, checkpoint
