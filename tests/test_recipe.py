@@ -49,6 +49,7 @@ def test_recipe_trains_saves_and_cli_overrides_yaml(tiny_model_dir, squad_file, 
     ({"algoritm": "grpo"}, "Unknown arguments from config file"),
     ({"algorithm": "ppo"}, "algorithm='ppo' is not known"),
     ({"task": "chess"}, "task='chess' is not known"),
+    ({"num_iterations": 0}, "num_iterations: got 0 (int), expects a value >= 1"),  # trained 0 steps, exit 0
 ])
 def test_recipe_bad_yaml_gets_a_clear_error(tiny_model_dir, squad_file, tmp_path, extra, message):
     config = write_yaml(tmp_path / "bad.yaml", tiny_model_dir, squad_file, tmp_path / "out", **extra)
