@@ -29,9 +29,16 @@ def test_every_default_passes_the_schema(tmp_path):
     assert namespace.num_generations == 4
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml")))
+RECIPES = sorted(str(p.relative_to(ROOT / "recipes")) for p in (ROOT / "recipes").rglob("*.yaml"))
+
+
+def test_there_are_shipped_recipes():
+    assert len(RECIPES) >= 4
+
+
+@pytest.mark.parametrize("name", RECIPES)
 def test_every_shipped_recipe_passes_the_schema(name):
-    check_settings(load_yaml((ROOT / "recipes" / f"{name}.yaml").read_text()), GROUPS)
+    check_settings(load_yaml((ROOT / "recipes" / name).read_text()), GROUPS)
 
 
 @pytest.mark.parametrize("values", [
