@@ -1,8 +1,9 @@
 """Reading JSON that anyone may have written: bounded in size and nesting depth before it is parsed.
 
-Python's parser recurses once per nesting level (100,000 `[` raise RecursionError) and converts integers of any
-length (5,000 digits raise ValueError past the int-string limit). `read_json_file` and `parse_json` refuse those,
-and anything else that is not JSON, with one error that names the file; callers pass their own error class.
+Python's parser recurses once per nesting level (100,000 `[` raise RecursionError), converts integers of any
+length (5,000 digits raise ValueError past the int-string limit) and keeps the last of a key an object repeats.
+`read_json_file` and `parse_json` refuse those, and anything else that is not JSON, with one error that names the
+file; callers pass their own error class.
 """
 
 from __future__ import annotations
@@ -55,11 +56,26 @@ def parse_json(text: str, where: str, *, max_depth: int = MAX_DEPTH, error: type
     if nesting_depth_exceeds(text, max_depth):
         raise error(f"{where}: JSON nested more than {max_depth} levels deep (refused before parsing){hint}")
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except DuplicateKeyError as err:
+        raise error(f"{where}: {err}; keep one{hint}") from None
     except json.JSONDecodeError as err:
         raise error(f"{where}: not valid JSON ({err}){hint}") from None
     except (ValueError, RecursionError):  # an integer past Python's int-string limit (4,300 digits)
         raise error(f"{where}: not valid JSON (a number with thousands of digits){hint}") from None
+
+
+class DuplicateKeyError(ValueError):
+    """An object names one key twice (`json.loads` would keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        repeated = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise DuplicateKeyError(f"the key {repeated!r} appears twice in one object")
+    return obj
 
 
 def read_json_file(path: str | os.PathLike, *, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH,

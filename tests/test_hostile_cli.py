@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from test_hostile_inputs import hang_guard
 
 from seal_trl.cli.main import main
 
@@ -79,6 +80,31 @@ def train(ws: Path, *extra: str, config: dict | str | None = None) -> list[str]:
     config = {"data": str(squad(ws)), "output_dir": str(ws / "out"), "use_cpu": True} if config is None else config
     path = write(ws, "recipe.yaml", config if isinstance(config, str) else json.dumps(config))
     return ["train", "--config", str(path), *extra]
+
+
+def recipe(ws: Path, text: str, *extra: str) -> list[str]:
+    """`seal-trl train` on a recipe given as YAML text, with a good data file and output_dir unless it sets them."""
+    lines = [text, *(f"{k}: {v}" for k, v in (("data", json.dumps(str(squad(ws)))), ("output_dir", json.dumps(
+        str(ws / "out"))), ("use_cpu", "true")) if not text.startswith(f"{k}:"))]
+    return train(ws, *extra, config="\n".join(lines) + "\n")
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A billion-laughs YAML recipe: `levels` anchors, each a list of `width` aliases of the one before (~2 KB)."""
+    text = 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]\n'
+    for i in range(1, levels + 1):
+        text += f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]\n"
+    return text
+
+
+def dangling(ws: Path, name: str) -> Path:
+    link = ws / name
+    link.symlink_to(ws / "nowhere")
+    return link
+
+
+def arc_dir(ws: Path, text: str) -> Path:
+    return write(ws, "arc/puzzle.json", text).parent
 
 
 MANIFEST = {"format": "seal-trl-registry", "format_version": 1, "created": "2026-01-01T00:00:00Z", "base_model": None,
@@ -238,7 +264,51 @@ CASES = [
          ("output_dir", "not a directory")),
     Case("train-resume-missing-checkpoint", lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "ckpt")),
          ("resume_from_checkpoint", "ckpt")),
+    # --- train: the recipe's values by type and range, before anything loads (issue 32) -------------------------------
+    Case("recipe-data-int", lambda ws: recipe(ws, "data: 42"), ("data", "42", "expects text")),
+    Case("recipe-output-dir-int", lambda ws: recipe(ws, "output_dir: 123"), ("output_dir", "123", "text")),
+    Case("recipe-max-steps-list", lambda ws: recipe(ws, "max_steps: [1]"), ("max_steps", "[1]", "an integer")),
+    Case("recipe-seed-float", lambda ws: recipe(ws, "seed: 1.5"), ("seed", "1.5", "an integer")),
+    Case("recipe-num-generations-zero", lambda ws: recipe(ws, "num_generations: 0"), ("num_generations", ">= 1")),
+    Case("recipe-max-train-contexts-float", lambda ws: recipe(ws, "max_train_contexts: 1.5"),
+         ("max_train_contexts", "1.5", "an integer")),
+    Case("recipe-reward-repeats-float", lambda ws: recipe(ws, "reward_repeats: 2.5"),
+         ("reward_repeats", "2.5", "an integer")),
+    Case("recipe-rest-em-margin-list", lambda ws: recipe(ws, "rest_em_margin: [0.1]"),
+         ("rest_em_margin", "[0.1]", "a finite number")),
+    Case("recipe-key-int", lambda ws: recipe(ws, "1: 2"), ("recipe.yaml", "key 1", "not a setting name")),
+    Case("recipe-key-null", lambda ws: recipe(ws, "null: x"), ("recipe.yaml", "key None", "not a setting name")),
+    Case("recipe-alias-bomb", lambda ws: recipe(ws, alias_bomb()), ("recipe.yaml", "alias")),
+    Case("recipe-alias-cycle", lambda ws: recipe(ws, "inner_target_modules: &a [q_proj, *a]"),
+         ("recipe.yaml", "alias")),
+    Case("recipe-duplicate-key", lambda ws: recipe(ws, "max_steps: 1\nseed: 3\nmax_steps: 5"),
+         ("recipe.yaml", "line 3", "'max_steps' appears twice")),
+    Case("recipe-num-iterations-zero", lambda ws: recipe(ws, "num_iterations: 0"), ("num_iterations", ">= 1")),
+    Case("recipe-save-steps-negative", lambda ws: recipe(ws, "save_steps: -1"), ("save_steps", "> 0")),
+    Case("recipe-rest-em-top-k-float", lambda ws: recipe(ws, "rest_em_top_k: 1.5"),
+         ("rest_em_top_k", "1.5", "an integer")),
+    Case("recipe-inner-target-modules-mapping", lambda ws: recipe(ws, "inner_target_modules: {q_proj: 1}"),
+         ("inner_target_modules", "a mapping", "a list of strings")),
+    Case("recipe-output-dir-empty", lambda ws: recipe(ws, 'output_dir: ""'), ("output_dir", "empty")),
+    Case("recipe-output-dir-dangling-symlink",
+         lambda ws: recipe(ws, f"output_dir: {json.dumps(str(dangling(ws, 'out-link')))}"),
+         ("output_dir", "out-link", "symbolic link", "does not exist")),
+    Case("train-num-generations-flag-zero", lambda ws: train(ws, "--num_generations", "0"),
+         ("num_generations", ">= 1")),
+    Case("evaluate-max-new-tokens-huge", lambda ws: evaluate(ws, "--max-new-tokens", "1000000000"),
+         ("--max-new-tokens", "at most")),
+    Case("evaluate-output-dir-dangling-symlink", lambda ws: [*evaluate(ws)[:-1], str(dangling(ws, "runs-link"))],
+         ("--output-dir", "runs-link", "symbolic link")),
+    Case("adapt-max-new-tokens-huge", lambda ws: adapt(ws, "--max-new-tokens", "1000000000"),
+         ("--max-new-tokens", "at most")),
+    Case("arc-task-repeats-a-key",
+         lambda ws: evaluate(ws, "--task", "arc", data=arc_dir(ws, '{"train": [{"input": [[1]], "output": [[2]]}], '
+                                                                     '"train": [{"input": [[1]], "output": [[3]]}], '
+                                                                     '"test": [{"input": [[1]], "output": [[2]]}]}')),
+         ("puzzle.json", "'train' appears twice")),
     # --- demo -----------------------------------------------------------------------------------------------------
+    Case("demo-max-new-tokens-huge", lambda ws: ["demo", "--max-new-tokens", "1000000000", "--output-dir",
+                                                 str(ws / "runs")], ("--max-new-tokens", "at most")),
     Case("demo-train-contexts-zero", lambda ws: ["demo", "--train-contexts", "0", "--output-dir", str(ws / "runs")],
          ("--train-contexts", ">= 1")),
     Case("demo-generations-one", lambda ws: ["demo", "--generations", "1", "--output-dir", str(ws / "runs")],
@@ -279,13 +349,18 @@ def tripwires(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
 
 
+#: A refusal takes well under a second; an alias bomb used to hang (killed at 60 s).
+HANG_LIMIT_S = 30
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, tripwires, capsys):
     ws = tmp_path / "ws"
     ws.mkdir()
     argv = case.argv(ws)
     before = snapshot(tmp_path)
-    code = main(argv)
+    with hang_guard(HANG_LIMIT_S):
+        code = main(argv)
     err = capsys.readouterr().err
     lines = err.strip().splitlines()
     assert code == 2, err

@@ -51,6 +51,7 @@ def test_recipe_trains_saves_and_cli_overrides_yaml(tiny_model_dir, squad_file, 
     ({"task": "chess"}, "task='chess' is not known"),
     ({"per_device_train_batch_size": 6}, "= 6 self-edits (3 contexts), which does not divide the 4 training contexts; "
                                          "set per_device_train_batch_size=4"),
+    ({"num_iterations": 0}, "num_iterations: got 0 (int), expects a value >= 1"),  # trained 0 steps, exit 0
 ])
 def test_recipe_bad_yaml_gets_a_clear_error(tiny_model_dir, squad_file, tmp_path, extra, message):
     config = write_yaml(tmp_path / "bad.yaml", tiny_model_dir, squad_file, tmp_path / "out", **extra)

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from seal_trl.cli.checkpoints import checkpoint_problem, last_complete_checkpoint, resume_checkpoint
 from seal_trl.cli.flags import UsageError
-from seal_trl.cli.train import checkpoint_problem, cli, last_complete_checkpoint, resume_checkpoint
+from seal_trl.cli.train import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "scripts" / "recipe_worker.py"
@@ -56,7 +57,7 @@ def test_a_kill_during_a_checkpoint_write_resumes_from_the_last_complete_one(mod
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert checkpoint_problem(str(out / "checkpoint-1")) is None
     assert checkpoint_problem(str(out / "checkpoint-2")) is not None  # what the kill left
-    with caplog.at_level(logging.INFO, logger="seal_trl.cli.train"):
+    with caplog.at_level(logging.INFO, logger="seal_trl.cli"):
         trainer = cli(argv)  # before issue 15 every rerun failed on checkpoint-2
     assert f"skipping incomplete checkpoint {out / 'checkpoint-2'}" in caplog.text
     assert f"resuming from {out / 'checkpoint-1'}" in caplog.text
@@ -94,7 +95,7 @@ def test_checkpoint_problems_are_found_and_named(tmp_path, caplog):
     no_state = _checkpoint(tmp_path, 10)
     (no_state / "trainer_state.json").unlink()
     assert checkpoint_problem(str(no_state)) == "no trainer_state.json"
-    with caplog.at_level(logging.WARNING, logger="seal_trl.cli.train"):
+    with caplog.at_level(logging.WARNING, logger="seal_trl.cli"):
         assert last_complete_checkpoint(str(tmp_path)) == str(good)
     skipped = [r.getMessage() for r in caplog.records if "skipping incomplete checkpoint" in r.getMessage()]
     assert [m.split()[3] for m in skipped] == [str(tmp_path / f"checkpoint-{n}") for n in (10, 6, 5, 4)]
@@ -122,9 +123,8 @@ def _logged(history: list[dict], after: int) -> list[dict]:
             if h["step"] > after and "loss" in h]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tiny_model_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
+def _four_passages(root: Path) -> Path:
+    """The 4-passage SQuAD file of conftest's `squad_file`, for module-scoped fixtures."""
     data = root / "squad.json"
 
     def passage(i):
@@ -133,6 +133,13 @@ def uninterrupted(tiny_model_dir, tmp_path_factory):
         return {"context": context, "qas": [{"id": f"q{i}", "question": "Which valley?", "answers": [answer]}]}
 
     data.write_text(json.dumps({"data": [{"title": f"Place {i}", "paragraphs": [passage(i)]} for i in range(4)]}))
+    return data
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    data = _four_passages(root)
     trainer = cli(recipe_args(tiny_model_dir, data, root / "full", **ROUNDS))
     return root, data, trainer.state.log_history
 
@@ -151,3 +158,81 @@ def test_a_resumed_run_reproduces_the_uninterrupted_one(uninterrupted, tiny_mode
     expected = _logged(history, resume_at)
     assert [h["step"] for h in expected] == list(range(resume_at + 1, ROUNDS["max_steps"] + 1))
     assert _logged(resumed.state.log_history, resume_at) == expected
+
+
+# ----- a finished run trains nothing more (issue 32) --------------------------------------------------------------
+# A constant learning rate: under the default linear schedule the LR at step max_steps + 1 is 0, so the extra step
+# that transformers trained on resume left the adapter unchanged and hid the bug.
+CONSTANT = {"lr_scheduler_type": "constant"}
+
+
+def _adapter(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+def _files(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")} if folder.is_dir() else set()
+
+
+def _assert_same_adapter(folder: Path, expected: dict) -> None:
+    import torch
+
+    got = _adapter(folder)
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model_dir, tmp_path_factory):
+    """An uninterrupted 2-step run with a constant learning rate, its data file and its final adapter."""
+    root = tmp_path_factory.mktemp("finished")
+    data = _four_passages(root)
+    cli(recipe_args(tiny_model_dir, data, root / "full", **CONSTANT))
+    return root, data, _adapter(root / "full")
+
+
+def test_rerunning_a_finished_command_trains_nothing_and_says_so(finished, tiny_model_dir, caplog):
+    root, data, expected = finished
+    out = root / "rerun"
+    shutil.copytree(root / "full", out)
+    inner_runs = _files(out / "inner_results")
+    with caplog.at_level(logging.INFO, logger="seal_trl.cli"):
+        trainer = cli(recipe_args(tiny_model_dir, data, out, **CONSTANT))
+    assert f"{out / 'checkpoint-2'} is at step 2, the run's last: nothing is left to train" in caplog.text
+    assert trainer.state.global_step == 2 and not (out / "checkpoint-3").exists()  # was: step 3 trained
+    assert _files(out / "inner_results") == inner_runs  # no new inner run, so no new evaluation of the reward
+    _assert_same_adapter(out, expected)
+
+
+def test_a_kill_during_the_final_save_leaves_the_old_state_and_a_rerun_completes_it(finished, tiny_model_dir):
+    root, data, expected = finished
+    out = root / "killed-final"
+    argv = recipe_args(tiny_model_dir, data, out, **CONSTANT)
+    killed = subprocess.run([sys.executable, str(WORKER), "0", "final-save", *argv], env=ENV, capture_output=True,
+                            text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert checkpoint_problem(str(out / "checkpoint-2")) is None
+    assert not (out / "adapter_model.safetensors").exists()  # no torn final model: the old state (none)
+    inner_runs = _files(out / "inner_results")
+    trainer = cli(argv)  # resumes from checkpoint-2, the run's last step
+    assert trainer.state.global_step == 2 and not (out / "checkpoint-3").exists()
+    assert _files(out / "inner_results") == inner_runs
+    assert not any(p.name.startswith(".final-model") for p in out.iterdir())
+    _assert_same_adapter(out, expected)
+
+
+def test_a_committed_final_save_is_completed_and_a_partial_one_dropped(tmp_path):
+    from seal_trl.cli.checkpoints import COMMITTED, STAGING, recover_final_save
+
+    (tmp_path / "adapter_model.safetensors").write_text("old weights")
+    (tmp_path / "adapter_config.json").write_text("old config")
+    (tmp_path / COMMITTED).mkdir()
+    (tmp_path / COMMITTED / "adapter_model.safetensors").write_text("new weights")  # the config was moved already
+    recover_final_save(str(tmp_path))
+    assert (tmp_path / "adapter_model.safetensors").read_text() == "new weights"
+    assert (tmp_path / "adapter_config.json").read_text() == "old config" and not (tmp_path / COMMITTED).exists()
+    (tmp_path / STAGING).mkdir()
+    (tmp_path / STAGING / "adapter_model.safetensors").write_text("torn")
+    recover_final_save(str(tmp_path))
+    assert (tmp_path / "adapter_model.safetensors").read_text() == "new weights" and not (tmp_path / STAGING).exists()

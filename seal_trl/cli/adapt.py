@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..continual.registry import MANIFEST, AdapterRegistry, RegistryError, check_new_registry_location
 from ..tasks.knowledge import STYLES
-from .flags import check_adapter, inner_epochs, inner_learning_rate, integer, number, phrase
+from .flags import check_adapter, inner_epochs, inner_learning_rate, integer, max_new_tokens, number, phrase
 
 
 def add_continual_commands(sub) -> None:
@@ -38,7 +38,7 @@ def add_continual_commands(sub) -> None:
                        help="learning-rate factor per retry")
     adapt.add_argument("--num-self-edits", type=integer(1), default=1, help="self-edits per document; the best is kept")
     adapt.add_argument("--style", default="implications", choices=STYLES, help="self-edit prompt")
-    adapt.add_argument("--max-new-tokens", type=integer(1), default=128, help="longest self-edit")
+    adapt.add_argument("--max-new-tokens", type=max_new_tokens, default=128, help="longest self-edit")
     adapt.add_argument("--inner-epochs", type=inner_epochs, default=10)
     adapt.add_argument("--inner-lr", type=inner_learning_rate, default=1e-3)
     adapt.add_argument("--inner-lora-r", type=integer(1), default=32)

@@ -84,11 +84,21 @@ def _check_range(value: float, text: str, minimum: float | None, maximum: float 
 #: Inner-loop settings a plan may have (PlanBounds): outside them every self-edit would fail as out of bounds.
 inner_epochs = integer(1, BOUNDS.max_epochs)
 inner_learning_rate = number(BOUNDS.min_learning_rate, BOUNDS.max_learning_rate)
+#: Longest self-edit or completion a command generates (tokens): far past any model's context is a typo.
+MAX_NEW_TOKENS = 32_768
+max_new_tokens = integer(1, MAX_NEW_TOKENS)
 
 
 def check_output_dir(path: str, flag: str = "--output-dir") -> None:
-    """Refuse an output directory that is a file, lies under a file, or cannot be written; nothing is created."""
+    """Refuse an output directory that is empty text, a file, lies under a file, is (or lies under) a symbolic link
+    to nothing, or cannot be written; nothing is created."""
+    if not str(path).strip():
+        raise UsageError(f"{flag} is empty; pass a directory for the run (e.g. runs/my-run)")
     target = Path(path).expanduser()
+    dangling = next((p for p in (target, *target.parents) if p.is_symlink() and not p.exists()), None)
+    if dangling is not None:
+        raise UsageError(f"{flag} {path!r}: {dangling} is a symbolic link to {os.readlink(dangling)!r}, which does "
+                         "not exist; create its target or pass another directory")
     existing = next((p for p in (target, *target.parents) if p.exists()), None)
     if existing is None:
         return
@@ -102,17 +112,19 @@ def check_output_dir(path: str, flag: str = "--output-dir") -> None:
 MAX_CONFIG_BYTES = 1_000_000
 
 
-def check_recipe_config(path: str) -> None:
-    """Refuse a recipe YAML (`--config`) that TrlParser would fail on with a traceback: not a regular file, too
-    large, not UTF-8 or not YAML. (TrlParser itself says when it is YAML but not a mapping.)"""
+def check_recipe_config(path: str) -> object:
+    """The content of a recipe YAML (`--config`), refused when TrlParser would fail on it with a traceback or a
+    hang: not a regular file, too large, not UTF-8, not YAML, a repeated key, aliases that expand past a bound, or
+    a key that is not a string. (TrlParser itself says when it is YAML but not a mapping.)"""
     import yaml
 
     from ..safe_json import read_bytes
+    from ..safe_yaml import load_yaml
 
     raw = read_bytes(path, max_bytes=MAX_CONFIG_BYTES, error=UsageError,
                      hint=" (--config takes a recipe YAML file, e.g. recipes/smollm2-135m/cpu_demo.yaml)")
     try:
-        yaml.safe_load(raw.decode("utf-8-sig"))
+        content = load_yaml(raw.decode("utf-8-sig"))
     except UnicodeDecodeError as err:
         raise UsageError(f"--config {path}: byte {err.start} is not valid UTF-8; save the recipe as UTF-8") from None
     except (yaml.YAMLError, RecursionError) as err:
@@ -120,6 +132,12 @@ def check_recipe_config(path: str) -> None:
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
         problem = getattr(err, "problem", None) or "nested too deeply"
         raise UsageError(f"--config {path}: not valid YAML{at} ({problem}); fix the recipe file") from None
+    for where, mapping in (("", content), ("env: ", content.get("env") if isinstance(content, dict) else None)):
+        bad = [key for key in mapping if not isinstance(key, str)] if isinstance(mapping, dict) else []
+        if bad:
+            raise UsageError(f"--config {path}: {where}the key {bad[0]!r} is not a setting name; keys are names "
+                             "such as max_steps (quote a key that must be text)")
+    return content
 
 
 def check_adapter(path: str | None, flag: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..tasks.knowledge import STYLES
 from .flags import (OneLineParser, UsageError, batch_self_edits, check_adapter, check_output_dir, check_recipe_config,
-                    inner_epochs, inner_learning_rate, integer, number)
+                    inner_epochs, inner_learning_rate, integer, max_new_tokens, number)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -121,7 +121,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="arc: keep puzzles whose grids fit this many tokens (smallest first)")
     p.add_argument("--arc-answer-tokens", type=integer(1), default=256,
                    help="arc: longest generated answer grid (tokens)")
-    p.add_argument("--max-new-tokens", type=integer(1), default=256, help="longest self-edit")
+    p.add_argument("--max-new-tokens", type=max_new_tokens, default=256, help="longest self-edit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output-dir", default="runs", help="a new run directory is created inside it")
 
@@ -151,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--generations", type=integer(2), default=3, help="self-edits per passage (GRPO needs >= 2)")
     demo.add_argument("--validation", type=integer(1), default=8)
     demo.add_argument("--inner-epochs", type=inner_epochs, default=5)
-    demo.add_argument("--max-new-tokens", type=integer(1), default=128)
+    demo.add_argument("--max-new-tokens", type=max_new_tokens, default=128)
     demo.add_argument("--samples", type=int, default=1, help="self-edits sampled per held-out passage and method")
     demo.add_argument("--temperature", type=number(), default=None,
                       help="self-edit sampling temperature (default 1.0 with --samples > 1, else greedy)")

@@ -8,26 +8,21 @@ TrlParser reads three groups of settings from the YAML file and the command line
 `model_name_or_path` the embedded SmolLM2-135M-Instruct is used.
 
 A rerun in the same output_dir resumes from the newest *complete* checkpoint: one a kill left half written is
-skipped with a warning that names it. Bad settings, data files and checkpoints are refused before any model loads.
+skipped with a warning that names it; one at the run's last step trains nothing more (checkpoints.py). Settings
+are checked by type and range (recipe_schema.py); bad settings, data files and checkpoints are refused before any
+model loads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
-import math
 import os
-import re
 import sys
 import weakref
-import zipfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from transformers.trainer_callback import TrainerState
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, sort_checkpoints
 from trl import ModelConfig, TrlParser, get_peft_config, get_quantization_config
 
 from ..config import SEALConfig
@@ -35,7 +30,10 @@ from ..models import embedded_model_path, load_tokenizer
 from ..tasks.knowledge import KnowledgeTask
 from ..tasks.squad import is_local_path, load_contexts
 from ..trainer import SEALTrainer
+from .checkpoints import (check_finished_loadable, check_no_finished_model, finished_step, load_finished_checkpoint,
+                          recover_final_save, resume_checkpoint, save_final_model)
 from .flags import UsageError, check_output_dir, check_recipe_config
+from .recipe_schema import check_settings
 
 logger = logging.getLogger("seal_trl.cli.train")
 
@@ -84,8 +82,14 @@ def main(script_args: SEALScriptArguments, training_args: SEALConfig, model_args
 
 def fit(trainer: SEALTrainer, checkpoint: str | None, script_args: SEALScriptArguments, training_args: SEALConfig
         ) -> SEALTrainer:
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(training_args.output_dir)
+    """Train from `checkpoint` (nothing when it is already the run's last step) and save the final model
+    atomically."""
+    step = finished_step(checkpoint, training_args)
+    if step is None:
+        trainer.train(resume_from_checkpoint=checkpoint)
+    else:
+        load_finished_checkpoint(trainer, checkpoint, step)
+    save_final_model(trainer, training_args.output_dir)
     if training_args.push_to_hub:
         trainer.push_to_hub(dataset_name=script_args.arc_data if script_args.task == "arc" else script_args.data)
     shut_down_distributed(trainer)
@@ -97,6 +101,8 @@ def build(script_args: SEALScriptArguments, training_args: SEALConfig, model_arg
     """The trainer and the checkpoint to resume from. The checkpoint and the data are checked before any model
     loads, so a bad path or file costs nothing."""
     check_output_dir(training_args.output_dir, "output_dir")
+    with training_args.main_process_first(desc="final save recovery", local=False):
+        recover_final_save(training_args.output_dir)
     checkpoint = resume_checkpoint(training_args)
     if checkpoint is None:
         check_no_finished_model(training_args.output_dir)
@@ -127,90 +133,10 @@ def build(script_args: SEALScriptArguments, training_args: SEALConfig, model_arg
         trainer = _build_knowledge_trainer(script_args, training_args, model_args, model_path, tokenizer, contexts)
     logger.info("task %s, training on %d process(es), algorithm %s", script_args.task,
                 trainer.accelerator.num_processes, training_args.algorithm)
+    check_finished_loadable(trainer, checkpoint, finished_step(checkpoint, training_args))
     if checkpoint:
         logger.info("resuming from %s", checkpoint)
     return trainer, checkpoint
-
-
-# ----- checkpoints ---------------------------------------------------------------------------------------
-def resume_checkpoint(training_args: SEALConfig) -> str | None:
-    """`resume_from_checkpoint` when set (it must be complete), else the newest complete checkpoint in
-    output_dir, else None."""
-    chosen = training_args.resume_from_checkpoint
-    if chosen is None:
-        return last_complete_checkpoint(training_args.output_dir)
-    if not os.path.isdir(chosen):
-        raise UsageError(f"resume_from_checkpoint {chosen!r} is not a checkpoint directory; pass a "
-                         f"{PREFIX_CHECKPOINT_DIR}-N directory, or leave it unset to resume from output_dir's last one")
-    problem = checkpoint_problem(chosen)
-    if problem:
-        raise UsageError(f"resume_from_checkpoint {chosen!r} is incomplete ({problem}); pass an earlier checkpoint, "
-                         "or leave it unset to resume from output_dir's last complete one")
-    return chosen
-
-
-#: What a finished run leaves in output_dir (`save_model`): a policy adapter, or a full model.
-FINISHED_MODEL_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "pytorch_model.bin")
-
-
-def check_no_finished_model(output_dir: str) -> None:
-    """With no checkpoint to resume from, training starts over and its final save replaces the model an earlier
-    run left in `output_dir` (recipes that save no checkpoints, e.g. smollm2-135m/cpu_demo.yaml): refuse that,
-    changing nothing."""
-    found = [name for name in FINISHED_MODEL_FILES if os.path.isfile(os.path.join(output_dir, name))]
-    if found:
-        raise UsageError(f"output_dir {output_dir!r} already holds a trained model ({found[0]}) and no checkpoint to "
-                         "resume from: training would start over and overwrite it. Pass a new output_dir, or move "
-                         "that model away")
-
-
-def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest checkpoint in `output_dir` that was completely written. Newer ones that are not (a run killed
-    while saving) are skipped with a warning that names them; they are left as they are."""
-    if not os.path.isdir(output_dir):
-        return None
-    for path in reversed(sort_checkpoints(output_dir)):
-        problem = checkpoint_problem(path)
-        if problem is None:
-            return path
-        logger.warning("skipping incomplete checkpoint %s (%s): a run was stopped while writing it", path, problem)
-    return None
-
-
-def checkpoint_problem(path: str) -> str | None:
-    """Why the checkpoint at `path` cannot be resumed, or None when it is complete.
-
-    transformers writes trainer_state.json last, so a parseable one for the step the folder names marks a finished
-    save; weight, optimizer and RNG files are also checked for truncation (safetensors header and size, the zip
-    directory torch.save writes at the end of a file)."""
-    state_file = os.path.join(path, "trainer_state.json")
-    if not os.path.isfile(state_file):
-        return "no trainer_state.json"
-    try:
-        state = TrainerState.load_from_json(state_file)
-    except (ValueError, TypeError, OSError, RecursionError):
-        return "trainer_state.json is torn"
-    step = re.search(r"(\d+)$", os.path.basename(os.path.normpath(path)))
-    if step and state.global_step != int(step.group(1)):
-        return f"trainer_state.json is for step {state.global_step}"
-    for file in sorted(Path(path).rglob("*")):
-        if file.is_file() and _truncated(file):
-            return f"{file.relative_to(path)} is truncated"
-    return None
-
-
-def _truncated(file: Path) -> bool:
-    if file.suffix == ".safetensors":
-        from safetensors import SafetensorError, safe_open
-
-        try:
-            with safe_open(str(file), "pt"):
-                return False
-        except (SafetensorError, OSError):
-            return True
-    if file.suffix in (".pt", ".pth", ".bin"):
-        return not zipfile.is_zipfile(file)
-    return False
 
 
 def _knowledge_contexts(script_args: SEALScriptArguments) -> tuple[list[dict], list[dict] | None]:
@@ -255,10 +181,16 @@ def shut_down_distributed(trainer: SEALTrainer) -> None:
 
 
 class _RecipeParser(TrlParser):
-    """TrlParser whose usage errors (a bad flag value) are one `UsageError` instead of the usage block."""
+    """TrlParser whose usage errors (a bad flag value) are one `UsageError` instead of the usage block, and whose
+    merged YAML and flag values are checked against the recipe schema before any dataclass is built."""
 
     def error(self, message: str):
         raise UsageError(message)
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, remaining = super().parse_known_args(args, namespace)
+        check_settings(vars(namespace), self.dataclass_types)
+        return namespace, remaining
 
 
 def make_parser(subparsers=None) -> TrlParser:
@@ -276,19 +208,7 @@ def parse(argv: list[str] | None = None) -> tuple[SEALScriptArguments, SEALConfi
     config = _flag_value(argv, "--config")
     if config is not None:
         check_recipe_config(config)
-    settings = make_parser().parse_args_and_config(args=argv)
-    _refuse_non_finite(*settings)
-    return settings
-
-
-def _refuse_non_finite(*settings) -> None:
-    """TrlParser takes `nan` and `inf` for any float field; no SEAL setting means either."""
-    for group in settings:
-        for f in dataclasses.fields(group):
-            value = getattr(group, f.name, None)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UsageError(f"{f.name}={value} is not a finite number; fix --{f.name} or the recipe's "
-                                 f"`{f.name}:`")
+    return make_parser().parse_args_and_config(args=argv)
 
 
 def run(argv: list[str] | None = None) -> SEALTrainer:

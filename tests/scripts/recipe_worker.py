@@ -4,6 +4,8 @@ usage: recipe_worker.py STEP MODE RECIPE_ARGS...
   MODE before-state: killed once the weights, optimizer, scheduler and RNG state of checkpoint-STEP are written,
                      before trainer_state.json (which transformers writes last)
   MODE torn-state:   killed halfway through writing checkpoint-STEP's trainer_state.json
+  MODE final-save:   killed halfway through writing the final model's adapter_model.safetensors (after the last
+                     checkpoint, STEP unused)
 """
 
 import os
@@ -28,7 +30,21 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         save(self, json_path)
 
-    TrainerState.save_to_json = save_or_die
+    if mode == "final-save":
+        import peft.peft_model
+        from safetensors.torch import save_file
+
+        def write_half_and_die(tensors, filename, metadata=None):
+            if "checkpoint-" not in filename:
+                save_file(tensors, filename, metadata=metadata)
+                with open(filename, "r+b") as fh:
+                    fh.truncate(os.path.getsize(filename) // 2)
+                os.kill(os.getpid(), signal.SIGKILL)
+            save_file(tensors, filename, metadata=metadata)
+
+        peft.peft_model.safe_save_file = write_half_and_die
+    else:
+        TrainerState.save_to_json = save_or_die
     cli(argv)
 
 
