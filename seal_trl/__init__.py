@@ -13,6 +13,7 @@ _EXPORTS = {
     "SEALConfig": "seal_trl.config",
     "SEALTrainer": "seal_trl.trainer",
     "SelfEditReward": "seal_trl.reward",
+    "SyncInnerLoopCallback": "seal_trl.callbacks",
     "InnerLoop": "seal_trl.inner.engine",
     "InnerLoopConfig": "seal_trl.inner.config",
     "InnerResult": "seal_trl.inner.jobs",
