@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Sampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
+from trl.models import unwrap_model_for_generation
 
-from .callbacks import sync_inner_loop
 from .config import SEALConfig
 from .inner import sync
 from .inner.engine import InnerLoop
@@ -151,7 +151,9 @@ class SEALTrainer(GRPOTrainer):
 
     def _sync_inner_loop(self) -> None:
         # Every rank enters together (all generate at the same boundary), so the ZeRO-3 gather is collective.
-        sync_inner_loop(self.inner_loop, self.model_wrapped, self.accelerator)
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator,
+                                         gather_deepspeed3_params=True) as unwrapped:
+            self.inner_loop.sync_from(unwrapped)
 
     # ----- exact resume ---------------------------------------------------------------------------
     def _get_train_sampler(self, dataset=None):
