@@ -12,7 +12,8 @@ Snippets are the ```python, ```bash and ```sh blocks of README.md and of every p
   * the size keywords in `SHRINK` (`max_steps=8` -> `max_steps=1`, ...) get small values (each a whole
     keyword: `inner_epochs=` is shrunk, a plan's `epochs=` is not).
   Keywords keep their names, so a renamed keyword or function still fails. The working directory holds
-  `my_squad.json` (a 4-passage SQuAD v1.1 file) and `notes/` (two text documents) for the snippets that read them.
+  `my_squad.json` (a 4-passage SQuAD v1.1 file) and `notes/` (two text documents, one of them
+  `notes/harrowmere.txt`) for the snippets that read them.
 - Shell blocks: every command (continuation lines joined, comments dropped) must be one of
   * `seal-trl info`, or any `seal-trl ... --help`: run in full;
   * `seal-trl train --config C [--accelerate-config A] FLAGS` and
