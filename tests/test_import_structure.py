@@ -124,6 +124,7 @@ FORBIDDEN = {
     "seal_trl.tasks": ("seal_trl.reward", "seal_trl.trainer", "seal_trl.config", "seal_trl.cli", "seal_trl.continual"),
     "seal_trl.continual": ("seal_trl.trainer", "seal_trl.cli"),
     "seal_trl.reward": ("seal_trl.trainer", "seal_trl.cli"),
+    "seal_trl.callbacks": ("seal_trl.trainer", "seal_trl.cli"),
     "seal_trl.evaluation": ("seal_trl.trainer", "seal_trl.cli"),
     "seal_trl.trainer": ("seal_trl.cli",),
 }
