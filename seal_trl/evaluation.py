@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from statistics import mean
 from typing import Any
 
-from .generation import generate_text
+from .generation import check_temperature, generate_text
 from .inner.engine import InnerLoop
 from .inner.graders import AnswerMatchGrader, JudgeGrader, exact_match, greedy_answers, normalize_answer, token_f1
 from .inner.jobs import InnerJob, InnerResult
@@ -160,8 +160,7 @@ def resolve_temperature(samples: int, temperature: float | None) -> float:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if temperature is None:
         return 1.0 if samples > 1 else 0.0
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    temperature = check_temperature(temperature)
     if samples > 1 and temperature == 0:
         raise ValueError(f"samples={samples} greedy self-edits would all be the same: use temperature > 0")
     return float(temperature)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..continual.registry import MANIFEST, AdapterRegistry, RegistryError, check_new_registry_location
 from ..tasks.knowledge import STYLES
-from .flags import check_adapter, inner_epochs, inner_learning_rate, integer, number, phrase
+from .flags import check_adapter, inner_epochs, inner_learning_rate, inner_lora_r, integer, number, phrase
 
 
 def add_continual_commands(sub) -> None:
@@ -41,7 +41,7 @@ def add_continual_commands(sub) -> None:
     adapt.add_argument("--max-new-tokens", type=integer(1), default=128, help="longest self-edit")
     adapt.add_argument("--inner-epochs", type=inner_epochs, default=10)
     adapt.add_argument("--inner-lr", type=inner_learning_rate, default=1e-3)
-    adapt.add_argument("--inner-lora-r", type=integer(1), default=32)
+    adapt.add_argument("--inner-lora-r", type=inner_lora_r, default=32)
     adapt.add_argument("--probe-metric", choices=["accuracy", "soft_accuracy", "loglik"], default="soft_accuracy",
                        help="the document score the gate compares (soft accuracy: the gold answer's mean softmax "
                             "weight among the probe's answers, percent)")

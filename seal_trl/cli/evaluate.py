@@ -7,6 +7,7 @@ import argparse
 import json
 
 from ..evaluation import METHODS, default_reference, evaluate_methods
+from ..generation import check_temperature
 from ..models import load_policy
 from ..reporting import new_run_dir, summary_tables, write_report
 
@@ -15,8 +16,8 @@ def check_sampling_flags(samples: int, temperature: float | None) -> None:
     """--samples and --temperature (also the demo's), checked before anything loads."""
     if samples < 1:
         raise ValueError(f"--samples must be >= 1, got {samples}")
-    if temperature is not None and temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {temperature}")
+    if temperature is not None:
+        check_temperature(temperature, "--temperature")
     if samples > 1 and temperature == 0:
         raise ValueError(f"--samples {samples} with --temperature 0 scores the same greedy self-edit {samples} times: "
                          "use --temperature > 0 or --samples 1")

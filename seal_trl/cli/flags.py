@@ -86,6 +86,27 @@ inner_epochs = integer(1, BOUNDS.max_epochs)
 inner_learning_rate = number(BOUNDS.min_learning_rate, BOUNDS.max_learning_rate)
 
 
+def inner_lora_r(text: str) -> int:
+    """An argparse type: the inner adapter's LoRA rank, in [1, InnerLoopConfig's MAX_LORA_R]."""
+    from ..inner.config import MAX_LORA_R
+
+    return integer(1, MAX_LORA_R)(text)
+
+
+
+
+def temperature(text: str) -> float:
+    """An argparse type: a self-edit sampling temperature, 0 (greedy) or in generation's [MIN_TEMPERATURE,
+    MAX_TEMPERATURE]."""
+    from ..generation import check_temperature
+
+    value = number()(text)
+    try:
+        return check_temperature(value, "the value")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def check_output_dir(path: str, flag: str = "--output-dir") -> None:
     """Refuse an output directory that is a file, lies under a file, or cannot be written; nothing is created."""
     target = Path(path).expanduser()

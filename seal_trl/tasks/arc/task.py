@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ...inner.tensors import TemplateText
 from ...plans import PlanBounds, SelfEditError, TrainingPlan
 from ...probes import Probe, ProbeItem
 from ...seeding import check_distinct_context_ids, derive_seed
@@ -62,8 +63,9 @@ def format_query(tokenizer, pairs: Sequence[tuple[Any, Any]], query: Any) -> str
     answer when the tokenizer has a chat template, else the plain text ending with a newline."""
     body = grids_block(pairs, query)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
-                                             add_generation_prompt=True)
+        # grids and fixed instructions only: the rendering's special tokens are the template's
+        return TemplateText(tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                                          add_generation_prompt=True))
     return body + "\n"
 
 
