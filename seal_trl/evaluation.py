@@ -19,7 +19,7 @@ from .inner.sync import is_peft_model, unwrap
 from .plans import SelfEditError
 from .probes import Probe
 from .seeding import context_key, derive_seed
-from .tasks.knowledge import matching_copies
+from .tasks.knowledge import KnowledgeTask, check_passages_fit, matching_copies
 
 
 @dataclass
@@ -217,6 +217,8 @@ def evaluate_methods(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str
     """
     _check_methods(methods, policy, tokenizer, teacher)
     temperature = resolve_temperature(samples, temperature)
+    if isinstance(task, KnowledgeTask) and isinstance(inner_loop, InnerLoop):
+        check_passages_fit(contexts, inner_loop.tokenizer, inner_loop.config.example_token_limit)
     names = dict(names or {})
     scores = {} if scores is None else scores
     details = {} if details is None else details

@@ -108,6 +108,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     from ..continual.documents import read_documents
     from ..inner.config import InnerLoopConfig
     from ..models import attach_adapter, load_model_and_tokenizer
+    from ..tasks.knowledge import check_passages_fit
 
     # everything that can be refused is checked before the model loads and before the registry changes
     check_adapter(args.policy_adapter, "--policy-adapter")
@@ -131,6 +132,8 @@ def run_adapt(args: argparse.Namespace) -> int:
     constraints = [banned_phrases(args.banned_phrase)] if args.banned_phrase else []
     with registry.locked() if registry else contextlib.nullcontext():
         model, tokenizer = load_model_and_tokenizer(args.model)
+        # a document whose title and text alone are over the inner limits would fail every adaptation
+        check_passages_fit([d.as_context() for d in documents], tokenizer, inner.example_token_limit)
         if args.policy_adapter:
             model = attach_adapter(model, args.policy_adapter, flag="--policy-adapter").merge_and_unload()
         # a new registry is created only now, so a model that fails to load leaves none behind (built on the wrong

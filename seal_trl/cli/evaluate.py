@@ -126,7 +126,8 @@ def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, 
     passages = [f"{t} (`{c}`)" for c, t in zip(details["contexts"], details["titles"])]
     paths = write_report(run_dir, title=title, scores=scores, metric=args.grader, reference=reference,
                          passages=passages, qa=qa, seed=args.seed, details={**details, "settings": settings})
-    print(summary_tables(scores, metric=args.grader, reference=reference, qa=qa, seed=args.seed))
+    print(summary_tables(scores, metric=args.grader, reference=reference, qa=qa, seed=args.seed,
+                         errors=details.get("errors")))
     print(f"\nreport: {paths['markdown']}\njson:   {paths['json']}" + (f"\nchart:  {paths['chart']}"
                                                                         if "chart" in paths else ""))
     return 0

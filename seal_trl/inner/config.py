@@ -88,6 +88,10 @@ class InnerLoopConfig:
         if self.max_seq_length < 8:
             raise ValueError(f"InnerLoopConfig.max_seq_length must be >= 8, got {self.max_seq_length}")
 
+    @property
+    def example_token_limit(self) -> int:
+        """The most tokens one training example may have: `max_seq_length`, capped by the plan bounds."""
+        return min(self.bounds.max_example_tokens, self.max_seq_length)
 
     def _check_plan_defaults(self) -> None:
         """The epochs, batch size and learning rate every plan without its own gets must be inside the bounds:
@@ -123,5 +127,5 @@ def parse_batch_self_edits(value, name: str = "batch_self_edits") -> int | Liter
     if value == "auto" or (_is_int(value) and 1 <= value <= MAX_BATCH_SELF_EDITS):
         return value
     shown = f"{value[:20]!r}..." if isinstance(value, str) and len(value) > 20 else repr(value)
-    raise ValueError(f"{name} must be an integer in [1, {MAX_BATCH_SELF_EDITS}] (1 = one self-edit at a time) or "
-                     f"'auto' (measured), got {shown}")
+    raise ValueError(f"{name} must be an integer >= 1 and at most {MAX_BATCH_SELF_EDITS} (1 = one self-edit at a "
+                     f"time) or 'auto' (measured), got {shown}")

@@ -311,7 +311,7 @@ class InnerLoop:
             for ex in plan.examples
         ]
         counts = [len(e.input_ids) for e in encoded]
-        limit = min(bounds.max_example_tokens, self.config.max_seq_length)
+        limit = self.config.example_token_limit
         for i, n in enumerate(counts):
             if n > limit:
                 raise SelfEditError(

@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..plans import SelfEditError, TrainingPlan, clean_self_edit, has_word, self_edit_lines
+from ..inner.tensors import encode_text
+from ..plans import CHARS_PER_TOKEN_BOUND, SelfEditError, TrainingPlan, clean_self_edit, has_word, self_edit_lines
 from ..probes import Probe, knowledge_probe
 from ..seeding import check_distinct_context_ids
 from ..text_checks import special_token_text
@@ -129,6 +130,22 @@ def leading_part(text: str, fraction: float) -> str:
     if end < len(text) and not text[end].isspace() and " " in text[:end]:
         end = text.rindex(" ", 0, end)
     return text[:end].rstrip()
+
+
+def check_passages_fit(contexts: Sequence[Mapping[str, Any]], tokenizer, max_tokens: int) -> None:
+    """Refuse (`DatasetFormatError`, before any adaptation) a context whose title and passage, the example every
+    plan trains on, are over `max_tokens` (the inner loop's `min(max_seq_length, bounds.max_example_tokens)`): every
+    adaptation to it would fail as too_long and the table would show it unadapted. Characters are counted first, so
+    a giant passage is refused without being tokenised."""
+    for i, context in enumerate(contexts):
+        text = f"{context.get('title', '')}\n{context.get('context', '')}"
+        n = len(text) if len(text) > max_tokens * CHARS_PER_TOKEN_BOUND else len(encode_text(tokenizer, text))
+        unit = "characters" if len(text) > max_tokens * CHARS_PER_TOKEN_BOUND else "tokens"
+        if n > max_tokens:
+            raise DatasetFormatError(
+                f"context {i} ({context.get('context_id')!r}): title and passage are {n} {unit}; the inner loop trains "
+                f"on at most {max_tokens} tokens per example (max_seq_length), so every adaptation would fail as "
+                "too_long: split the passage (or shorten the title)")
 
 
 def _refuse_special_tokens(context: Mapping[str, Any], tokenizer, index: int) -> None:
