@@ -372,3 +372,16 @@ def test_answers_absent_from_their_passage_are_counted_in_a_warning(caplog):
 def test_squad_answers_as_a_dict_of_text_are_refused():
     with pytest.raises(DatasetFormatError, match="`answers` must be a list"):
         contexts_from_squad(squad_doc(answers={"text": "Ostrand"}))
+
+
+def test_evaluate_refuses_a_1mb_passage_in_one_line_and_leaves_no_run(tiny_model_dir, tmp_path, capsys):
+    from seal_trl.cli.main import main
+
+    data = squad_doc(context="The river Velmora runs through Ostrand. " * 25_000)
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(data))
+    code = main(["evaluate", "--model", str(tiny_model_dir), "--data", str(path), "--output-dir",
+                 str(tmp_path / "runs"), "--methods", "none", "passage"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("error: context 0") and "too_long" in err[-1]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

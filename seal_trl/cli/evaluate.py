@@ -76,7 +76,7 @@ def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, 
             setattr(args, name, default)
     _check_knowledge_flags(args)
     from ..inner import InnerLoop, InnerLoopConfig
-    from ..tasks.knowledge import KnowledgeTask
+    from ..tasks.knowledge import KnowledgeTask, check_passages_fit
     from ..tasks.squad import load_contexts
 
     contexts = load_contexts(args.data, split=args.split, limit=args.limit)
@@ -85,6 +85,7 @@ def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, 
     config = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
                              lora_alpha=alpha, grader=args.grader, seed=args.seed,
                              batch_self_edits=getattr(args, "batch_self_edits", 1))
+    check_passages_fit(contexts, tokenizer, config.example_token_limit)  # before the inner model and the run dir
     inner = InnerLoop.from_pretrained(path, config)  # the base model: with --adapter it follows the policy later
     task = KnowledgeTask(style=args.style, chat=bool(getattr(tokenizer, "chat_template", None)))
     teacher = None
