@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from statistics import mean
 from typing import Any
 
-from .generation import generate_text
+from .generation import check_temperature, generate_text
 from .inner.engine import InnerLoop
 from .inner.graders import AnswerMatchGrader, JudgeGrader, exact_match, greedy_answers, normalize_answer, token_f1
 from .inner.jobs import InnerJob, InnerResult
@@ -19,7 +19,7 @@ from .inner.sync import is_peft_model, unwrap
 from .plans import SelfEditError
 from .probes import Probe
 from .seeding import context_key, derive_seed
-from .tasks.knowledge import matching_copies
+from .tasks.knowledge import KnowledgeTask, check_passages_fit, matching_copies
 
 
 @dataclass
@@ -160,8 +160,7 @@ def resolve_temperature(samples: int, temperature: float | None) -> float:
         raise ValueError(f"samples must be >= 1, got {samples}")
     if temperature is None:
         return 1.0 if samples > 1 else 0.0
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    temperature = check_temperature(temperature)
     if samples > 1 and temperature == 0:
         raise ValueError(f"samples={samples} greedy self-edits would all be the same: use temperature > 0")
     return float(temperature)
@@ -218,6 +217,8 @@ def evaluate_methods(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str
     """
     _check_methods(methods, policy, tokenizer, teacher)
     temperature = resolve_temperature(samples, temperature)
+    if isinstance(task, KnowledgeTask) and isinstance(inner_loop, InnerLoop):
+        check_passages_fit(contexts, inner_loop.tokenizer, inner_loop.config.example_token_limit)
     names = dict(names or {})
     scores = {} if scores is None else scores
     details = {} if details is None else details

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import textwrap
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,14 +40,49 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float]:
     return mean(values), 1.96 * stdev(values) / math.sqrt(len(values))
 
 
-def method_table(scores: Mapping[str, Sequence[float]], *, metric: str) -> str:
-    """A markdown table: one row per method with mean, 95% CI and count."""
+Errors = Mapping[str, Sequence[Sequence[Any]]]
+
+
+def failed_adaptations(errors: Errors | None) -> dict[str, tuple[int, int, Counter]]:
+    """Per method with at least one failed adaptation: (failed, total, failures per reason), from the per-context
+    error lists `evaluate_methods` keeps in `details["errors"]` (one per sample, None where the adaptation ran; the
+    ARC evaluation keeps one error per puzzle)."""
+    out = {}
+    for name, per_context in (errors or {}).items():
+        flat = [e for each in per_context for e in (each if isinstance(each, (list, tuple)) else [each])]
+        reasons = Counter(str(e) for e in flat if e is not None)
+        if reasons:
+            out[name] = (sum(reasons.values()), len(flat), reasons)
+    return out
+
+
+def _label(name: str, failures: Mapping[str, tuple[int, int, Counter]]) -> str:
+    """The method's name in a table row; marked when some of its adaptations failed (they score as unadapted)."""
+    if name not in failures:
+        return name
+    failed, total, _ = failures[name]
+    return f"{name} (FAILED {failed}/{total})"
+
+
+def failures_note(failures: Mapping[str, tuple[int, int, Counter]]) -> str:
+    """A paragraph naming each method whose adaptations failed, how many and why ('' when none did)."""
+    if not failures:
+        return ""
+    parts = [f"{name}: {failed} of {total} ({', '.join(f'{r} x{n}' for r, n in reasons.most_common())})"
+             for name, (failed, total, reasons) in failures.items()]
+    return ("**Failed adaptations** (a failed adaptation trained nothing and is scored as the unadapted model; the "
+            "messages are in report.json's `errors`): " + "; ".join(parts) + ".")
+
+
+def method_table(scores: Mapping[str, Sequence[float]], *, metric: str, errors: Errors | None = None) -> str:
+    """A markdown table: one row per method with mean, 95% CI and count (marked where adaptations failed)."""
+    failures = failed_adaptations(errors)
     lines = [f"| method | mean {metric} | 95% CI | n |", "|---|---:|---:|---:|"]
     for name, values in scores.items():
         m, half = mean_ci95(values)
         ci = "n/a" if math.isnan(half) else f"± {half:.3f}"
-        lines.append(f"| {name} | {m:.3f} | {ci} | {len(values)} |")
-    return "\n".join(lines)
+        lines.append(f"| {_label(name, failures)} | {m:.3f} | {ci} | {len(values)} |")
+    return "\n".join([*lines, *(["", failures_note(failures)] if failures else [])])
 
 
 def _fmt(value: float, spec: str = ".3f", *, signed: bool = False) -> str:
@@ -70,18 +106,22 @@ def paired_stats(scores: Mapping[str, Sequence[float]], reference: str, *, seed:
             for name, values in scores.items() if name != reference}
 
 
-def paired_table(scores: Mapping[str, Sequence[float]], reference: str, *, metric: str, seed: int = 0) -> str:
+def paired_table(scores: Mapping[str, Sequence[float]], reference: str, *, metric: str, seed: int = 0,
+                 errors: Errors | None = None) -> str:
     """Markdown: each method's mean, its mean per-passage difference from `reference` with a bootstrap 95% CI,
-    wins/losses/ties, the two-sided sign-test p-value and the number of paired passages."""
+    wins/losses/ties, the two-sided sign-test p-value and the number of paired passages. A method some of whose
+    adaptations failed (`errors`, see `failed_adaptations`) is marked in its row."""
     paired = paired_stats(scores, reference, seed=seed)
+    failures = failed_adaptations(errors)
     lines = [f"| method | mean {metric} | difference vs {reference} | 95% CI | wins/losses/ties | sign-test p | n |",
              "|---|---:|---:|---|---:|---:|---:|"]
     for name, values in scores.items():
         if name == reference:
-            lines.append(f"| {name} | {_fmt(mean_ci95(values)[0])} | (reference) | | | | {len(values)} |")
+            lines.append(f"| {_label(name, failures)} | {_fmt(mean_ci95(values)[0])} | (reference) | | | | "
+                         f"{len(values)} |")
             continue
         s = paired[name]
-        lines.append(f"| {name} | {_fmt(mean_ci95(values)[0])} | {_fmt(s.mean_difference, signed=True)} | {_ci(s)} "
+        lines.append(f"| {_label(name, failures)} | {_fmt(mean_ci95(values)[0])} | {_fmt(s.mean_difference, signed=True)} | {_ci(s)} "
                      f"| {s.wins}/{s.losses}/{s.ties} | {_fmt(s.sign_p, '.3g')} | {s.n} |")
     return "\n".join(lines)
 
@@ -119,13 +159,18 @@ def per_passage_table(scores: Mapping[str, Sequence[float]], passages: Sequence[
 
 
 def summary_tables(scores: Mapping[str, Sequence[float]], *, metric: str, reference: str | None = None,
-                   qa: Mapping[str, Mapping[str, Sequence[float]]] | None = None, seed: int = 0) -> str:
-    """The tables to print: paired against `reference` (the unpaired method table without one), QA accuracy."""
+                   qa: Mapping[str, Mapping[str, Sequence[float]]] | None = None, seed: int = 0,
+                   errors: Errors | None = None) -> str:
+    """The tables to print: paired against `reference` (the unpaired method table without one), QA accuracy; methods
+    whose adaptations failed (`errors`, `evaluate_methods`' `details["errors"]`) are marked and listed."""
     if reference is None:
-        return method_table(scores, metric=metric)
+        return method_table(scores, metric=metric, errors=errors)
     parts = [f"## Paired against {reference}\n\nPer passage, method minus {reference}: mean, bootstrap 95% CI, "
              "wins/losses/ties and a two-sided sign test (ties dropped).",
-             paired_table(scores, reference, metric=metric, seed=seed)]
+             paired_table(scores, reference, metric=metric, seed=seed, errors=errors)]
+    note = failures_note(failed_adaptations(errors))
+    if note:
+        parts.append(note)
     if qa:
         parts += ["## QA accuracy of greedy answers after adaptation", qa_table(qa, reference, seed=seed)]
     return "\n\n".join(parts)
@@ -153,7 +198,9 @@ def write_report(run_dir: Path, *, title: str, scores: Mapping[str, Sequence[flo
     """
     summary = {name: dict(zip(("mean", "ci95"), mean_ci95(v)), n=len(v)) for name, v in scores.items()}
     payload: dict[str, Any] = {"title": title, "metric": metric, "summary": summary, "scores": scores}
-    markdown = [f"# {title}", summary_tables(scores, metric=metric, reference=reference, qa=qa, seed=seed)]
+    errors = details.get("errors") if isinstance(details.get("errors"), Mapping) else None
+    markdown = [f"# {title}", summary_tables(scores, metric=metric, reference=reference, qa=qa, seed=seed,
+                                             errors=errors)]
     paired = {}
     if reference is not None:
         paired = paired_stats(scores, reference, seed=seed)

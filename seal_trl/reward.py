@@ -141,13 +141,14 @@ class SelfEditReward:
         parsed: dict[int, list[InnerResult]] = {}
         crashed: list[InnerResult] = []
         check_distinct_context_ids(contexts)
-        self_edits = [completion_text(e) for e in self_edits]  # bytes and chat messages, as TRL's call gets them
         version = self.inner_loop.policy_version if self.store is not None else ""
         settings = self._settings() if self.store is not None else {}
-        for i, (context, self_edit) in enumerate(zip(contexts, self_edits, strict=True)):
+        for i, (context, completion) in enumerate(zip(contexts, self_edits, strict=True)):
             probe = self.task.probe(context)
             context_id = context_key(context)
             try:
+                # bytes and chat messages, as TRL's call gets them; what is not text is reward 0 ("unparseable")
+                self_edit = completion_text(completion)
                 self._check_not_copied(context, self_edit)
                 plan = self.task.plan(context, self_edit, **self.default_hyperparameters())
             except Exception as err:  # a self-edit never takes the step down; SelfEditError is the normal case

@@ -9,7 +9,7 @@ from seal_trl.inner import InnerLoop, InnerLoopConfig
 from seal_trl.inner.store import tensors_fingerprint
 from seal_trl.reward import SelfEditReward
 from seal_trl.tasks.knowledge import KnowledgeTask
-from seal_trl.tasks.squad import DatasetFormatError, contexts_from_squad, load_bundled
+from seal_trl.tasks.squad import contexts_from_squad, load_bundled
 
 EDIT = "The river Velmora runs through Ostrand.\nThe Velmora feeds three lakes."
 
@@ -99,8 +99,8 @@ def test_fingerprints_take_scalar_tensors():
     assert one != tensors_fingerprint({"scale": torch.tensor(2.0), "w": torch.ones(2)})
 
 
-def test_repeated_ids_in_a_squad_file_are_a_clear_error():
-    # the two "x" articles become x-0-0 and x-1-0, and "x 0" slugs to x-0, so its first passage is x-0-0 too
+def test_repeated_ids_in_a_squad_file_are_made_unique():
+    # the two "x" articles become x-0-0 and x-1-0, and "x 0" slugs to x-0, so its first passage is x-0-0 too: a
+    # legitimate file (issue 32), so the later one gets a suffix instead of the file being refused
     data = {"data": [article("x"), article("x"), article("x 0")]}
-    with pytest.raises(DatasetFormatError, match="passage id.* repeat .*'x-0-0'"):
-        contexts_from_squad(data)
+    assert [c["context_id"] for c in contexts_from_squad(data)] == ["x-0-0", "x-1-0", "x-0-0-d2"]

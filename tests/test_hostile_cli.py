@@ -43,6 +43,16 @@ def squad(ws: Path, name: str = "squad.json", answers=None) -> Path:
     return path
 
 
+def squad_with(ws: Path, **fields) -> dict:
+    """The `squad` file's data with some of its fields (context, question, title) replaced."""
+    data = json.loads(squad(ws).read_text())
+    paragraph = data["data"][0]["paragraphs"][0]
+    paragraph["context"] = fields.get("context", paragraph["context"])
+    paragraph["qas"][0]["question"] = fields.get("question", paragraph["qas"][0]["question"])
+    data["data"][0]["title"] = fields.get("title", data["data"][0]["title"])
+    return data
+
+
 def write(ws: Path, name: str, content: str | bytes) -> Path:
     path = ws / name
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -165,6 +175,45 @@ CASES = [
          ("--adapter", "adapter_config.json")),
     Case("adapter-missing-local-path", lambda ws: evaluate(ws, "--adapter", str(ws / "no-adapter")),
          ("--adapter", "does not exist")),
+    # --- issue 32: junk text in the data, and upper bounds ----------------------------------------------------------
+    Case("squad-passage-lone-surrogate",  # was a traceback from the tokenizer and exit 0
+         lambda ws: evaluate(ws, data=write(ws, "sur.json", json.dumps(squad_with(ws, context="The \ud800 river.")))),
+         ("sur.json", "`context`", "lone surrogate (U+D800)")),
+    Case("squad-passage-nuls", lambda ws: evaluate(ws, data=write(ws, "nul.json", json.dumps(
+        squad_with(ws, context="\x00" * 300)))), ("`context`", "U+0000")),
+    Case("squad-passage-ansi", lambda ws: evaluate(ws, data=write(ws, "ansi.json", json.dumps(
+        squad_with(ws, context="The \x1b[31mriver\x1b[0m.")))), ("`context`", "escape")),
+    Case("squad-question-zero-width", lambda ws: evaluate(ws, data=write(ws, "zw.json", json.dumps(
+        squad_with(ws, question="\u200b\u200c\u200d")))), ("`question`", "no visible")),
+    Case("squad-answer-nul", lambda ws: evaluate(ws, data=squad(ws, answers=[{"text": "\x00"}])),
+         ("answers[0]", "U+0000")),
+    Case("batch-self-edits-huge", lambda ws: evaluate(ws, "--batch-self-edits", "1000000"),
+         ("--batch-self-edits", "at most 256")),
+    Case("batch-self-edits-huge-digits", lambda ws: evaluate(ws, "--batch-self-edits", "9" * 5000),
+         ("--batch-self-edits", "at most 256")),
+    Case("inner-lora-r-huge", lambda ws: evaluate(ws, "--inner-lora-r", "1000000"), ("--inner-lora-r", "at most 4096")),
+    Case("temperature-denormal", lambda ws: evaluate(ws, "--samples", "2", "--temperature", "1e-320"),
+         ("--temperature", "0 (greedy)", "0.01")),
+    Case("temperature-huge", lambda ws: evaluate(ws, "--samples", "2", "--temperature", "1e300"),
+         ("--temperature", "100")),
+    Case("adapt-document-lone-surrogate",  # was a traceback and exit 1
+         lambda ws: adapt(ws, documents=write(ws, "sur.json", json.dumps({"title": "V", "text": "The \ud800 river."}))),
+         ("sur.json", "`text`", "lone surrogate")),
+    Case("adapt-document-nul-after-8192",
+         lambda ws: adapt(ws, documents=write(ws, "late.txt", b"The river runs. " * 600 + b"\x00")),
+         ("late.txt", "U+0000")),
+    Case("adapt-document-answers-a-dict",
+         lambda ws: adapt(ws, documents=write(ws, "qa.json", json.dumps(
+             {"title": "V", "text": "The river runs.", "questions": [{"question": "Which?",
+                                                                      "answers": {"text": "river"}}]}))),
+         ("qa.json", "`answers` must be a list")),
+    Case("adapt-document-zero-width-only",
+         lambda ws: adapt(ws, documents=write(ws, "zw.txt", "\u200b\u2060\ufeff" * 30)), ("zw.txt", "no visible")),
+    Case("adapt-inner-lora-r-huge", lambda ws: adapt(ws, "--inner-lora-r", "1000000"),
+         ("--inner-lora-r", "at most 4096")),
+    Case("train-inner-batch-self-edits-huge", lambda ws: train(ws, config={
+        "data": str(squad(ws)), "output_dir": str(ws / "out"), "use_cpu": True,
+        "inner_batch_self_edits": "99999999999999999999"}), ("inner_batch_self_edits", "at most 256")),
     # --- adapt: documents and flags -------------------------------------------------------------------------------
     Case("document-nested-100k", lambda ws: adapt(ws, documents=write(ws, "deep.json", DEEP)), ("deep.json", "nested")),
     Case("document-5000-digit-int", lambda ws: adapt(ws, documents=write(ws, "int.json", f'{{"text": {HUGE_INT}}}')),

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..continual.registry import MANIFEST, AdapterRegistry, RegistryError, check_new_registry_location
 from ..tasks.knowledge import STYLES
-from .flags import check_adapter, inner_epochs, inner_learning_rate, integer, max_new_tokens, number, phrase
+from .flags import (check_adapter, inner_epochs, inner_learning_rate, inner_lora_r, integer, max_new_tokens, number,
+                    phrase)
 
 
 def add_continual_commands(sub) -> None:
@@ -41,7 +42,7 @@ def add_continual_commands(sub) -> None:
     adapt.add_argument("--max-new-tokens", type=max_new_tokens, default=128, help="longest self-edit")
     adapt.add_argument("--inner-epochs", type=inner_epochs, default=10)
     adapt.add_argument("--inner-lr", type=inner_learning_rate, default=1e-3)
-    adapt.add_argument("--inner-lora-r", type=integer(1), default=32)
+    adapt.add_argument("--inner-lora-r", type=inner_lora_r, default=32)
     adapt.add_argument("--probe-metric", choices=["accuracy", "soft_accuracy", "loglik"], default="soft_accuracy",
                        help="the document score the gate compares (soft accuracy: the gold answer's mean softmax "
                             "weight among the probe's answers, percent)")
@@ -108,6 +109,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     from ..continual.documents import read_documents
     from ..inner.config import InnerLoopConfig
     from ..models import attach_adapter, load_model_and_tokenizer
+    from ..tasks.knowledge import check_passages_fit
 
     # everything that can be refused is checked before the model loads and before the registry changes
     check_adapter(args.policy_adapter, "--policy-adapter")
@@ -131,6 +133,8 @@ def run_adapt(args: argparse.Namespace) -> int:
     constraints = [banned_phrases(args.banned_phrase)] if args.banned_phrase else []
     with registry.locked() if registry else contextlib.nullcontext():
         model, tokenizer = load_model_and_tokenizer(args.model)
+        # a document whose title and text alone are over the inner limits would fail every adaptation
+        check_passages_fit([d.as_context() for d in documents], tokenizer, inner.example_token_limit)
         if args.policy_adapter:
             model = attach_adapter(model, args.policy_adapter, flag="--policy-adapter").merge_and_unload()
         # a new registry is created only now, so a model that fails to load leaves none behind (built on the wrong

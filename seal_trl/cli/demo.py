@@ -88,7 +88,8 @@ def run_demo(args: argparse.Namespace) -> int:
                          details={**details, "round": round_logs, "minutes": minutes,
                                   "settings": {k: v for k, v in vars(args).items() if k != "func"}})
     (run_dir / "partial.json").unlink(missing_ok=True)
-    print("\n" + summary_tables(scores, metric="answer log-likelihood", reference=BASE, qa=qa, seed=args.seed))
+    print("\n" + summary_tables(scores, metric="answer log-likelihood", reference=BASE, qa=qa, seed=args.seed,
+                                 errors=details.get("errors")))
     if round_logs:
         r = round_logs[0]
         print(f"\nReST-EM round: keep fraction {r['seal/keep_fraction']:.2f}, mean gain all "

@@ -7,6 +7,7 @@ import argparse
 import json
 
 from ..evaluation import METHODS, default_reference, evaluate_methods
+from ..generation import check_temperature
 from ..models import load_policy
 from ..reporting import new_run_dir, summary_tables, write_report
 
@@ -15,8 +16,8 @@ def check_sampling_flags(samples: int, temperature: float | None) -> None:
     """--samples and --temperature (also the demo's), checked before anything loads."""
     if samples < 1:
         raise ValueError(f"--samples must be >= 1, got {samples}")
-    if temperature is not None and temperature < 0:
-        raise ValueError(f"--temperature must be >= 0, got {temperature}")
+    if temperature is not None:
+        check_temperature(temperature, "--temperature")
     if samples > 1 and temperature == 0:
         raise ValueError(f"--samples {samples} with --temperature 0 scores the same greedy self-edit {samples} times: "
                          "use --temperature > 0 or --samples 1")
@@ -75,7 +76,7 @@ def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, 
             setattr(args, name, default)
     _check_knowledge_flags(args)
     from ..inner import InnerLoop, InnerLoopConfig
-    from ..tasks.knowledge import KnowledgeTask
+    from ..tasks.knowledge import KnowledgeTask, check_passages_fit
     from ..tasks.squad import load_contexts
 
     contexts = load_contexts(args.data, split=args.split, limit=args.limit)
@@ -84,6 +85,7 @@ def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, 
     config = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
                              lora_alpha=alpha, grader=args.grader, seed=args.seed,
                              batch_self_edits=getattr(args, "batch_self_edits", 1))
+    check_passages_fit(contexts, tokenizer, config.example_token_limit)  # before the inner model and the run dir
     inner = InnerLoop.from_pretrained(path, config)  # the base model: with --adapter it follows the policy later
     task = KnowledgeTask(style=args.style, chat=bool(getattr(tokenizer, "chat_template", None)))
     teacher = None
@@ -125,7 +127,8 @@ def run_evaluate(args: argparse.Namespace, *, policy_bundle=None, run_dir=None, 
     passages = [f"{t} (`{c}`)" for c, t in zip(details["contexts"], details["titles"])]
     paths = write_report(run_dir, title=title, scores=scores, metric=args.grader, reference=reference,
                          passages=passages, qa=qa, seed=args.seed, details={**details, "settings": settings})
-    print(summary_tables(scores, metric=args.grader, reference=reference, qa=qa, seed=args.seed))
+    print(summary_tables(scores, metric=args.grader, reference=reference, qa=qa, seed=args.seed,
+                         errors=details.get("errors")))
     print(f"\nreport: {paths['markdown']}\njson:   {paths['json']}" + (f"\nchart:  {paths['chart']}"
                                                                         if "chart" in paths else ""))
     return 0

@@ -89,6 +89,27 @@ MAX_NEW_TOKENS = 32_768
 max_new_tokens = integer(1, MAX_NEW_TOKENS)
 
 
+def inner_lora_r(text: str) -> int:
+    """An argparse type: the inner adapter's LoRA rank, in [1, InnerLoopConfig's MAX_LORA_R]."""
+    from ..inner.config import MAX_LORA_R
+
+    return integer(1, MAX_LORA_R)(text)
+
+
+
+
+def temperature(text: str) -> float:
+    """An argparse type: a self-edit sampling temperature, 0 (greedy) or in generation's [MIN_TEMPERATURE,
+    MAX_TEMPERATURE]."""
+    from ..generation import check_temperature
+
+    value = number()(text)
+    try:
+        return check_temperature(value, "the value")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def check_output_dir(path: str, flag: str = "--output-dir") -> None:
     """Refuse an output directory that is empty text, a file, lies under a file, is (or lies under) a symbolic link
     to nothing, or cannot be written; nothing is created."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..tasks.knowledge import STYLES
 from .flags import (OneLineParser, UsageError, batch_self_edits, check_adapter, check_output_dir, check_recipe_config,
-                    inner_epochs, inner_learning_rate, integer, max_new_tokens, number)
+                    inner_epochs, inner_learning_rate, inner_lora_r, integer, max_new_tokens, temperature)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,8 +100,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                         "when evaluated, else passage)")
     p.add_argument("--samples", type=int, default=1,
                    help="knowledge: self-edits sampled per passage and method; a passage's score is their mean")
-    p.add_argument("--temperature", type=number(), default=None,
-                   help="knowledge: self-edit sampling temperature (default 1.0 with --samples > 1, else greedy)")
+    p.add_argument("--temperature", type=temperature, default=None,
+                   help="knowledge: self-edit sampling temperature: 0 (greedy) or 0.01 to 100 (default 1.0 with "
+                        "--samples > 1, else greedy)")
     p.add_argument("--qa-metrics", action=argparse.BooleanOptionalAction, default=True,
                    help="knowledge: also score the adapted model's greedy answers (answer contained, EM, F1)")
     p.add_argument("--style", default="implications", choices=STYLES, help="self-edit prompt")
@@ -111,7 +112,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
                    help="knowledge: inner epochs (default 10); arc: epochs of the ttt-default config (default 2)")
     p.add_argument("--inner-lr", type=inner_learning_rate, default=None,
                    help="knowledge: inner learning rate (default 1e-3); arc: the ttt-default config's (1e-3)")
-    p.add_argument("--inner-lora-r", type=integer(1), default=None, help="inner LoRA rank (knowledge 32, arc 128)")
+    p.add_argument("--inner-lora-r", type=inner_lora_r, default=None, help="inner LoRA rank (knowledge 32, arc 128)")
     p.add_argument("--inner-lora-alpha", type=integer(1), default=None,
                    help="inner LoRA alpha (knowledge 2 x r, arc 16)")
     p.add_argument("--batch-self-edits", type=batch_self_edits, default=1,
@@ -153,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--inner-epochs", type=inner_epochs, default=5)
     demo.add_argument("--max-new-tokens", type=max_new_tokens, default=128)
     demo.add_argument("--samples", type=int, default=1, help="self-edits sampled per held-out passage and method")
-    demo.add_argument("--temperature", type=number(), default=None,
+    demo.add_argument("--temperature", type=temperature, default=None,
                       help="self-edit sampling temperature (default 1.0 with --samples > 1, else greedy)")
     demo.add_argument("--qa-metrics", action=argparse.BooleanOptionalAction, default=True,
                       help="also score greedy answers (answer contained, EM, F1)")

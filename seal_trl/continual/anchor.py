@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..generation import generate_text
+from ..inner.tensors import encode_text
 
 GENERIC_PROMPTS = (
     "Describe a walk through a small town on a spring morning.",
@@ -70,7 +71,7 @@ class KLAnchor:
         model.eval()
         ids, refs = [], []
         for text in texts:
-            row = tokenizer(text, return_tensors="pt", add_special_tokens=False)["input_ids"][:, :max_tokens]
+            row = torch.tensor([encode_text(tokenizer, text, add_special_tokens=False)[:max_tokens]], dtype=torch.long)
             if row.shape[1] < 2:
                 continue
             row = row.to(device)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..safe_json import check_regular_file, parse_json
+from ..text_checks import text_defect
 
 #: Files larger than this are refused (not read); 1 MiB of text is ~500 chunks, i.e. ~500 adapt steps.
 DEFAULT_MAX_BYTES = 1_000_000
@@ -77,6 +78,15 @@ def _decode(raw: bytes, where: str) -> str:
                             "(e.g. `iconv -t utf-8`)") from None
 
 
+def _usable(text: str, where: str) -> str:
+    """`text` stripped, or `DocumentError` when it holds control characters (NULs anywhere), terminal escapes, lone
+    surrogates or nothing visible (`text_checks.text_defect`)."""
+    defect = text_defect(text)
+    if defect:
+        raise DocumentError(f"{where} has {defect}; fix or remove it in the document")
+    return text.strip()
+
+
 def _questions(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
     if raw in (None, []):
         return ()
@@ -90,11 +100,15 @@ def _questions(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
         answers = q.get("answers", q.get("answer"))
         if isinstance(answers, str):
             answers = [answers]
+        if answers is not None and not isinstance(answers, list):  # a dict would be read as its keys
+            raise DocumentError(f"{qwhere}: field `answers` must be a list of answers (text), got "
+                                f"{type(answers).__name__}")
         answers = [a.get("text") if isinstance(a, Mapping) else a for a in (answers or [])]
-        answers = [a.strip() for a in answers if isinstance(a, str) and a.strip()]
+        answers = [_usable(a, f"{qwhere}.answers[{j}]") for j, a in enumerate(answers)
+                   if isinstance(a, str) and a.strip()]
         if not answers:
             raise DocumentError(f"{qwhere}: missing field `answers` (a list with at least one non-empty answer)")
-        out.append({"question": q["question"].strip(), "answers": answers})
+        out.append({"question": _usable(q["question"], f"{qwhere}.question"), "answers": answers})
     return tuple(out)
 
 
@@ -136,8 +150,8 @@ def make_documents(doc_id: str, title: str, text: str, *, questions: Sequence[Ma
         raise DocumentError(f"{where}: the document is empty (field `text`); give it some text to learn")
     if chunk_chars < 200:
         raise DocumentError(f"chunk_chars={chunk_chars} is too small; use at least 200 characters")
-    text = text.strip()
-    title = (title or "").strip() or doc_id
+    text = _usable(text, f"{where}: field `text`")
+    title = _usable(title, f"{where}: field `title`") if (title or "").strip() else doc_id
     chunks = split_text(text, chunk_chars)
     if len(chunks) == 1:
         return [Document(doc_id, title, text, tuple(questions), source)]

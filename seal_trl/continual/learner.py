@@ -254,10 +254,15 @@ class AdaptReport:
     self_edit: str
     replay_examples: int
     seconds: float
+    self_edit_error: str | None = None  # the kept self-edit was unusable: the candidate trained on the document alone
+    failures: tuple[str, ...] = ()  # the other self-edits whose adaptation failed, with why
 
     def summary(self) -> str:
         state = "promoted" if self.promoted else "kept as a candidate (not promoted)"
         lines = [f"{self.doc_id}: {self.version} (parent {self.parent or 'base'}) {state}; probe: {self.probe_kind}"]
+        if self.self_edit_error:
+            lines.append(f"  ! self-edit unusable, trained on the document alone: {self.self_edit_error}")
+        lines += [f"  ! adaptation FAILED for {f}" for f in self.failures]
         lines += [f"  - {o.name}: {o.value:+.4f} [{o.threshold}] {'ok' if o.passed else 'FAIL: ' + o.detail}"
                   for o in self.verdict.objectives]
         return "\n".join(lines)
@@ -486,7 +491,8 @@ class ContinualLearner:
             else:
                 self.inner.reset_adapter(0)
         return AdaptReport(document.doc_id, version, parent, promote, verdict, before_view, after_view, probe.kind,
-                           best["edit"], len(best["replay"]), time.perf_counter() - start)
+                           best["edit"], len(best["replay"]), time.perf_counter() - start,
+                           self_edit_error=best["edit_error"], failures=tuple(best["failures"]))
 
     def _train_best(self, document: Document, edits: Sequence[str], probe: DocumentProbe, pool: Sequence[str],
                     parent: str | None, lr_scale: float) -> dict[str, Any]:
@@ -510,6 +516,7 @@ class ContinualLearner:
         if best is None:
             raise ContinualError(f"document {document.doc_id!r}: no self-edit could be trained "
                                  f"({'; '.join(failures)})")
+        best["failures"] = failures
         return best
 
     def adapt_all(self, documents: Sequence[Document], *, self_edits: Mapping[str, Sequence[str]] | None = None,

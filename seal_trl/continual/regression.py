@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ..inner.graders import completion_logprobs
-from ..inner.tensors import encode_example, token_logprobs
+from ..inner.tensors import encode_example, encode_text, token_logprobs
 
 
 class RegressionSuiteError(ValueError):
@@ -72,7 +72,7 @@ class RegressionSuite:
 @torch.no_grad()
 def perplexity(model, tokenizer, text: str, *, window: int = 512) -> float:
     """exp(mean next-token NLL) of `text`, in non-overlapping windows of `window` tokens."""
-    ids = tokenizer(text, add_special_tokens=True)["input_ids"]
+    ids = encode_text(tokenizer, text)
     device = next(model.parameters()).device
     total, count = 0.0, 0
     for start in range(0, len(ids), window):

@@ -9,6 +9,11 @@ from typing import Literal
 from ..plans import PlanBounds
 
 DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+#: The largest LoRA rank: above the hidden size of any model seal-trl adapts (the paper uses 32 and 128).
+MAX_LORA_R = 4096
+#: The most self-edits trained at once (K): each slot holds a LoRA adapter and its optimizer state, and "auto"
+#: tries at most 32.
+MAX_BATCH_SELF_EDITS = 256
 
 
 @dataclass
@@ -58,8 +63,8 @@ class InnerLoopConfig:
         if not self.target_modules:
             raise ValueError("InnerLoopConfig.target_modules is empty: name the linear layers to adapt, "
                              "e.g. ('q_proj', 'v_proj')")
-        if not _is_int(self.lora_r) or self.lora_r < 1:
-            raise ValueError(f"InnerLoopConfig.lora_r must be an integer >= 1, got {self.lora_r!r}")
+        if not _is_int(self.lora_r) or not 1 <= self.lora_r <= MAX_LORA_R:
+            raise ValueError(f"InnerLoopConfig.lora_r must be an integer in [1, {MAX_LORA_R}], got {self.lora_r!r}")
         if not is_finite_number(self.lora_alpha) or self.lora_alpha <= 0:
             raise ValueError(f"InnerLoopConfig.lora_alpha must be a number > 0 (0 makes every adapter a no-op, so "
                              f"every reward 0), got {self.lora_alpha!r}")
@@ -83,6 +88,10 @@ class InnerLoopConfig:
         if self.max_seq_length < 8:
             raise ValueError(f"InnerLoopConfig.max_seq_length must be >= 8, got {self.max_seq_length}")
 
+    @property
+    def example_token_limit(self) -> int:
+        """The most tokens one training example may have: `max_seq_length`, capped by the plan bounds."""
+        return min(self.bounds.max_example_tokens, self.max_seq_length)
 
     def _check_plan_defaults(self) -> None:
         """The epochs, batch size and learning rate every plan without its own gets must be inside the bounds:
@@ -111,10 +120,12 @@ def is_finite_number(value) -> bool:
 
 
 def parse_batch_self_edits(value, name: str = "batch_self_edits") -> int | Literal["auto"]:
-    """An integer K >= 1 or "auto"; digits in a string (from YAML or the command line) are read as K."""
-    if isinstance(value, str) and value.strip().isdigit():
+    """An integer K in [1, MAX_BATCH_SELF_EDITS] or "auto"; digits in a string (from YAML or the command line) are
+    read as K (at most 8 of them: a longer number is refused before it is converted)."""
+    if isinstance(value, str) and value.strip().isdigit() and len(value.strip()) <= 8:
         value = int(value)
-    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+    if value == "auto" or (_is_int(value) and 1 <= value <= MAX_BATCH_SELF_EDITS):
         return value
-    raise ValueError(f"{name} must be an integer >= 1 (1 = one self-edit at a time) or 'auto' (measured), "
-                     f"got {value!r}")
+    shown = f"{value[:20]!r}..." if isinstance(value, str) and len(value) > 20 else repr(value)
+    raise ValueError(f"{name} must be an integer >= 1 and at most {MAX_BATCH_SELF_EDITS} (1 = one self-edit at a "
+                     f"time) or 'auto' (measured), got {shown}")

@@ -260,8 +260,8 @@ class InnerLoop:
         Results come back in the order of `jobs` and equal those of `run` on each job (same seeds) up to
         float rounding. `on_result(index, result)` is called as each run finishes (to persist it, or to count).
         """
-        slots = self.batch_slots(jobs)
-        if slots <= 1 or len(jobs) <= 1:
+        slots = min(self.batch_slots(jobs), len(jobs))  # no slot is allocated for a job that is not there
+        if slots <= 1:
             results = []
             for i, job in enumerate(jobs):
                 results.append(self.run(job.plan, job.probe, context_id=job.context_id, seed=job.seed))
@@ -341,7 +341,7 @@ class InnerLoop:
             for ex in plan.examples
         ]
         counts = [len(e.input_ids) for e in encoded]
-        limit = min(bounds.max_example_tokens, self.config.max_seq_length)
+        limit = self.config.example_token_limit
         for i, n in enumerate(counts):
             if n > limit:
                 raise SelfEditError(

@@ -18,8 +18,8 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 
 from ..probes import Probe
-from .tensors import (EncodedExample, encode_example, labelled_logits, labelled_targets, next_token_mask, pad_left,
-                      pad_right)
+from .tensors import (EncodedExample, encode_chat, encode_example, encode_text, labelled_logits, labelled_targets,
+                      next_token_mask, pad_left, pad_right)
 
 
 @runtime_checkable
@@ -139,7 +139,7 @@ def greedy_answers(
         stop_strings=["\n"],
     )
     device = _device_of(model)
-    encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    encoded = [encode_text(tokenizer, p) for p in prompts]
     answers = [""] * len(prompts)
     order = sorted(range(len(encoded)), key=lambda k: len(encoded[k]))
     for start in range(0, len(order), batch_size):
@@ -205,19 +205,17 @@ class JudgeGrader:
         ids = {self.judge_tokenizer(w, add_special_tokens=False)["input_ids"][0] for w in words}
         return sorted(ids)
 
-    def _judge_prompt(self, question: str, gold: str, prediction: str) -> str:
+    def _judge_ids(self, question: str, gold: str, prediction: str) -> list[int]:
+        """The judge's prompt as token ids; the question, gold and prediction are content (`encode_text`)."""
         text = JUDGE_TEMPLATE.format(question=question, gold=gold, prediction=prediction or "(no answer)")
         if getattr(self.judge_tokenizer, "chat_template", None):
-            return self.judge_tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-        return text + "\nAnswer:"
+            return encode_chat(self.judge_tokenizer, [{"role": "user", "content": text}])
+        return encode_text(self.judge_tokenizer, text + "\nAnswer:", add_special_tokens=False)
 
     @torch.no_grad()
     def verdicts(self, questions: Sequence[str], golds: Sequence[str], predictions: Sequence[str]) -> list[bool]:
         """True where the judge prefers "yes" over "no"."""
-        prompts = [self._judge_prompt(q, g, p) for q, g, p in zip(questions, golds, predictions)]
-        encoded = [self.judge_tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        encoded = [self._judge_ids(q, g, p) for q, g, p in zip(questions, golds, predictions)]
         device = _device_of(self.judge_model)
         out: list[bool] = []
         for start in range(0, len(encoded), self.batch_size):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -18,10 +21,53 @@ class EncodedExample:
     labels: list[int]
 
 
+class TemplateText(str):
+    """Text rendered by a chat template from content that holds no special-token text: its special tokens (such as
+    `<|im_start|>`) are the template's own and tokenise as control tokens. Every other str is content."""
+
+
+def encode_text(tokenizer, text: str, *, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of `text`. Special-token text in content (`<|im_end|>` in a self-edit, a passage or an answer) is
+    split into ordinary tokens, so content never writes an end-of-turn, EOS or padding token; only a
+    `TemplateText`'s special tokens are parsed as such."""
+    return tokenizer(text, add_special_tokens=add_special_tokens,
+                     split_special_tokens=not isinstance(text, TemplateText))["input_ids"]
+
+
+def encode_chat(tokenizer, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of `messages` rendered with the tokenizer's chat template: the template's own text with its special
+    tokens parsed, each message's content with special-token text split (as `encode_text`). Each content is
+    rendered as a unique placeholder that is then tokenised as content; a template that does not pass the
+    placeholders through unchanged (once each) gets the whole rendering tokenised, when no content holds
+    special-token text, and is refused otherwise."""
+    marks = [f"SEALCONTENT{uuid.uuid4().hex}" for _ in messages]  # letters only: survives trim and escaping
+    placeheld = [{**m, "content": mark} for m, mark in zip(messages, marks)]
+    rendered = tokenizer.apply_chat_template(placeheld, tokenize=False, add_generation_prompt=add_generation_prompt)
+    pattern = "(" + "|".join(map(re.escape, marks)) + ")"
+    pieces = re.split(pattern, rendered)
+    if sorted(pieces[1::2]) != sorted(marks):
+        specials = [t for t in tokenizer.all_special_tokens if any(t in str(m.get("content", "")) for m in messages)]
+        if specials:
+            raise ValueError(f"the chat template rewrites message content and the content holds the special token "
+                             f"{specials[0]!r}: remove it from the text")
+        text = TemplateText(tokenizer.apply_chat_template(list(messages), tokenize=False,
+                                                          add_generation_prompt=add_generation_prompt))
+        return encode_text(tokenizer, text, add_special_tokens=False)
+    content = {mark: str(m.get("content", "")) for m, mark in zip(messages, marks)}
+    ids: list[int] = []
+    for i, piece in enumerate(pieces):
+        if i % 2:
+            ids += encode_text(tokenizer, content[piece], add_special_tokens=False)
+        elif piece:
+            ids += encode_text(tokenizer, TemplateText(piece), add_special_tokens=False)
+    return ids
+
+
 def encode_example(tokenizer, prompt: str, completion: str, *, loss_on_prompt: bool, add_eos: bool) -> EncodedExample:
-    """Tokenise prompt and completion separately and join them (special tokens only at the start)."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=True)["input_ids"] if prompt else []
-    completion_ids = tokenizer(completion, add_special_tokens=not prompt)["input_ids"]
+    """Tokenise prompt and completion separately and join them (special tokens only at the start). Both are content
+    (`encode_text`) unless the prompt is a `TemplateText`."""
+    prompt_ids = encode_text(tokenizer, prompt, add_special_tokens=True) if prompt else []
+    completion_ids = encode_text(tokenizer, completion, add_special_tokens=not prompt)
     if add_eos and tokenizer.eos_token_id is not None:
         completion_ids = completion_ids + [tokenizer.eos_token_id]
     prompt_labels = list(prompt_ids) if loss_on_prompt else [IGNORE_INDEX] * len(prompt_ids)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from ..plans import TrainingPlan
+from ..plans import SelfEditError, TrainingPlan
 from ..probes import Probe
 
 Prompt = str | list[dict[str, str]]
@@ -37,7 +37,9 @@ def completion_text(completion: Any) -> str:
     """The text of a TRL completion: a string, or the last message's content for conversational data.
 
     Bytes are decoded as UTF-8 with `surrogateescape`, so bytes that are not UTF-8 arrive as lone surrogates
-    that the task's parser rejects as "not_utf8" (never as their `b'...'` repr).
+    that the task's parser rejects as "not_utf8" (never as their `b'...'` repr). Anything that is not text (a
+    number, NaN, a memoryview, content parts whose `text` is not a string) raises `SelfEditError("unparseable")`:
+    it is never read as its repr, and nothing here recurses or converts a number to text.
     """
     if isinstance(completion, Sequence) and not isinstance(completion, (str, bytes, bytearray)) and completion \
             and isinstance(completion[-1], Mapping):
@@ -47,14 +49,14 @@ def completion_text(completion: Any) -> str:
     return _content_text(completion)
 
 
-def _content_text(content: Any) -> str:
+def _content_text(content: Any, *, parts: bool = True) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, (bytes, bytearray)):
         return bytes(content).decode("utf-8", "surrogateescape")
     if content is None:
         return ""
-    if isinstance(content, Sequence) and all(isinstance(part, Mapping) for part in content):
-        # multimodal-style content: a list of {"type": "text", "text": ...} parts
-        return "".join(_content_text(part.get("text", "")) for part in content)
-    return str(content)
+    if parts and isinstance(content, Sequence) and all(isinstance(part, Mapping) for part in content):
+        # multimodal-style content: a list of {"type": "text", "text": ...} parts, each text a string (one level)
+        return "".join(_content_text(part.get("text", ""), parts=False) for part in content)
+    raise SelfEditError("unparseable", f"expected text, got {type(content).__name__}", field="self_edit")

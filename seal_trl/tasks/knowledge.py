@@ -7,9 +7,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..plans import SelfEditError, TrainingPlan, clean_self_edit, has_word, self_edit_lines
+from ..inner.tensors import encode_text
+from ..plans import CHARS_PER_TOKEN_BOUND, SelfEditError, TrainingPlan, clean_self_edit, has_word, self_edit_lines
 from ..probes import Probe, knowledge_probe
 from ..seeding import check_distinct_context_ids
+from ..text_checks import special_token_text
 from .base import Prompt
 from .squad import DatasetFormatError
 
@@ -130,6 +132,35 @@ def leading_part(text: str, fraction: float) -> str:
     return text[:end].rstrip()
 
 
+def check_passages_fit(contexts: Sequence[Mapping[str, Any]], tokenizer, max_tokens: int) -> None:
+    """Refuse (`DatasetFormatError`, before any adaptation) a context whose title and passage, the example every
+    plan trains on, are over `max_tokens` (the inner loop's `min(max_seq_length, bounds.max_example_tokens)`): every
+    adaptation to it would fail as too_long and the table would show it unadapted. Characters are counted first, so
+    a giant passage is refused without being tokenised."""
+    for i, context in enumerate(contexts):
+        text = f"{context.get('title', '')}\n{context.get('context', '')}"
+        n = len(text) if len(text) > max_tokens * CHARS_PER_TOKEN_BOUND else len(encode_text(tokenizer, text))
+        unit = "characters" if len(text) > max_tokens * CHARS_PER_TOKEN_BOUND else "tokens"
+        if n > max_tokens:
+            raise DatasetFormatError(
+                f"context {i} ({context.get('context_id')!r}): title and passage are {n} {unit}; the inner loop trains "
+                f"on at most {max_tokens} tokens per example (max_seq_length), so every adaptation would fail as "
+                "too_long: split the passage (or shorten the title)")
+
+
+def _refuse_special_tokens(context: Mapping[str, Any], tokenizer, index: int) -> None:
+    """A title or passage that writes one of the tokenizer's special tokens is refused: TRL renders the policy's
+    prompt with the chat template and tokenises it as one string, where `<|im_end|>` in the passage would end the
+    user's turn. (The inner loop and `generate_text` tokenise content with special tokens split, see
+    `inner.tensors.encode_text`.)"""
+    for name in ("title", "context"):
+        token = special_token_text(str(context.get(name, "")), tokenizer)
+        if token is not None:
+            raise DatasetFormatError(f"context {index} ({context.get('context_id')!r}): field `{name}` contains the "
+                                     f"tokenizer's special token {token!r}, which would act as a control token in "
+                                     "the policy's chat prompt; remove it from the data")
+
+
 @dataclass
 class KnowledgeTask:
     """SQuAD-style passages. Self-edit styles: `implications` (the paper's default), `rewrite`, `self_qa`.
@@ -213,6 +244,8 @@ class KnowledgeTask:
                 raise DatasetFormatError(f"context {i} is missing field(s) {missing}; each context needs "
                                          f"{list(self.context_fields)} (see seal_trl.tasks.squad loaders)")
             self.probe(context)  # fail fast on a context that cannot be scored
+            if tokenizer is not None:
+                _refuse_special_tokens(context, tokenizer, i)
             row = {name: context[name] for name in self.context_fields}
             row["questions"] = [
                 {"question": q["question"], "answers": list(q["answers"])} for q in context["questions"]

@@ -8,6 +8,7 @@ the flat SQuAD columns, or the bundled invented-entity set (`"bundled"`).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections import Counter
@@ -17,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from ..safe_json import MAX_BYTES, read_json_file
+from ..text_checks import text_defect
+
+logger = logging.getLogger(__name__)
 
 BUNDLED_SPLITS = ("train", "validation")
 
@@ -33,7 +37,16 @@ def _required_text(obj: Any, name: str, where: str, hint: str = "") -> str:
     value = obj.get(name) if isinstance(obj, Mapping) else None
     if not isinstance(value, str) or not value.strip():
         raise DatasetFormatError(f"{where}: missing field `{name}`{hint}")
-    return value.strip()
+    return _usable(value, f"{where}: field `{name}`")
+
+
+def _usable(text: str, where: str) -> str:
+    """`text` stripped, or `DatasetFormatError` when it holds control characters, escapes, lone surrogates or
+    nothing visible (`text_checks.text_defect`)."""
+    defect = text_defect(text)
+    if defect:
+        raise DatasetFormatError(f"{where} has {defect}; fix or remove it in the data file")
+    return text.strip()
 
 
 def _answers(qa: Mapping, where: str) -> list[str]:
@@ -48,7 +61,7 @@ def _answers(qa: Mapping, where: str) -> list[str]:
         raise DatasetFormatError(f"{where}: `answers` must be a list of {{'text', 'answer_start'}}, got "
                                  f"{type(texts).__name__}")
     texts = [a.get("text") if isinstance(a, Mapping) else a for a in texts]
-    texts = [t.strip() for t in texts if isinstance(t, str) and t.strip()]
+    texts = [_usable(t, f"{where}: answers[{i}]") for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
     if not texts:
         raise DatasetFormatError(f"{where}: `answers` has no non-empty `text`")
     return list(dict.fromkeys(texts))
@@ -91,16 +104,48 @@ def contexts_from_squad(data: Mapping[str, Any], *, source: str = "data") -> lis
             })
     if not contexts:
         raise DatasetFormatError(f"{source}: no passages found")
-    _check_unique_ids(contexts, source)
+    return _checked(contexts, source)
+
+
+def _checked(contexts: list[dict], source: str) -> list[dict]:
+    """`contexts` with unique ids (see `_unique_ids`), after a warning for answers their passage does not hold."""
+    _warn_answers_outside(contexts, source)
+    _unique_ids(contexts)
     return contexts
 
 
-def _check_unique_ids(contexts: list[dict], source: str) -> None:
-    ids = Counter(c["context_id"] for c in contexts)
-    repeated = [cid for cid, n in ids.items() if n > 1]
-    if repeated:
-        raise DatasetFormatError(f"{source}: {len(repeated)} passage id(s) repeat (first: {repeated[0]!r}); rename "
-                                 "the articles whose titles give that id")
+def _unique_ids(contexts: list[dict]) -> None:
+    """Make repeated context ids unique, in place and deterministically: the first keeps its id, each later one
+    gets the smallest `-dN` suffix that no context uses (titles 'x', 'x', 'x-0' slug alike but are all passages)."""
+    taken = {c["context_id"] for c in contexts}
+    seen: set[str] = set()
+    for context in contexts:
+        cid = context["context_id"]
+        if cid in seen:
+            n = 2
+            while f"{cid}-d{n}" in taken:
+                n += 1
+            cid = context["context_id"] = f"{cid}-d{n}"
+            taken.add(cid)
+        seen.add(cid)
+
+
+def _squashed(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
+def _warn_answers_outside(contexts: list[dict], source: str) -> None:
+    """Warn, with a count and the first case, about questions none of whose answers appear in their passage (case and
+    whitespace aside). Not refused: a data set may phrase answers its own way ('two' for '2'); but SQuAD's answers
+    are spans of the passage, and an answer the passage does not hold is one adaptation cannot teach."""
+    outside = [(c, q) for c in contexts for q in c["questions"]
+               if not any(_squashed(a) in _squashed(c["context"]) for a in q["answers"])]
+    if outside:
+        context, question = outside[0]
+        total = sum(len(c["questions"]) for c in contexts)
+        logger.warning("%s: %d of %d questions have no answer that appears in their passage (first: passage %r, "
+                       "answers %r); adapting to the passage cannot teach those answers", source, len(outside), total,
+                       context["context_id"], question["answers"][:3])
 
 
 def load_squad_json(path: str | Path, *, max_bytes: int = MAX_BYTES) -> list[dict]:
@@ -130,16 +175,17 @@ def contexts_from_rows(rows: Iterable[Mapping[str, Any]], *, source: str = "data
             if name not in row:
                 raise DatasetFormatError(f"{source}: row {i} is missing field `{name}` (SQuAD columns: "
                                          "id, title, context, question, answers)")
-        key = (str(row["title"]), str(row["context"]))
+        where = f"{source}: row {i}"
+        key = (_required_text(row, "title", where), _required_text(row, "context", where))
         if key not in grouped:
-            grouped[key] = {"context_id": f"{_slug(key[0])}-{len(grouped)}", "title": key[0].strip(),
-                            "context": key[1].strip(), "questions": []}
+            grouped[key] = {"context_id": f"{_slug(key[0])}-{len(grouped)}", "title": key[0], "context": key[1],
+                            "questions": []}
         grouped[key]["questions"].append(
-            {"question": str(row["question"]).strip(), "answers": _answers(row, f"{source}: row {i}")}
+            {"question": _required_text(row, "question", where), "answers": _answers(row, where)}
         )
     if not grouped:
         raise DatasetFormatError(f"{source}: no rows")
-    return list(grouped.values())
+    return _checked(list(grouped.values()), source)
 
 
 def load_contexts(source: str, *, split: str = "train", limit: int | None = None) -> list[dict]:

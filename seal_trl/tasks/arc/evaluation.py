@@ -134,6 +134,6 @@ def run_evaluate_arc(args: argparse.Namespace, *, policy_bundle=None, run_dir=No
     title = f"SEAL few-shot ARC evaluation ({len(contexts)} puzzles, {source} {split})"
     paths = write_report(run_dir, title=title, scores=scores, metric="success",
                          details={**details, "default_config": default.to_dict(), "settings": settings})
-    print(method_table(scores, metric="success"))
+    print(method_table(scores, metric="success", errors=details["errors"]))
     print(f"\nreport: {paths['markdown']}\njson:   {paths['json']}")
     return 0

@@ -18,7 +18,7 @@ from ...probes import Probe
 from . import augment as aug
 from .task import ArcProbe, format_query
 from .grids import GridError, Grid, text_to_grid, to_tuple
-from ...inner.tensors import pad_left
+from ...inner.tensors import encode_text, pad_left
 
 
 def parse_answer(text: str) -> Grid | None:
@@ -81,7 +81,7 @@ class ArcGrader:
                                   pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, stop_strings=["\n\n"])
         device = next(model.parameters()).device
         # tokenised as the inner loop's training examples are (tensors.encode_example), so prompts match
-        encoded = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+        encoded = [encode_text(tokenizer, p) for p in prompts]
         answers = [""] * len(prompts)
         for start in range(0, len(encoded), self.batch_size):
             chunk = list(range(start, min(start + self.batch_size, len(encoded))))

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ...inner.tensors import TemplateText
 from ...plans import PlanBounds, SelfEditError, TrainingPlan
 from ...probes import Probe, ProbeItem
 from ...seeding import check_distinct_context_ids, derive_seed
@@ -62,8 +63,9 @@ def format_query(tokenizer, pairs: Sequence[tuple[Any, Any]], query: Any) -> str
     answer when the tokenizer has a chat template, else the plain text ending with a newline."""
     body = grids_block(pairs, query)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
-                                             add_generation_prompt=True)
+        # grids and fixed instructions only: the rendering's special tokens are the template's
+        return TemplateText(tokenizer.apply_chat_template([{"role": "user", "content": body}], tokenize=False,
+                                                          add_generation_prompt=True))
     return body + "\n"
 
 
@@ -79,22 +81,24 @@ class ArcProbe(Probe):
     tests: tuple[tuple[Grid, Grid], ...] = ()
 
 
-def leave_out_tasks(pairs: Sequence[Pair], leave_out: Sequence[int] = (1, 2)) -> list[tuple[list[Pair], Pair]]:
-    """Leave-k-out tasks over the demonstrations: for each k, each held-out pair as query and each choice of
-    k-1 further pairs to drop; the rest (at least one) are the demonstrations. No duplicates."""
-    n = len(pairs)
-    tasks, seen = [], set()
-    for k in leave_out:
+def leave_out_indices(n: int, leave_out: Sequence[int] = (1, 2)) -> list[tuple[tuple[int, ...], int]]:
+    """The leave-k-out tasks over `n` demonstrations as (kept demonstration indices, query index): for each k, each
+    held-out pair as query and each choice of k-1 further pairs to drop; the rest (at least one) are the
+    demonstrations. No duplicates. Indices only, so counting or sampling the tasks builds no grid."""
+    tasks: list[tuple[tuple[int, ...], int]] = []
+    for k in dict.fromkeys(leave_out):  # one k twice would repeat its tasks; different k's never coincide
         if k < 1 or n - k < 1:
             continue
         for query in range(n):
             others = [i for i in range(n) if i != query]
             for dropped in itertools.combinations(others, k - 1):
-                kept = tuple(i for i in others if i not in dropped)
-                if (kept, query) not in seen:
-                    seen.add((kept, query))
-                    tasks.append(([pairs[i] for i in kept], pairs[query]))
+                tasks.append((tuple(i for i in others if i not in dropped), query))
     return tasks
+
+
+def leave_out_tasks(pairs: Sequence[Pair], leave_out: Sequence[int] = (1, 2)) -> list[tuple[list[Pair], Pair]]:
+    """The leave-k-out tasks of `leave_out_indices` with their pairs: (demonstrations, held-out pair)."""
+    return [([pairs[i] for i in kept], pairs[query]) for kept, query in leave_out_indices(len(pairs), leave_out)]
 
 
 def augmented_examples(pairs: Sequence[Pair], config: ArcConfig, rng: np.random.Generator, *,
@@ -103,27 +107,42 @@ def augmented_examples(pairs: Sequence[Pair], config: ArcConfig, rng: np.random.
     """The training tasks of a plan: leave-out tasks x (identity + the config's augmentation groups).
 
     Copies whose grids would exceed `max_side` are skipped. Originals (identity) come first and are kept
-    when the total is capped at `max_examples`; the augmented copies are sampled with `rng`.
+    when the total is capped at `max_examples`; the augmented copies are sampled with `rng`. Only the examples
+    kept are built: the candidates are sampled as indices first, so the work is linear in `max_examples`, not in
+    the (quadratic) number of leave-out tasks.
     """
-    base = leave_out_tasks(pairs, leave_out)
+    base = leave_out_indices(len(pairs), leave_out)
     transforms = [a for group in config.groups for a in aug.GROUPS[group]]
-    originals, copies = [], []
-    for demos, (q_in, q_out) in base:
-        originals.append(_shuffled(demos, rng) + [(q_in, q_out)])
-        for transform in transforms:
-            grids = [transform(g) for pair in [*demos, (q_in, q_out)] for g in pair]
-            if any(max(g.shape) > max_side for g in grids):
-                continue
-            colours = aug.random_colour_permutation(rng, keep_background=keep_background)
-            grids = [aug.permute_colours(g, colours) for g in grids]
-            new_pairs = list(zip(grids[::2], grids[1::2]))
-            copies.append(_shuffled(new_pairs[:-1], rng) + [new_pairs[-1]])
-    if len(originals) >= max_examples:
-        chosen = [originals[i] for i in sorted(rng.choice(len(originals), max_examples, replace=False))]
+
+    def original(b: int) -> list[Pair]:
+        kept, query = base[b]
+        return _shuffled([pairs[i] for i in kept], rng) + [pairs[query]]
+
+    def copy(b: int, transform) -> list[Pair] | None:
+        kept, query = base[b]
+        grids = [transform(g) for i in (*kept, query) for g in pairs[i]]
+        if any(max(g.shape) > max_side for g in grids):
+            return None
+        colours = aug.random_colour_permutation(rng, keep_background=keep_background)
+        grids = [aug.permute_colours(g, colours) for g in grids]
+        new_pairs = list(zip(grids[::2], grids[1::2]))
+        return _shuffled(new_pairs[:-1], rng) + [new_pairs[-1]]
+
+    if len(base) >= max_examples:
+        chosen = [original(b) for b in sorted(rng.choice(len(base), max_examples, replace=False))]
     else:
-        room = max_examples - len(originals)
-        picked = sorted(rng.choice(len(copies), min(room, len(copies)), replace=False)) if copies else []
-        chosen = originals + [copies[i] for i in picked]
+        chosen = [original(b) for b in range(len(base))]
+        picked: list[tuple[int, list[Pair]]] = []
+        room = max_examples - len(base)
+        candidates = rng.permutation(len(base) * len(transforms)) if transforms and room > 0 else []
+        for index in candidates:  # in a random order until the room is filled; oversized copies are passed over
+            b, t = divmod(int(index), len(transforms))
+            example = copy(b, transforms[t])
+            if example is not None:
+                picked.append((int(index), example))
+                if len(picked) == room:
+                    break
+        chosen += [example for _, example in sorted(picked, key=lambda item: item[0])]
     return [(example[:-1], example[-1]) for example in chosen]
 
 
@@ -189,7 +208,7 @@ class ArcTask:
             # as many augmented copies as the step budget trains at these epochs; never fewer than the leave-out
             # originals, so epochs that cannot train even those stay over budget
             fits = self.bounds.step_budget // max(config.num_train_epochs, 1) * hp.get("batch_size", 1)
-            most = min(most, max(fits, len(leave_out_tasks(pairs, self.leave_out))))
+            most = min(most, max(fits, len(leave_out_indices(len(pairs), self.leave_out))))
         tasks = augmented_examples(pairs, config, rng, leave_out=self.leave_out, max_examples=most,
                                    keep_background=self.keep_background)
         if not tasks:
