@@ -144,7 +144,8 @@ def test_adapt_on_a_damaged_promoted_version_is_one_line_that_names_the_file(tmp
     doc.write_text("A company named Brightwell built copper bridges across the northern canal.")
     code = main(["adapt", "--model", str(tiny_model_dir), "--documents", str(doc), "--registry", str(reg.root),
                  *FAST])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1, err
-    assert str(vdir) in err[0] and "files are damaged: roll back" in err[0], err
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # besides the weights' progress bar
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert str(vdir) in errors[0] and "files are damaged: roll back" in errors[0], err
     assert (reg.root / "registry.json").read_bytes() == manifest  # nothing was added or promoted

@@ -220,8 +220,8 @@ class AdapterRegistry:
     def _inside(self, path: Path, version: str) -> Path:
         versions = self.root.resolve() / "versions"
         if not path.resolve().is_relative_to(versions):
-            raise RegistryError(f"{path} resolves to {path.resolve()}, outside the registry's {versions} (a symlink "
-                                f"out of it); nothing there was read: restore version {version}'s files or roll "
+            raise RegistryError(f"{path} resolves to {path.resolve()}, outside the registry's {versions} (a symlink or "
+                                f"`..` out of it); nothing there was read: restore version {version}'s files or roll "
                                 "back past it")
         return path
 
