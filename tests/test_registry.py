@@ -450,3 +450,14 @@ def test_an_orphan_directory_with_a_superscript_digit_does_not_break_the_next_ve
     reg = AdapterRegistry(tmp_path / "reg", create=True)
     (reg.root / "versions" / "v²").mkdir()  # "²".isdigit() is True, int("²") raises
     assert add(reg, 1) == "v0001"
+
+
+def test_an_adapter_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    v1 = add(reg, 1)
+    path = reg.version_dir(v1) / "adapter_model.safetensors"
+    path.unlink()
+    os.mkfifo(path)  # opening it for reading would block until a writer comes: forever
+    for action in (reg.promote, reg.load_adapter):
+        with pytest.raises(RegistryError, match="not a regular file"):
+            action(v1)
