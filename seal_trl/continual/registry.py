@@ -214,7 +214,8 @@ class AdapterRegistry:
         return self._inside(self.root / "versions" / version, version)
 
     def version_file(self, version: str, name: str) -> Path:
-        """A file of a committed version, refused unless it resolves inside that version's directory."""
+        """A file of a committed version, refused unless it resolves inside the registry's versions/ (a symlink
+        out of the registry is never followed)."""
         return self._inside(self.version_dir(version) / name, version)
 
     def _inside(self, path: Path, version: str) -> Path:
