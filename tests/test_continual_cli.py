@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from seal_trl.cli.main import main
 
 FAST = ["--inner-epochs", "2", "--inner-lora-r", "4", "--max-new-tokens", "8"]
@@ -94,3 +96,56 @@ def test_adapt_with_a_kl_anchor_file(tmp_path, tiny_model_dir, capsys):
     entry = json.loads((reg / "registry.json").read_text())["versions"]["v0001"]
     assert entry["metrics"]["config"]["anchor_weight"] == 2.0
     assert entry["metrics"]["config"]["anchor_texts"] == 2  # the file's two paragraphs
+
+
+def _promoted_version(tmp_path, tiny_model_dir, damage):
+    """A registry built on the tiny model whose promoted version is then damaged on disk (by hand, after the
+    promotion checked it), as a half-copied or edited registry would be."""
+    import torch
+    from safetensors.torch import save_file
+
+    from seal_trl.continual.registry import AdapterRegistry
+
+    reg = AdapterRegistry(tmp_path / "reg", create=True, base_model=str(tiny_model_dir))
+    module = "base_model.model.model.layers.0.self_attn.q_proj"
+    fits = {f"{module}.lora_A.weight": torch.zeros(4, 64), f"{module}.lora_B.weight": torch.zeros(64, 4)}
+    record = {"document": {"doc_id": "old", "title": "Old", "text": "Old text."},
+              "probe": {"kind": "cloze", "items": [{"prompt": "Old", "answers": ["text"]}]}, "examples": ["Old text."]}
+    version = reg.add_version(fits, {"r": 4, "lora_alpha": 8}, parent=None, documents=[{"doc_id": "old"}],
+                              metrics={}, verdict={"passed": True, "objectives": [], "reasons": []},
+                              files={"documents.json": [record]})
+    reg.promote(version)
+    vdir = reg.root / "versions" / version
+    if damage == "other-model-shapes":  # consistent LoRA pairs of rank 4, for a 32-wide model
+        save_file({f"{module}.lora_A.weight": torch.zeros(4, 32), f"{module}.lora_B.weight": torch.zeros(32, 4)},
+                  str(vdir / "adapter_model.safetensors"))
+    elif damage == "unknown-module":
+        save_file({k.replace("layers.0", "layers.99"): v for k, v in fits.items()},
+                  str(vdir / "adapter_model.safetensors"))
+    elif damage == "lora-a-without-b":
+        save_file({f"{module}.lora_A.weight": fits[f"{module}.lora_A.weight"]}, str(vdir / "adapter_model.safetensors"))
+    elif damage == "nan-adapter":
+        save_file({**fits, f"{module}.lora_B.weight": torch.full((64, 4), float("nan"))},
+                  str(vdir / "adapter_model.safetensors"))
+    elif damage == "lora-alpha-1e999":
+        (vdir / "adapter_config.json").write_text('{"r": 4, "lora_alpha": 1e999}')
+    else:
+        (vdir / "documents.json").write_text({"documents-list-of-empty": "[{}]", "documents-object": "{}"}[damage])
+    return reg, vdir
+
+
+@pytest.mark.parametrize("damage", ["other-model-shapes", "unknown-module", "lora-a-without-b", "nan-adapter",
+                                    "lora-alpha-1e999", "documents-list-of-empty", "documents-object"])
+def test_adapt_on_a_damaged_promoted_version_is_one_line_that_names_the_file(tmp_path, tiny_model_dir, capsys,
+                                                                            damage):
+    reg, vdir = _promoted_version(tmp_path, tiny_model_dir, damage)
+    manifest = (reg.root / "registry.json").read_bytes()
+    doc = tmp_path / "new.txt"
+    doc.write_text("A company named Brightwell built copper bridges across the northern canal.")
+    code = main(["adapt", "--model", str(tiny_model_dir), "--documents", str(doc), "--registry", str(reg.root),
+                 *FAST])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # besides the weights' progress bar
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+    assert str(vdir) in errors[0] and "files are damaged: roll back" in errors[0], err
+    assert (reg.root / "registry.json").read_bytes() == manifest  # nothing was added or promoted

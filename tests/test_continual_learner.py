@@ -269,6 +269,10 @@ def test_a_promoted_version_whose_config_lacks_its_scaling_says_roll_back(tmp_pa
              "base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight": torch.zeros(64, 8)}
     version = learner.registry.add_version(state, {"r": 8}, parent=None, documents=[], metrics={},
                                            verdict={"passed": True, "objectives": [], "reasons": []})
-    learner.registry.promote(version)
-    with pytest.raises(RegistryError, match=f"version {version}'s adapter_config.json has no usable lora_alpha"):
+    damaged = rf"adapter_config.json: field `lora_alpha`.*version {version}'s files are damaged: roll back past it"
+    with pytest.raises(RegistryError, match=damaged):  # refused before the promoted pointer moves
+        learner.registry.promote(version)
+    manifest = learner.registry.root / "registry.json"  # promoted by hand: the next sync refuses it the same way
+    manifest.write_text(manifest.read_text().replace('"promoted": null', f'"promoted": "{version}"'))
+    with pytest.raises(RegistryError, match=damaged):
         learner.sync()

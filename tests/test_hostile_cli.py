@@ -125,6 +125,11 @@ def manifest(**fields) -> str:
     return json.dumps({**MANIFEST, **fields})
 
 
+def one_version(name: str = "v0001", **gate) -> str:
+    entry = {"parent": None, "created": "x", "documents": [], "gate": {"passed": True, **gate}, "promoted_at": []}
+    return manifest(versions={name: entry})
+
+
 CASES = [
     # --- evaluate: the data file ------------------------------------------------------------------------------
     Case("squad-answers-int", lambda ws: evaluate(ws, data=squad(ws, answers=5)), ("answers", "list")),
@@ -274,6 +279,27 @@ CASES = [
                                                                       "gate": {"passed": True}, "promoted_at": []}}),
                              "promote", "v0001"),
          ("registry.json", "log")),
+    # issue 32: a registry that lies
+    Case("promote-gate-reasons-ints", lambda ws: registry(ws, one_version(passed=False, reasons=[1, 2]), "promote",
+                                                          "v0001"), ("registry.json", "v0001.gate.reasons")),
+    Case("promote-gate-passed-string", lambda ws: registry(ws, one_version(passed="false"), "promote", "v0001"),
+         ("registry.json", "v0001.gate.passed", "boolean")),
+    Case("list-format-version-999", lambda ws: registry(ws, manifest(format_version=999), "list"),
+         ("registry.json", "format_version", "999", "reads format version 1")),
+    Case("promote-version-absolute-path", lambda ws: registry(ws, one_version("/etc"), "promote", "/etc"),
+         ("registry.json", "versions./etc")),
+    Case("promote-version-dotdot", lambda ws: registry(ws, one_version("../x"), "promote", "../x"),
+         ("registry.json", "versions.../x")),
+    Case("list-version-ansi", lambda ws: registry(ws, one_version("v0001\x1b[2J\x1b[31m"), "list"),
+         ("registry.json", "v0001\\x1b[2J")),
+    Case("list-version-bidi-override", lambda ws: registry(ws, one_version("v0001\u202e"), "list"),
+         ("registry.json", "v0001\\u202e")),
+    Case("list-doc-id-ansi", lambda ws: registry(ws, manifest(versions={"v0001": {
+        "parent": None, "created": "x", "documents": [{"doc_id": "\x1b]0;title\x07"}], "gate": {"passed": True},
+        "promoted_at": []}}), "list"), ("registry.json", "documents.0.doc_id")),
+    Case("promote-parent-outside", lambda ws: registry(ws, manifest(versions={"v0001": {
+        "parent": "/etc", "created": "x", "documents": [], "gate": {"passed": True}, "promoted_at": []}}), "promote",
+        "v0001"), ("registry.json", "v0001.parent")),
     Case("registry-lock-timeout-nan", lambda ws: registry(ws, manifest(), "list", "--lock-timeout", "nan"),
          ("--lock-timeout", "'nan'")),
     # --- train ----------------------------------------------------------------------------------------------------
@@ -414,6 +440,7 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(case, tmp_path, tripwir
     lines = err.strip().splitlines()
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "\x1b" not in err and "\u202e" not in err, "a control character from the input was printed raw"
     for word in case.expect:
         assert word in lines[0], f"{word!r} not in {lines[0]!r}"
     assert snapshot(tmp_path) == before, "the failed command left files behind"
@@ -430,6 +457,15 @@ def test_a_good_manifest_still_lists(tmp_path, tripwires, capsys):
              "gate": {"passed": True, "reasons": []}, "metrics": {}, "promoted_at": ["2026-01-01T00:00:00Z"]}
     assert main(registry(ws, manifest(promoted="v0001", versions={"v0001": entry}), "list")) == 0
     assert "* v0001" in capsys.readouterr().out
+
+
+def test_list_prints_text_from_the_manifest_with_control_characters_escaped(tmp_path, tripwires, capsys):
+    entry = {"parent": None, "created": "2026\x1b[2J", "documents": [{"doc_id": "a"}],
+             "gate": {"passed": False, "reasons": ["drop \x1b[31mred\x1b[0m \u202eevil"]}, "promoted_at": []}
+    assert main(registry(tmp_path, manifest(base_model="m\x1b[1A", versions={"v0001": entry}), "list")) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out
+    assert "drop \\x1b[31mred\\x1b[0m \\u202eevil" in out and "m\\x1b[1A" in out and "2026\\x1b[2J" in out
 
 
 def test_a_model_load_failure_leaves_no_new_registry(tmp_path, capsys):

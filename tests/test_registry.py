@@ -252,3 +252,212 @@ def test_promote_and_rollback_refuse_a_version_whose_model_cannot_be_built(tmp_p
     with pytest.raises(RegistryError, match=f"cannot promote '{v2}'|version {v1}'s files are damaged"):
         reg.promote(v2)
     assert (tmp_path / "reg" / "registry.json").read_bytes() == manifest and reg.promoted == v1
+
+
+# ----- issue 32: a registry that is damaged or lies --------------------------------------------------------------
+def edit_manifest(reg, change):
+    path = reg.root / "registry.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def set_gate(field, value):
+    def change(m):
+        m["versions"]["v0001"]["gate"][field] = value
+    return change
+
+
+def rename_version(new):
+    def change(m):
+        m["versions"] = {new: m["versions"].pop("v0001")}
+    return change
+
+
+MANIFEST_DAMAGE = {
+    "gate-reasons-ints": (set_gate("reasons", [1, 2]), r"versions\.v0001\.gate\.reasons\.0"),
+    "gate-passed-string": (set_gate("passed", "false"), r"versions\.v0001\.gate\.passed"),
+    "gate-passed-int": (set_gate("passed", 1), r"versions\.v0001\.gate\.passed"),
+    "format-version-999": (lambda m: m.update(format_version=999),
+                           r"`format_version` is 999.*reads format version 1"),
+    "format-version-true": (lambda m: m.update(format_version=True), r"`format_version` is True"),
+    "version-absolute-path": (rename_version("/etc/outside"), r"versions\./etc/outside"),
+    "version-dotdot": (rename_version("../../outside"), r"versions\.\.\./\.\./outside"),
+    "version-ansi": (rename_version("v0001\x1b[31m"), r"versions\.v0001\\x1b\[31m"),
+    "version-superscript-digit": (rename_version("v²"), r"versions\.v²"),
+    "doc-id-ansi": (lambda m: m["versions"]["v0001"]["documents"][0].update(doc_id="d\x1b]0;pwned\x07"),
+                    r"documents\.0\.doc_id"),
+    "promoted-at-strings-in-a-string": (lambda m: m["versions"]["v0001"].update(promoted_at="yesterday"),
+                                        r"promoted_at"),
+    "log-action-unknown": (lambda m: m["log"].append({"action": "delete", "version": None, "from": None,
+                                                      "time": "x"}), r"log\.0\.action"),
+    "metrics-a-list": (lambda m: m["versions"]["v0001"].update(metrics=[]), r"v0001\.metrics"),
+    "objective-value-a-string": (set_gate("objectives", [{"name": "x", "value": "high", "threshold": "> 0",
+                                                          "passed": True}]), r"objectives\.0\.value"),
+}
+
+
+@pytest.mark.parametrize("damage", list(MANIFEST_DAMAGE))
+def test_a_manifest_that_lies_is_refused_on_every_read(tmp_path, damage):
+    change, field = MANIFEST_DAMAGE[damage]
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    add(reg, 1, passed=False)
+    edit_manifest(reg, change)
+    manifest = (reg.root / "registry.json").read_bytes()
+    for read in (lambda: AdapterRegistry(reg.root), reg.versions, lambda: reg.promote("v0001"),
+                 lambda: reg.promote("v0001", reason="by hand"), reg.rollback, lambda: reg.load_adapter("v0001")):
+        with pytest.raises(RegistryError, match=rf"registry\.json: .*{field}") as err:
+            read()
+        assert "\x1b" not in str(err.value) and "\n" not in str(err.value)
+    assert (reg.root / "registry.json").read_bytes() == manifest  # nothing was promoted or rewritten
+
+
+def test_a_gate_passed_string_false_never_promotes(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    add(reg, 1, passed=False)
+    edit_manifest(reg, set_gate("passed", "false"))
+    with pytest.raises(RegistryError, match="gate.passed"):
+        reg.promote("v0001")
+    edit_manifest(reg, set_gate("passed", False))
+    assert reg.promoted is None
+
+
+def _outside_version(tmp_path, reg):
+    """A complete, valid version outside the registry (a copy of v0001): readable if anything followed a path out."""
+    import shutil
+
+    outside = tmp_path / "outside"
+    shutil.copytree(reg.root / "versions" / "v0001", outside)
+    return outside
+
+
+@pytest.fixture()
+def opened(monkeypatch):
+    """Every path opened through Python's open, pathlib and safetensors (which opens files itself)."""
+    import builtins
+    import io
+
+    import safetensors
+    import safetensors.torch
+
+    seen = []
+
+    def spy(original):
+        def wrapper(file, *args, **kwargs):
+            seen.append(Path(os.fsdecode(file)).resolve() if isinstance(file, (str, os.PathLike)) else file)
+            return original(file, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(builtins, "open", spy(builtins.open))
+    monkeypatch.setattr(io, "open", spy(io.open))
+    monkeypatch.setattr(safetensors, "safe_open", spy(safetensors.safe_open))
+    monkeypatch.setattr(safetensors.torch, "load_file", spy(safetensors.torch.load_file))
+    return seen
+
+
+@pytest.mark.parametrize("escape", ["absolute-path", "dotdot-path", "symlinked-version", "symlinked-file"])
+def test_a_version_outside_the_registry_is_refused_and_nothing_outside_is_read(tmp_path, escape, opened):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    v1 = reg.add_version(adapter(1), CONFIG, parent=None, documents=[{"doc_id": "d1"}], metrics={},
+                         verdict=verdict(), files={"documents.json": [DOC_RECORD]})
+    outside = _outside_version(tmp_path, reg)
+    target = {"absolute-path": str(outside), "dotdot-path": "../../outside"}.get(escape, "v0002")
+
+    def point_at(m):
+        m["versions"][target] = dict(m["versions"][v1], parent=None)
+
+    edit_manifest(reg, point_at)
+    if escape == "symlinked-version":
+        (reg.root / "versions" / "v0002").symlink_to(outside, target_is_directory=True)
+    elif escape == "symlinked-file":
+        (reg.root / "versions" / "v0002").mkdir()
+        for f in outside.iterdir():
+            (reg.root / "versions" / "v0002" / f.name).symlink_to(f)
+    opened.clear()
+    outcomes = []
+    for action in (reg.promote, reg.load_adapter, reg.check_files, lambda v: reg.read_json(v, "documents.json"),
+                   lambda v: reg.read_json(v, "adapter_config.json")):
+        try:
+            action(target)
+            outcomes.append(f"{action} accepted it")
+        except RegistryError as err:
+            outcomes.append(str(err))
+    read_outside = [p for p in opened if isinstance(p, Path) and p.is_relative_to(outside.resolve())]
+    assert read_outside == [], f"read outside the registry: {read_outside}"
+    assert any(isinstance(p, Path) and p.name == "registry.json" for p in opened)  # the spy does see reads
+    refusal = "outside the registry" if escape.startswith("symlinked") else "registry.json: field `versions"
+    assert all(refusal in outcome for outcome in outcomes), outcomes
+    assert json.loads((reg.root / "registry.json").read_text())["promoted"] is None
+
+
+def _damage_version(reg, version, damage):
+    from safetensors.torch import save_file
+
+    vdir = reg.root / "versions" / version
+    good = adapter(1)
+    tensors = {
+        "wrong-rank": {"m.q_proj.lora_A.weight": torch.randn(3, 8), "m.q_proj.lora_B.weight": torch.randn(8, 3)},
+        "lora-a-without-b": {"m.q_proj.lora_A.weight": good["m.q_proj.lora_A.weight"]},
+        "lora-b-without-a": {"m.q_proj.lora_B.weight": good["m.q_proj.lora_B.weight"]},
+        "nan-adapter": {**good, "m.q_proj.lora_A.weight": torch.full((2, 8), float("nan"))},
+        "inf-adapter": {**good, "m.q_proj.lora_B.weight": torch.full((8, 2), float("inf"))},
+        "int-adapter": {**good, "m.q_proj.lora_A.weight": torch.ones(2, 8, dtype=torch.int64)},
+        "three-d-tensor": {**good, "m.q_proj.lora_A.weight": torch.randn(2, 8, 1)},
+        "foreign-tensor": {**good, "m.q_proj.weight": torch.randn(8, 8)},
+        "empty-adapter": {},
+    }
+    configs = {"lora-alpha-1e999": '{"r": 2, "lora_alpha": 1e999}', "lora-alpha-nan": '{"r": 2, "lora_alpha": NaN}',
+               "r-string": '{"r": "2", "lora_alpha": 4}', "r-zero": '{"r": 0, "lora_alpha": 4}',
+               "r-bool": '{"r": true, "lora_alpha": 4}', "config-a-list": "[2, 4]"}
+    if damage in tensors:
+        save_file(tensors[damage], str(vdir / "adapter_model.safetensors"))
+        return "adapter_model.safetensors"
+    if damage in configs:
+        (vdir / "adapter_config.json").write_text(configs[damage])
+        return "adapter_config.json"
+    (vdir / "documents.json").write_text({"documents-list-of-empty": "[{}]", "documents-object": "{}",
+                                          "documents-probe-answers-ints":
+                                          json.dumps([dict(DOC_RECORD, probe={"kind": "x", "items": [
+                                              {"prompt": "p", "answers": [1]}]})])}[damage])
+    return "documents.json"
+
+
+DOC_RECORD = {"document": {"doc_id": "d1", "title": "t", "text": "x"}, "probe": {"kind": "labelled", "items": []},
+              "examples": ["e"]}
+VERSION_DAMAGE = ["wrong-rank", "lora-a-without-b", "lora-b-without-a", "nan-adapter", "inf-adapter", "int-adapter",
+                  "three-d-tensor", "foreign-tensor", "empty-adapter", "lora-alpha-1e999", "lora-alpha-nan",
+                  "r-string", "r-zero", "r-bool", "config-a-list", "documents-list-of-empty", "documents-object",
+                  "documents-probe-answers-ints"]
+
+
+@pytest.mark.parametrize("damage", VERSION_DAMAGE)
+def test_a_damaged_version_file_is_one_error_naming_it_that_says_roll_back(tmp_path, damage):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    v1 = reg.add_version(adapter(1), CONFIG, parent=None, documents=[{"doc_id": "d1"}], metrics={},
+                         verdict=verdict(), files={"documents.json": [DOC_RECORD]})
+    assert reg.documents(v1) == [DOC_RECORD] and reg.adapter_config(v1)["r"] == 2
+    name = _damage_version(reg, v1, damage)
+    read = reg.documents if name == "documents.json" else reg.load_adapter
+    with pytest.raises(RegistryError, match=rf"versions/{v1}/{name}: .*version {v1}'s files are damaged: roll back"):
+        read(v1)
+    if name != "documents.json":  # a promotion checks the adapter and its config before moving the pointer
+        with pytest.raises(RegistryError, match=rf"{name}.*roll back"):
+            reg.promote(v1)
+        assert reg.promoted is None
+
+
+def test_an_orphan_directory_with_a_superscript_digit_does_not_break_the_next_version(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    (reg.root / "versions" / "v²").mkdir()  # "²".isdigit() is True, int("²") raises
+    assert add(reg, 1) == "v0001"
+
+
+def test_an_adapter_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    v1 = add(reg, 1)
+    path = reg.version_dir(v1) / "adapter_model.safetensors"
+    path.unlink()
+    os.mkfifo(path)  # opening it for reading would block until a writer comes: forever
+    for action in (reg.promote, reg.load_adapter):
+        with pytest.raises(RegistryError, match="not a regular file"):
+            action(v1)

@@ -7,6 +7,7 @@ import contextlib
 from pathlib import Path
 
 from ..continual.registry import MANIFEST, AdapterRegistry, RegistryError, check_new_registry_location
+from ..continual.registry_schema import printable
 from ..tasks.knowledge import STYLES
 from .flags import (check_adapter, inner_epochs, inner_learning_rate, inner_lora_r, integer, max_new_tokens, number,
                     phrase)
@@ -153,16 +154,19 @@ def run_adapt(args: argparse.Namespace) -> int:
 
 
 def format_versions(registry: AdapterRegistry) -> str:
+    """The `registry list` table; every text from the manifest is printed with control characters escaped."""
     promoted = registry.promoted
-    lines = [f"registry {registry.root} (base model {registry.base_model}); promoted: {promoted or 'base'}",
+    base = printable(str(registry.base_model))
+    lines = [f"registry {printable(str(registry.root))} (base model {base}); promoted: {promoted or 'base'}",
              f"{'':2}{'version':8} {'parent':8} {'gate':8} {'created':21} documents / reasons"]
     for v in registry.versions():
         mark = "*" if v["version"] == promoted else ""
         gate = "passed" if v["gate"].get("passed") else "refused"
-        docs = ", ".join(d["doc_id"] for d in v["documents"])
-        lines.append(f"{mark:2}{v['version']:8} {v['parent'] or 'base':8} {gate:8} {v['created']:21} {docs}")
+        docs = printable(", ".join(d["doc_id"] for d in v["documents"]))
+        created = printable(v["created"])
+        lines.append(f"{mark:2}{v['version']:8} {v['parent'] or 'base':8} {gate:8} {created:21} {docs}")
         for reason in v["gate"].get("reasons", []):
-            lines.append(f"{'':50}- {reason}")
+            lines.append(f"{'':50}- {printable(reason)}")
     return "\n".join(lines)
 
 

@@ -34,7 +34,7 @@ from ..inner.engine import InnerLoop
 from ..inner.jobs import INNER_ADAPTER, InnerResult
 from ..plans import SelfEditError, TrainingPlan
 from .regression import RegressionSuite, regression_scores
-from .registry import AdapterRegistry, RegistryError
+from .registry import ADAPTER_FILE, AdapterRegistry
 from ..seeding import content_digest, derive_seed
 
 logger = logging.getLogger(__name__)
@@ -239,6 +239,26 @@ def adapter_scaling(adapter_config: Mapping[str, Any]) -> float:
     return float(adapter_config["lora_alpha"]) / float(adapter_config["r"])
 
 
+def adapter_misfit(model, state: Mapping[str, torch.Tensor]) -> str | None:
+    """None when every LoRA pair of `state` (PEFT keys) targets a linear module of `model` with its shapes
+    (`lora_B @ lora_A` the shape of the module's weight); else what does not fit (an adapter of another model)."""
+    for key, a in state.items():
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module_name = key[: -len(".lora_A.weight")]
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            return f"tensor {key!r} targets {module_name!r}, which this model does not have"
+        module = getattr(module, "base_layer", module)
+        expected = (getattr(module, "out_features", None), getattr(module, "in_features", None))
+        found = (state[f"{module_name}.lora_B.weight"].shape[0], a.shape[1])
+        if found != expected:
+            return (f"the LoRA pair of {module_name!r} maps {found[1]} -> {found[0]} features, but the module maps "
+                    f"{expected[1]} -> {expected[0]} (an adapter of another model)")
+    return None
+
+
 @dataclass
 class AdaptReport:
     """The outcome of one document: the committed version, whether it was promoted, and every score."""
@@ -300,13 +320,12 @@ class ContinualLearner:
         if promoted != self._loaded or not self._synced:
             chain = []
             for v in self.registry.chain(promoted):
-                cfg = self.registry.read_json(v, "adapter_config.json")
-                try:
-                    scaling = adapter_scaling(cfg)
-                except (KeyError, TypeError, ValueError, ZeroDivisionError):
-                    raise RegistryError(f"version {v}'s adapter_config.json has no usable lora_alpha and r; its files "
-                                        "are damaged: roll back past it or restore them") from None
-                chain.append((v, self.registry.load_adapter(v), scaling))
+                scaling = adapter_scaling(self.registry.adapter_config(v))  # validated: finite, positive
+                state = self.registry.load_adapter(v)
+                problem = adapter_misfit(self.model, state)
+                if problem is not None:
+                    raise self.registry.damaged(v, self.registry.version_file(v, ADAPTER_FILE), problem)
+                chain.append((v, state, scaling))
             self.inner.set_promoted(chain, self.config.mode)
             if self.config.anchor_weight > 0:
                 self.inner.set_anchor(self.anchor_texts(), self.config.anchor_weight,
@@ -328,7 +347,7 @@ class ContinualLearner:
 
     def earlier_records(self) -> list[dict[str, Any]]:
         """What the promoted chain learned: per document its text, probe and training examples."""
-        return [rec for v in self.registry.chain(self._loaded) for rec in self.registry.read_json(v, "documents.json")]
+        return [rec for v in self.registry.chain(self._loaded) for rec in self.registry.documents(v)]
 
     # ----- probes, self-edits, plans -------------------------------------------------------------------
     def make_probe(self, document: Document) -> DocumentProbe:

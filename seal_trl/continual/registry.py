@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -29,14 +30,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..safe_json import read_json_file
+from ..safe_json import check_regular_file, read_json_file
+from .registry_schema import (FORMAT, FORMAT_VERSION, VERSION_PATTERN, format_problem, validate_adapter_config,
+                              validate_documents, validate_manifest)
 
 if TYPE_CHECKING:
     import torch
 
 MANIFEST = "registry.json"
-FORMAT = "seal-trl-registry"
-FORMAT_VERSION = 1
 ADAPTER_FILE = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 #: A manifest lists versions, their documents' ids and gate verdicts: megabytes for thousands of versions.
@@ -123,38 +124,6 @@ def check_new_registry_location(root: str | os.PathLike) -> None:
                             "registry or a new/empty directory (nothing was changed)")
 
 
-_VERSION_FIELDS = (("parent", (str, type(None)), "a version name or null"), ("created", str, "a timestamp"),
-                   ("documents", list, "a list"), ("gate", dict, "an object"), ("promoted_at", list, "a list"))
-
-
-def _check_manifest(data: dict[str, Any], path: Path) -> None:
-    """Every field the registry reads has the type it expects, and every version named exists."""
-    def damaged(field: str, expected: str):
-        raise RegistryError(f"{path}: field `{field}` is missing or not {expected}{_DAMAGED}")
-
-    if "promoted" not in data or not isinstance(data["promoted"], (str, type(None))):
-        damaged("promoted", "a version name or null")
-    versions = data.get("versions")
-    if not isinstance(versions, dict):
-        damaged("versions", "an object of versions")
-    if not isinstance(data.get("base_model"), (str, type(None))):
-        damaged("base_model", "a model name or null")
-    if not isinstance(data.get("log"), list):
-        damaged("log", "a list")
-    for name, entry in versions.items():
-        if not isinstance(entry, dict):
-            damaged(f"versions.{name}", "an object")
-        for field, kinds, expected in _VERSION_FIELDS:
-            if field not in entry or not isinstance(entry[field], kinds):
-                damaged(f"versions.{name}.{field}", expected)
-        if not all(isinstance(d, dict) and isinstance(d.get("doc_id"), str) for d in entry["documents"]):
-            damaged(f"versions.{name}.documents", "a list of objects with a `doc_id`")
-        if entry["parent"] is not None and entry["parent"] not in versions:
-            damaged(f"versions.{name}.parent", f"an existing version (it names {entry['parent']!r})")
-    if data["promoted"] is not None and data["promoted"] not in versions:
-        damaged("promoted", f"an existing version (it names {data['promoted']!r})")
-
-
 def _same_model(recorded: str, given: str) -> bool:
     """Whether two spellings name the same base model: equal, or the same local directories (`models/x`,
     `models/x/`, its absolute path), a policy adapter joined with "+" compared part by part."""
@@ -210,9 +179,12 @@ class AdapterRegistry:
         """The manifest as on disk now, checked field by field (bounded in size and depth before it is parsed)."""
         path = self.root / MANIFEST
         data = read_json_file(path, max_bytes=MAX_MANIFEST_BYTES, error=RegistryError, hint=_DAMAGED)
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise RegistryError(f"{path} is not a seal-trl registry manifest (field `format` is not {FORMAT!r})")
-        _check_manifest(data, path)
+        problem = format_problem(data)
+        if problem is not None:
+            raise RegistryError(f"{path}: {problem}")
+        problem = validate_manifest(data)
+        if problem is not None:
+            raise RegistryError(f"{path}: {problem}{_DAMAGED}")
         return data
 
     @property
@@ -236,8 +208,28 @@ class AdapterRegistry:
         return dict(versions[version], version=version)
 
     def version_dir(self, version: str) -> Path:
+        """The directory of a committed version, refused unless it resolves inside the registry's versions/ (a
+        symlinked version directory pointing elsewhere is never read)."""
         self.get(version)
-        return self.root / "versions" / version
+        return self._inside(self.root / "versions" / version, version)
+
+    def version_file(self, version: str, name: str) -> Path:
+        """A file of a committed version, refused unless it resolves inside the registry's versions/ (a symlink
+        out of the registry is never followed)."""
+        return self._inside(self.version_dir(version) / name, version)
+
+    def _inside(self, path: Path, version: str) -> Path:
+        versions = self.root.resolve() / "versions"
+        if not path.resolve().is_relative_to(versions):
+            raise RegistryError(f"{path} resolves to {path.resolve()}, outside the registry's {versions} (a symlink or "
+                                f"`..` out of it); nothing there was read: restore version {version}'s files or roll "
+                                "back past it")
+        return path
+
+    def damaged(self, version: str, path: Path, problem: str) -> RegistryError:
+        """The error for a version file that cannot be used: names the file and says to roll back."""
+        return RegistryError(f"{path}: {problem}; version {version}'s files are damaged: roll back past it "
+                             "(`seal-trl registry rollback`) or restore them")
 
     def chain(self, version: str | None) -> list[str]:
         """The versions whose adapters make up `version`'s model, root first ([] for the base model)."""
@@ -253,15 +245,35 @@ class AdapterRegistry:
         """The version's adapter tensors (PEFT keys, no adapter name)."""
         from safetensors.torch import load_file
 
-        path = self.version_dir(version) / ADAPTER_FILE
+        rank = self.adapter_config(version)["r"]
+        path = self.version_file(version, ADAPTER_FILE)
         try:
-            return load_file(str(path))
+            check_regular_file(path)  # a FIFO would block the read forever
+            tensors = load_file(str(path))
         except Exception as err:  # safetensors raises its own error type for a truncated or damaged file
-            raise RegistryError(f"{path}: cannot read the adapter ({type(err).__name__}: {err}); version {version}'s "
-                                "files are damaged: roll back past it or restore them") from None
+            raise self.damaged(version, path, f"cannot read the adapter ({type(err).__name__}: {err})") from None
+        problem = adapter_problem(tensors, rank)
+        if problem is not None:
+            raise self.damaged(version, path, problem)
+        return tensors
+
+    def adapter_config(self, version: str) -> dict[str, Any]:
+        """The version's adapter_config.json, checked: a positive integer `r`, a finite positive `lora_alpha`."""
+        return self._read_checked(version, ADAPTER_CONFIG, validate_adapter_config)
+
+    def documents(self, version: str) -> list[dict[str, Any]]:
+        """The version's documents.json, checked: per document learned its text, probe and training examples."""
+        return self._read_checked(version, "documents.json", validate_documents)
+
+    def _read_checked(self, version: str, name: str, validate: Callable[[Any], str | None]) -> Any:
+        data = self.read_json(version, name)
+        problem = validate(data)
+        if problem is not None:
+            raise self.damaged(version, self.version_file(version, name), problem)
+        return data
 
     def read_json(self, version: str, name: str) -> Any:
-        return read_json_file(self.version_dir(version) / name, error=RegistryError,
+        return read_json_file(self.version_file(version, name), error=RegistryError,
                               hint=f"; version {version}'s files are damaged: roll back past it or restore them")
 
     # ----- locking ---------------------------------------------------------------------------------
@@ -296,9 +308,8 @@ class AdapterRegistry:
 
     # ----- writing ---------------------------------------------------------------------------------
     def _next_version(self, manifest: Mapping[str, Any]) -> str:
-        numbers = [int(v[1:]) for v in manifest["versions"] if v[1:].isdigit()]
-        numbers += [int(p.name[1:]) for p in (self.root / "versions").iterdir()
-                    if p.name.startswith("v") and p.name[1:].isdigit()]  # orphans of a crashed write
+        names = [*manifest["versions"], *(p.name for p in (self.root / "versions").iterdir())]  # + crashed writes'
+        numbers = [int(v[1:]) for v in names if _VERSION_NAME.match(v)]  # `v²` is not a version (isdigit says so)
         return f"v{max(numbers, default=0) + 1:04d}"
 
     def add_version(self, adapter: Mapping[str, torch.Tensor], adapter_config: Mapping[str, Any], *,
@@ -357,23 +368,25 @@ class AdapterRegistry:
 
     def check_files(self, version: str, action: str = "load") -> None:
         """Raise `RegistryError` unless the model of `version` can be built: its adapter and config, and those of
-        every version below it, are there and readable (checked before a promotion or rollback points at it)."""
+        every version below it, are there, readable and valid (checked before a promotion or rollback points at
+        it)."""
         from safetensors import safe_open
 
         for v in self.chain(version):
-            path = self.version_dir(v) / ADAPTER_FILE
+            path = self.version_file(v, ADAPTER_FILE)
             try:
+                check_regular_file(path)
                 with safe_open(str(path), framework="pt") as fh:
                     fh.keys()
             except Exception as err:  # a missing file is an OSError, a damaged one safetensors' own error type
                 raise RegistryError(f"cannot {action} {version!r}: {path} cannot be read ({type(err).__name__}: "
                                     f"{err}); restore version {v}'s files first (nothing was changed)") from None
-            self.read_json(v, ADAPTER_CONFIG)
+            self.load_adapter(v)  # its config and tensors validated too (LoRA pairs of its rank, finite)
 
     def promote(self, version: str, *, reason: str = "") -> dict[str, Any]:
         """Make `version` the promoted one. A version the gate refused needs a `reason` (a manual override)."""
-        info = self.get(version)
-        if not info["gate"].get("passed", False) and not reason:
+        info = self.get(version)  # the schema makes `gate.passed` a boolean and `gate.reasons` texts
+        if info["gate"]["passed"] is not True and not reason:
             reasons = "; ".join(info["gate"].get("reasons", []))
             raise RegistryError(f"version {version!r} did not pass the gate ({reasons})"
                                 "; to promote it anyway give a reason (--reason TEXT)")
@@ -415,7 +428,10 @@ class AdapterRegistry:
         with tempfile.TemporaryDirectory() as staging:
             staging = Path(staging)
             for v in chain:
-                shutil.copytree(self.version_dir(v), staging / v)
+                source = self.version_dir(v)
+                for path in source.rglob("*"):  # a symlink inside a version must not upload a file from outside
+                    self._inside(path, v)
+                shutil.copytree(source, staging / v)
             (staging / "chain.json").write_text(json.dumps(
                 {"base_model": self.base_model, "version": version,
                  "chain": [{"version": v, **{k: self.get(v)[k] for k in ("parent", "documents", "gate")}}
@@ -424,6 +440,31 @@ class AdapterRegistry:
             api.create_repo(repo_id, exist_ok=True, private=private)
             return api.upload_folder(repo_id=repo_id, folder_path=str(staging),
                                      commit_message=f"seal-trl continual adapter {version}")
+
+
+_VERSION_NAME = re.compile(VERSION_PATTERN, re.ASCII)
+
+
+def adapter_problem(tensors: Mapping[str, torch.Tensor], rank: int) -> str | None:
+    """None when `tensors` are LoRA pairs of rank `rank` (`lora_A` [r, in] with its `lora_B` [out, r]), floating point
+    and finite; else what is wrong (one line)."""
+    import torch
+
+    if not tensors:
+        return "the adapter holds no tensors"
+    for key, tensor in tensors.items():
+        kind = "A" if key.endswith(".lora_A.weight") else "B" if key.endswith(".lora_B.weight") else None
+        if kind is None:
+            return f"tensor {key!r} is neither a lora_A nor a lora_B weight"
+        other = key[: -len("A.weight")] + ("B" if kind == "A" else "A") + ".weight"
+        if other not in tensors:
+            return f"tensor {key!r} has no {other.rsplit('.', 2)[-2]} partner ({other!r} is missing)"
+        if tensor.ndim != 2 or tensor.shape[0 if kind == "A" else 1] != rank:
+            return (f"tensor {key!r} has shape {list(tensor.shape)}, not that of a rank-{rank} lora_{kind} "
+                    f"(adapter_config.json says r={rank})")
+        if not torch.is_floating_point(tensor) or not bool(torch.isfinite(tensor).all()):
+            return f"tensor {key!r} is not finite floating point (NaN, infinity or {tensor.dtype})"
+    return None
 
 
 def model_card(registry: AdapterRegistry, version: str) -> str:

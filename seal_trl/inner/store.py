@@ -4,22 +4,28 @@ recomputes none of them.
 A key covers everything a run's result depends on: the policy version (a fingerprint of the weights the inner
 model was synced to), the context, the self-edit text, the inner-loop settings and the seed. The file is
 append-only JSON lines, one result per line, flushed and fsynced as each run finishes; a line torn by a kill
-is ignored on the next start.
+is ignored on the next start. Every line is validated when the store opens (bounded nesting, every field of
+`InnerResult` with its type, numbers finite, a known failure reason): a line that does not parse or validate is
+skipped, counted in one warning, and its run recomputed rather than trusted.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..plans import FAILURE_REASONS
+from ..safe_json import check_regular_file, parse_json
 from .jobs import InnerResult
 
 logger = logging.getLogger(__name__)
@@ -74,6 +80,9 @@ class ResultStore:
         self._results: dict[str, InnerResult] = {}
         self.hits = 0
         if self.path.exists():
+            # a directory, FIFO or device (/dev/zero) is refused before a read that could fail, block or never end
+            check_regular_file(self.path, hint="; the inner-run store must be a JSON-lines file: move it away (the "
+                                               "runs are recomputed)")
             self._load()
 
     def _load(self) -> None:
@@ -83,18 +92,17 @@ class ResultStore:
             with self.path.open("r+b") as fh:
                 fh.truncate(complete)
             logger.warning("%s: dropped a torn last line (a run killed while writing)", self.path)
-        fields = {f.name for f in dataclasses.fields(InnerResult)}
-        torn = 0
+        skipped = 0
         with self.path.open(encoding="utf-8", errors="replace") as fh:
             for line in fh:
-                try:
-                    record = json.loads(line)
-                    self._results[record["key"]] = InnerResult(**{k: v for k, v in record["result"].items()
-                                                                 if k in fields})
-                except (ValueError, KeyError, TypeError):
-                    torn += 1
-        if torn:
-            logger.warning("%s: skipped %d unreadable line(s) (a run killed while writing)", self.path, torn)
+                parsed = parse_stored_line(line)
+                if parsed is None:
+                    skipped += 1
+                else:
+                    self._results[parsed[0]] = parsed[1]
+        if skipped:
+            logger.warning("%s: skipped %d line(s) that do not parse or validate as an inner run (damaged or "
+                           "edited); those runs are recomputed", self.path, skipped)
 
     def __len__(self) -> int:
         return len(self._results)
@@ -117,3 +125,37 @@ class ResultStore:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+
+
+@functools.cache
+def _result_schema():
+    """A strict pydantic model of `InnerResult`'s fields (built from the dataclass, so the two cannot drift):
+    `"5"` is not a number, `5` not a list, NaN and infinity not scores; unknown fields are ignored."""
+    from pydantic import ConfigDict, Field, create_model
+
+    hints = typing.get_type_hints(InnerResult)
+    fields = {}
+    for f in dataclasses.fields(InnerResult):
+        if f.default_factory is not dataclasses.MISSING:
+            default = Field(default_factory=f.default_factory)
+        else:
+            default = ... if f.default is dataclasses.MISSING else f.default
+        fields[f.name] = (hints[f.name], default)
+    return create_model("StoredInnerResult", __config__=ConfigDict(strict=True, allow_inf_nan=False), **fields)
+
+
+def parse_stored_line(line: str) -> tuple[str, InnerResult] | None:
+    """(key, result) of one store line, or None when it is not JSON (torn, nested too deeply) or not a valid
+    `{"key": str, "result": InnerResult}`."""
+    from pydantic import ValidationError
+
+    try:
+        record = parse_json(line, "store line")
+        if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+            return None
+        result = InnerResult(**dict(_result_schema().model_validate(record.get("result"))))
+    except (ValueError, ValidationError):  # parse_json's error is a ValueError
+        return None
+    if result.error is not None and result.error not in FAILURE_REASONS:
+        return None
+    return record["key"], result
