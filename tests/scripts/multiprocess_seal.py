@@ -1,15 +1,18 @@
 """Run by tests/test_multiprocess.py under `accelerate launch --num_processes 2` (CPU, gloo).
 
-Each rank trains SEALTrainer on the tiny model for two optimizer steps and writes what it did to OUT/rank-N.json:
+For each policy kind asked for (full, lora, qlora; several share one launch, the launch being most of the cost),
+each rank trains SEALTrainer on the tiny model for two optimizer steps and writes what it did to
+OUT/KIND/rank-N.json:
 per inner run its step, context, reward, before-score and passage baseline; after every sync of the inner model
 (at each generation, and once more after the last optimizer step) the largest difference between the inner
 model's logits and the gathered policy's on a fixed input.
 
-Usage: multiprocess_seal.py MODEL_DIR OUT_DIR [--policy full|lora|qlora]
+Usage: multiprocess_seal.py MODEL_DIR OUT_DIR [--policy full,lora,qlora]
 """
 
 import argparse
 import dataclasses
+import gc
 import hashlib
 import json
 import os
@@ -72,7 +75,8 @@ def inner_and_policy_logits(trainer: SEALTrainer) -> tuple[torch.Tensor, torch.T
     return inner_logits, policy_logits
 
 
-def main(model_dir: str, out_dir: str, policy_kind: str) -> None:
+def train_one(model_dir: str, out_dir: str, policy_kind: str) -> SEALTrainer:
+    os.makedirs(out_dir, exist_ok=True)
     trainer = build_trainer(model_dir, out_dir, policy_kind)
     runs, syncs = [], []
     original = trainer.seal_reward.score_many
@@ -128,6 +132,18 @@ def main(model_dir: str, out_dir: str, policy_kind: str) -> None:
     with open(os.path.join(out_dir, f"rank-{rank}.json"), "w") as fh:
         json.dump({"rank": rank, "world": trainer.accelerator.num_processes, "policy": policy_kind, "runs": runs,
                    "syncs": syncs, "advantages": advantages, "param_sha": digest.hexdigest()}, fh)
+    return trainer
+
+
+def main(model_dir: str, out_dir: str, policy_kinds: list[str]) -> None:
+    for i, kind in enumerate(policy_kinds):
+        trainer = train_one(model_dir, os.path.join(out_dir, kind), kind)
+        if i < len(policy_kinds) - 1:  # let the next trainer's engine start from a clean slate
+            trainer.accelerator.wait_for_everyone()
+            trainer.model_wrapped = trainer.model
+            trainer.accelerator.free_memory()
+            del trainer
+            gc.collect()
     shut_down_distributed(trainer)
 
 
@@ -135,6 +151,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("model_dir")
     parser.add_argument("out_dir")
-    parser.add_argument("--policy", choices=["full", "lora", "qlora"], default="full")
+    parser.add_argument("--policy", default="full", help="comma-separated: full, lora, qlora")
     cli = parser.parse_args()
-    main(cli.model_dir, cli.out_dir, cli.policy)
+    kinds = cli.policy.split(",")
+    if not set(kinds) <= {"full", "lora", "qlora"}:
+        parser.error(f"--policy: {cli.policy!r}; choose from full, lora, qlora")
+    main(cli.model_dir, cli.out_dir, kinds)
