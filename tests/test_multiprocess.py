@@ -44,7 +44,12 @@ def launched(tiny_model_dir, tmp_path_factory):
     def get(config: str, policy: str):
         if config not in done:
             port = 29533 + TOPOLOGIES.index(config)  # a port of its own: a lingering one cannot collide
-            done[config] = launch(config, tiny_model_dir, tmp_path_factory.mktemp(config), port)
+            try:
+                done[config] = launch(config, tiny_model_dir, tmp_path_factory.mktemp(config), port)
+            except (AssertionError, subprocess.TimeoutExpired) as err:  # fail its tests, without relaunching it
+                done[config] = err
+        if isinstance(done[config], Exception):
+            pytest.fail(f"the {config} launch failed: {done[config]}")
         return done[config][policy]
 
     return get
