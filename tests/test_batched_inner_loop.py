@@ -186,7 +186,8 @@ def test_generation_grader_scores_each_slot(tiny_model_dir, tiny_tokenizer):
     assert_same(one, many)
 
 
-def test_lora_policy_adapter_stays_on_in_slots(tiny_model_dir, tiny_tokenizer):
+@pytest.mark.parametrize("adapter_dtype", [torch.float32, torch.bfloat16])  # bf16: as TRL keeps a QLoRA policy's
+def test_lora_policy_adapter_stays_on_in_slots(tiny_model_dir, tiny_tokenizer, adapter_dtype):
     from peft import LoraConfig, get_peft_model
 
     policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
@@ -195,6 +196,8 @@ def test_lora_policy_adapter_stays_on_in_slots(tiny_model_dir, tiny_tokenizer):
         for name, p in policy.named_parameters():
             if "lora_B" in name:
                 p.add_(torch.randn_like(p) * 0.3)
+            if "lora_" in name:
+                p.data = p.data.to(adapter_dtype)
     loops = [make_loop(tiny_model_dir, tiny_tokenizer), make_loop(tiny_model_dir, tiny_tokenizer, batch_self_edits=4)]
     for loop in loops:
         loop.sync_from(policy)

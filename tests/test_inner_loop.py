@@ -167,6 +167,26 @@ def test_sync_from_full_policy_matches_outputs(loop, tiny_model_dir, tiny_tokeni
         assert torch.allclose(loop.model(ids).logits, policy(ids).logits, atol=1e-5)
 
 
+def test_sync_from_a_bf16_lora_policy_computes_in_bf16_like_the_policy(loop, tiny_model_dir, tiny_tokenizer):
+    """TRL keeps a QLoRA policy's adapter in bf16, and PEFT runs an adapter in its weights' dtype: a mirror of the
+    same values in fp32 computes something else (about 1e-3 apart in the logits here)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    policy = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                            LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_" in name:
+                p.data = (p.data + torch.randn_like(p) * 0.5 * ("lora_B" in name)).to(torch.bfloat16)
+    ids = tiny_tokenizer("The river Velmora runs", return_tensors="pt")["input_ids"]
+    loop.sync_from(policy.eval())
+    loop.reset_adapter(0)
+    with torch.no_grad():
+        assert torch.allclose(loop.model(ids).logits, policy(ids).logits, rtol=0, atol=1e-6)
+
+
 def test_sync_from_lora_policy_copies_adapter_each_time(loop, tiny_model_dir, tiny_tokenizer, probe):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM

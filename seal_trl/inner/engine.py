@@ -130,7 +130,9 @@ class InnerLoop:
     def _activate_adapters(self) -> None:
         names = [INNER_ADAPTER]
         if sync.POLICY_ADAPTER in self.model.peft_config:
-            names.insert(0, sync.POLICY_ADAPTER)
+            # last: PEFT casts a layer's input to each active adapter's dtype in turn and keeps the cast, so a bf16
+            # policy adapter (a QLoRA policy's) run first would hand the inner adapter bf16-rounded inputs
+            names.append(sync.POLICY_ADAPTER)
         self.model.base_model.set_adapter(names)
         for name, p in self.model.named_parameters():
             p.requires_grad_(f".{INNER_ADAPTER}." in name and "lora_" in name)

@@ -146,6 +146,12 @@ def copy_lora_policy(inner_peft_model, policy_peft_model, *, copy_base: bool) ->
         devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):
             inner_peft_model.add_adapter(POLICY_ADAPTER, mirrored)
+        # In the policy's adapter dtype too: TRL keeps a QLoRA policy's adapter in bf16, and PEFT runs an adapter
+        # in its weights' dtype, so an fp32 mirror of the same values would compute something slightly different.
+        dtype = next(p.dtype for k, p in policy_peft_model.named_parameters() if f".{name}." in k and "lora_" in k)
+        for key, param in inner_peft_model.named_parameters():
+            if f".{POLICY_ADAPTER}." in key:
+                param.data = param.data.to(dtype)
     state = get_peft_model_state_dict(policy_peft_model, adapter_name=name)
     result = set_peft_model_state_dict(inner_peft_model, state, adapter_name=POLICY_ADAPTER)
     unexpected = getattr(result, "unexpected_keys", [])
