@@ -137,3 +137,8 @@ def test_lower_layers_do_not_import_higher_ones(graph):
                 violations += [f"{module} -> {m}" for m in imported
                                if any(m == b or m.startswith(b + ".") for b in banned)]
     assert violations == []
+
+
+def test_the_reward_imports_no_task_but_the_protocol(graph):
+    # reward.py is task-agnostic (DESIGN.md section 2): a task's baselines reach it through `task.baseline(kind)`
+    assert sorted(m for m in graph["seal_trl.reward"] if m.startswith("seal_trl.tasks.")) == ["seal_trl.tasks.base"]

@@ -33,6 +33,21 @@ class Task(Protocol):
     def probe(self, context: Mapping[str, Any]) -> Probe: ...
 
 
+class Baseline(Protocol):
+    """What a self-edit's adapted score is measured against, per context (optional; the knowledge task's passage
+    baselines are `seal_trl.tasks.passage_baseline.PassageBaseline`). A task offering baselines has a method
+    `baseline(kind) -> Baseline`; the reward calls it for any `baseline` other than "none".
+
+    `references(contexts, self_edit_tokens, run, **hyperparameters)`: one reference per self-edit, from the tokens
+    its successful runs trained on; `run` runs the baseline's own plans, as (context, label, plan, probe)
+    requests, and returns each request's results. A reference has a `score` and an `error` (a `SelfEditError`
+    that fails the self-edit, or None).
+    """
+
+    def references(self, contexts: Sequence[Mapping[str, Any]], self_edit_tokens: Sequence[Sequence[float]],
+                   run: Any, **hyperparameters) -> list[Any]: ...
+
+
 def completion_text(completion: Any) -> str:
     """The text of a TRL completion: a string, or the last message's content for conversational data.
 

@@ -11,6 +11,7 @@ from ..plans import SelfEditError, TrainingPlan, clean_self_edit, has_word, self
 from ..probes import Probe, knowledge_probe
 from ..seeding import check_distinct_context_ids
 from .base import Prompt
+from .passage_baseline import PassageBaseline, matching_copies  # noqa: F401 (matching_copies: re-exported)
 from .squad import DatasetFormatError
 
 #: The self-edit instructions (DESIGN.md section 4), in our own words.
@@ -112,14 +113,6 @@ def copied_share(self_edit: str, passage: str, n: int = COPY_NGRAM) -> float:
     return len(grams & {tuple(source[i : i + n]) for i in range(len(source) - n + 1)}) / len(grams)
 
 
-def matching_copies(target_tokens: float, tokens_per_copy: float) -> float:
-    """How many copies of a passage train on `target_tokens` tokens, to a hundredth of a copy, at least one.
-
-    A fractional count ends with a shortened copy (see `KnowledgeTask.passage_plan`). Whole copies alone would round
-    a 1.7-passage self-edit's baseline up to 2 passages, 18% more tokens, and tokens are what move the score."""
-    return max(1.0, round(target_tokens / tokens_per_copy, 2)) if tokens_per_copy > 0 else 1.0
-
-
 def leading_part(text: str, fraction: float) -> str:
     """The first `fraction` of `text` by characters, cut back to a word boundary ('' for a fraction <= 0)."""
     end = round(len(text) * fraction)
@@ -186,9 +179,21 @@ class KnowledgeTask:
         rest = leading_part(text, copies - whole)
         return TrainingPlan.from_texts([text] * whole + ([rest] if rest else []), **hyperparameters)
 
+    def baseline(self, kind: str) -> PassageBaseline:
+        """The reward's baseline `kind`: 'passage' or 'passage-matched' (see `seal_trl.tasks.passage_baseline`)."""
+        return PassageBaseline(self, kind)
+
     def copied_share(self, context: Mapping[str, Any], self_edit: str) -> float:
         """How much of the self-edit is the passage's own text (see `copied_share`)."""
         return copied_share(self_edit, self._field(context, "context"))
+
+    def check_not_copied(self, context: Mapping[str, Any], self_edit: str, max_copied: float) -> None:
+        """Raise `SelfEditError` "copies_context" when more than `max_copied` of the self-edit's n-word sequences
+        are the passage's own."""
+        share = self.copied_share(context, self_edit)
+        if share > max_copied:
+            raise SelfEditError("copies_context", f"{share:.0%} of its {COPY_NGRAM}-word sequences are the passage's "
+                                f"own (max_copied {max_copied:.0%})", field="self_edit")
 
     def probe(self, context: Mapping[str, Any]) -> Probe:
         questions = context.get("questions")
