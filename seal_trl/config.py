@@ -184,10 +184,7 @@ class SEALConfig(GRPOConfig):
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not supported by "
                              "SEAL's variants, which weight the summed rewards; use 'sum_then_normalize'")
-        if self.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"):
-            raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
-                             "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
-                             "or plain DDP (accelerate_configs/multi_gpu.yaml)")
+        check_not_fsdp(bool(self.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"))
         if isinstance(self.inner_target_modules, str):  # `inner_target_modules: q_proj` in a recipe: one name
             self.inner_target_modules = [self.inner_target_modules]
         super().__post_init__()
@@ -230,6 +227,14 @@ class SEALConfig(GRPOConfig):
             bounds=PlanBounds(step_budget=self.inner_step_budget, max_examples=self.inner_max_examples,
                               max_example_tokens=self.inner_max_seq_length),
         )
+
+
+def check_not_fsdp(enabled: bool) -> None:
+    """Refuse FSDP (`enabled`: the config or the accelerator uses it) with what to use instead."""
+    if enabled:
+        raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
+                         "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
+                         "or plain DDP (accelerate_configs/multi_gpu.yaml)")
 
 
 # InnerLoopConfig's fields as SEALConfig (the recipes, the command line) names them.

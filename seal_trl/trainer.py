@@ -22,7 +22,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 
-from .config import SEALConfig
+from .config import SEALConfig, check_not_fsdp
 from .inner import sync
 from .inner.engine import InnerLoop
 from .inner.store import ResultStore
@@ -104,10 +104,7 @@ class SEALTrainer(GRPOTrainer):
         super().__init__(model=model, reward_funcs=[self.seal_reward, *extra], args=args,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          callbacks=callbacks, optimizers=optimizers, peft_config=peft_config, **kwargs)
-        if self.is_fsdp_enabled:
-            raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
-                             "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
-                             "or plain DDP (accelerate_configs/multi_gpu.yaml)")
+        check_not_fsdp(self.is_fsdp_enabled)
         keep_4bit_trainable(self.model)  # a QLoRA policy is sampled (eval, no grad) and then trained
         if args.inner_result_store and self.seal_reward.store is None:
             self.seal_reward.store = ResultStore(os.path.join(
