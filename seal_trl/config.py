@@ -13,7 +13,6 @@ from trl import GRPOConfig
 
 from .inner.config import DEFAULT_TARGET_MODULES, InnerLoopConfig, parse_batch_self_edits
 from .plans import PlanBounds
-from .tasks.knowledge import STYLES
 from .variants import VARIANTS
 
 
@@ -47,7 +46,8 @@ class SEALConfig(GRPOConfig):
     )
     self_edit_style: str = field(
         default="implications",
-        metadata={"help": "Knowledge self-edit prompt: implications, rewrite or self_qa.", "choices": list(STYLES)},
+        metadata={"help": "Knowledge self-edit prompt: implications, rewrite or self_qa (checked by the knowledge "
+                          "task, `KnowledgeTask.from_config`)."},
     )
     inner_lora_r: int = field(default=32, metadata={"help": "Inner-loop LoRA rank."})
     inner_lora_alpha: int = field(default=64, metadata={"help": "Inner-loop LoRA alpha."})
@@ -163,8 +163,6 @@ class SEALConfig(GRPOConfig):
         self.inner_batch_self_edits = parse_batch_self_edits(self.inner_batch_self_edits, "inner_batch_self_edits")
         if self.reward_repeats < 1:
             raise ValueError(f"reward_repeats must be >= 1, got {self.reward_repeats}")
-        if self.self_edit_style not in STYLES:
-            raise ValueError(f"self_edit_style={self.self_edit_style!r}; choose one of {STYLES}")
         for name in ("inner_epochs", "inner_batch_size", "inner_step_budget", "inner_max_examples",
                      "inner_max_new_tokens", "max_completion_length", "per_device_train_batch_size"):
             value = getattr(self, name)
@@ -197,14 +195,6 @@ class SEALConfig(GRPOConfig):
             for inner_name, name in _INNER_FIELD_NAMES.items():
                 message = message.replace(f"InnerLoopConfig.{inner_name} ", f"{name} ")
             raise ValueError(message) from None
-
-    def check_knowledge_step_budget(self) -> None:
-        """A knowledge plan trains `inner_epochs` epochs of at least one step each (ARC self-edits choose their own
-        epochs, so this is checked per task, not in `__post_init__`)."""
-        if self.inner_epochs > self.inner_step_budget:
-            raise ValueError(f"inner_step_budget={self.inner_step_budget} is below inner_epochs={self.inner_epochs}: "
-                             "every knowledge self-edit would fail as over_budget; raise inner_step_budget or lower "
-                             "inner_epochs")
 
     def inner_loop_config(self) -> InnerLoopConfig:
         return InnerLoopConfig(

@@ -69,7 +69,7 @@ class SEALTrainer(GRPOTrainer):
         args: a `SEALConfig`.
         train_dataset: rows with a `prompt` column and the task's context columns; build it with
             `task.build_dataset(contexts, tokenizer)`.
-        task: the SEAL task (default: `KnowledgeTask(style=args.self_edit_style)`).
+        task: the SEAL task (default: `KnowledgeTask.from_config(args)`).
         reward_funcs: extra TRL reward functions added after the self-edit reward (e.g. a format reward).
         inner_loop: an `InnerLoop` to use instead of building one from the policy's weights.
     """
@@ -87,9 +87,10 @@ class SEALTrainer(GRPOTrainer):
         if not isinstance(args, SEALConfig):
             raise TypeError(f"args must be a SEALConfig, got {type(args).__name__}; SEALConfig accepts every "
                             "GRPOConfig field")
-        self.task = task or KnowledgeTask(style=args.self_edit_style)
-        if isinstance(self.task, KnowledgeTask):
-            args.check_knowledge_step_budget()
+        self.task = task or KnowledgeTask.from_config(args)
+        check_config = getattr(self.task, "check_config", None)  # a task checks the settings it depends on
+        if check_config is not None:
+            check_config(args)
         self.variant = get_variant(args.algorithm)
         self.seal_reward = SelfEditReward(self.task, inner_loop, repeats=args.reward_repeats, seed=args.seed,
                                           max_exception_rate=args.inner_max_exception_rate,

@@ -21,6 +21,9 @@ class Task(Protocol):
       `SelfEditError` for anything unusable (never executes text);
     - `probe(context)`: the held-out check;
     - `context_fields`: the dataset columns the reward needs to rebuild a context.
+
+    Optional hooks: `check_config(config)` refuses a `SEALConfig` the task cannot train under (SEALTrainer calls
+    it before loading anything); `baseline(kind)` returns a `Baseline` for the reward's `baseline` option.
     """
 
     name: str

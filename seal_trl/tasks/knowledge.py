@@ -143,6 +143,21 @@ class KnowledgeTask:
         if self.style not in STYLES:
             raise ValueError(f"self-edit style must be one of {STYLES}, got {self.style!r}")
 
+    @classmethod
+    def from_config(cls, config) -> KnowledgeTask:
+        """The task a `SEALConfig` trains with: its `self_edit_style`."""
+        if config.self_edit_style not in STYLES:
+            raise ValueError(f"self_edit_style={config.self_edit_style!r}; choose one of {STYLES}")
+        return cls(style=config.self_edit_style)
+
+    def check_config(self, config) -> None:
+        """Refuse a `SEALConfig` under which every self-edit would fail: a knowledge plan trains `inner_epochs`
+        epochs of at least one step each (ARC self-edits choose their own epochs, so this is the task's check)."""
+        if config.inner_epochs > config.inner_step_budget:
+            raise ValueError(f"inner_step_budget={config.inner_step_budget} is below "
+                             f"inner_epochs={config.inner_epochs}: every knowledge self-edit would fail as "
+                             "over_budget; raise inner_step_budget or lower inner_epochs")
+
     @staticmethod
     def _field(context: Mapping[str, Any], name: str):
         value = context.get(name)
