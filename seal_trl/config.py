@@ -13,7 +13,6 @@ from trl import GRPOConfig
 
 from .inner.config import DEFAULT_TARGET_MODULES, InnerLoopConfig, parse_batch_self_edits
 from .plans import PlanBounds
-from .tasks.knowledge import STYLES
 from .variants import VARIANTS
 
 
@@ -47,7 +46,8 @@ class SEALConfig(GRPOConfig):
     )
     self_edit_style: str = field(
         default="implications",
-        metadata={"help": "Knowledge self-edit prompt: implications, rewrite or self_qa.", "choices": list(STYLES)},
+        metadata={"help": "Knowledge self-edit prompt: implications, rewrite or self_qa (checked by the knowledge "
+                          "task, `KnowledgeTask.from_config`)."},
     )
     inner_lora_r: int = field(default=32, metadata={"help": "Inner-loop LoRA rank."})
     inner_lora_alpha: int = field(default=64, metadata={"help": "Inner-loop LoRA alpha."})
@@ -188,8 +188,6 @@ class SEALConfig(GRPOConfig):
         self.inner_batch_self_edits = parse_batch_self_edits(self.inner_batch_self_edits, "inner_batch_self_edits")
         if self.reward_repeats < 1:
             raise ValueError(f"reward_repeats must be >= 1, got {self.reward_repeats}")
-        if self.self_edit_style not in STYLES:
-            raise ValueError(f"self_edit_style={self.self_edit_style!r}; choose one of {STYLES}")
         for name in ("inner_epochs", "inner_batch_size", "inner_step_budget", "inner_max_examples",
                      "inner_max_new_tokens", "max_completion_length", "per_device_train_batch_size"):
             value = getattr(self, name)
@@ -216,10 +214,7 @@ class SEALConfig(GRPOConfig):
         if self.multi_objective_aggregation != "sum_then_normalize":
             raise ValueError(f"multi_objective_aggregation={self.multi_objective_aggregation!r} is not supported by "
                              "SEAL's variants, which weight the summed rewards; use 'sum_then_normalize'")
-        if self.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"):
-            raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
-                             "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
-                             "or plain DDP (accelerate_configs/multi_gpu.yaml)")
+        check_not_fsdp(bool(self.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1"))
         if isinstance(self.inner_target_modules, str):  # `inner_target_modules: q_proj` in a recipe: one name
             self.inner_target_modules = [self.inner_target_modules]
         super().__post_init__()
@@ -232,14 +227,6 @@ class SEALConfig(GRPOConfig):
             for inner_name, name in _INNER_FIELD_NAMES.items():
                 message = message.replace(f"InnerLoopConfig.{inner_name} ", f"{name} ")
             raise ValueError(message) from None
-
-    def check_knowledge_step_budget(self) -> None:
-        """A knowledge plan trains `inner_epochs` epochs of at least one step each (ARC self-edits choose their own
-        epochs, so this is checked per task, not in `__post_init__`)."""
-        if self.inner_epochs > self.inner_step_budget:
-            raise ValueError(f"inner_step_budget={self.inner_step_budget} is below inner_epochs={self.inner_epochs}: "
-                             "every knowledge self-edit would fail as over_budget; raise inner_step_budget or lower "
-                             "inner_epochs")
 
     def check_round_fits(self, n_contexts: int) -> None:
         """ReST-EM: one round (one generation batch over all processes) must be a whole share of the training
@@ -297,6 +284,14 @@ def round_fit_error(n_contexts: int, per_device: int, world_size: int, steps: in
     return (f"a ReST-EM round is per_device_train_batch_size={per_device} x {world_size} process(es) x "
             f"steps_per_generation={steps} = {per_device * world_size * steps} self-edits ({round_text}), which does "
             f"not divide the {n_contexts} training contexts; set {' or '.join(fix for fix in fixes if fix)}")
+
+
+def check_not_fsdp(enabled: bool) -> None:
+    """Refuse FSDP (`enabled`: the config or the accelerator uses it) with what to use instead."""
+    if enabled:
+        raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
+                         "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
+                         "or plain DDP (accelerate_configs/multi_gpu.yaml)")
 
 
 # InnerLoopConfig's fields as SEALConfig (the recipes, the command line) names them.

@@ -19,7 +19,8 @@ from .inner.sync import is_peft_model, unwrap
 from .plans import SelfEditError
 from .probes import Probe
 from .seeding import context_key, derive_seed
-from .tasks.knowledge import KnowledgeTask, check_passages_fit, matching_copies
+from .tasks.knowledge import KnowledgeTask, check_passages_fit
+from .tasks.passage_baseline import PassageOnly, copies_to_match
 
 
 @dataclass
@@ -241,7 +242,7 @@ def evaluate_methods(inner_loop: InnerLoop, task, contexts: Sequence[Mapping[str
                     copies = details.setdefault("matched_copies", {})[name] = matched_copies(
                         details["train_tokens"], passage=names.get("passage", "passage"), matched_to=matched_to)
                 by_context = None if copies is None else dict(zip(details["contexts"], copies, strict=True))
-                edits, method_task = [[""] for _ in contexts], _PassageOnly(task, by_context)
+                edits, method_task = [[""] for _ in contexts], PassageOnly(task, by_context)
             else:
                 edits = details["self_edits"][name] = []
                 run.write(method, edits, writer=_writer(method, policy, tokenizer, teacher), samples=samples,
@@ -356,22 +357,6 @@ def matched_copies(train_tokens: Mapping[str, Sequence[Sequence[int]]], *, passa
         if name not in train_tokens:
             raise ValueError(f"passage-matched needs method {name!r} evaluated first (its training tokens per "
                              f"context); evaluated so far: {list(train_tokens)}")
-    copies = []
-    for once, matched in zip(train_tokens[passage], train_tokens[matched_to], strict=True):
-        copies.append(matching_copies(mean(matched) if matched else 0.0, mean(once) if once else 0.0))
-    return copies
+    return [copies_to_match(matched, once)
+            for once, matched in zip(train_tokens[passage], train_tokens[matched_to], strict=True)]
 
-
-class _PassageOnly:
-    """The 'passage' baseline: the plan is the passage itself (title-prefixed), whatever the self-edit says;
-    with `copies` (a count per context key, fractional ones end with a shortened copy) it is repeated per epoch."""
-
-    def __init__(self, task, copies: Mapping[str, float] | None = None):
-        self.task, self.copies = task, copies
-
-    def probe(self, context):
-        return self.task.probe(context)
-
-    def plan(self, context, self_edit, **hyperparameters):
-        times = 1 if self.copies is None else self.copies[context_key(context)]
-        return self.task.passage_plan(context, times, **hyperparameters)

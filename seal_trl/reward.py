@@ -24,8 +24,7 @@ from .inner.jobs import InnerJob, InnerResult
 from .inner.store import ResultStore, run_key
 from .plans import FAILURE_REASONS, SelfEditError
 from .seeding import check_distinct_context_ids, content_digest, context_key, derive_seed
-from .tasks.base import Task, completion_text
-from .tasks.knowledge import COPY_NGRAM, matching_copies
+from .tasks.base import Baseline, Task, completion_text
 
 logger = logging.getLogger(__name__)
 
@@ -35,8 +34,6 @@ _NOT_STORED = ("exception", "out_of_memory")
 # What a self-edit's adapted score is measured against: the unadapted model (the paper), the model fine-tuned on
 # the passage alone, or on the passage repeated to as many training tokens as the self-edit.
 BASELINES = ("none", "passage", "passage-matched")
-# Failures of a passage-matched baseline plan that only say it repeats the passage more than the inner limits allow
-_LIMIT_REASONS = ("too_many_examples", "too_long", "over_budget")
 
 
 class SystematicInnerFailure(RuntimeError):
@@ -84,16 +81,17 @@ class SelfEditReward:
         if max_copied is not None:
             if not 0.0 <= max_copied < 1.0:
                 raise ValueError(f"max_copied must be in [0, 1) (a share of the self-edit), got {max_copied}")
-            if not hasattr(task, "copied_share"):
+            if not hasattr(task, "check_not_copied"):
                 raise ValueError(f"max_copied compares the self-edit with the context's passage, and the {task.name} "
                                  "task has none: leave max_copied unset")
         self.max_copied = max_copied
         if baseline not in BASELINES:
             raise ValueError(f"baseline must be one of {BASELINES}, got {baseline!r}")
-        if baseline != "none" and not hasattr(task, "passage_plan"):
+        if baseline != "none" and not hasattr(task, "baseline"):
             raise ValueError(f"baseline={baseline!r} fine-tunes on the context's passage, and the {task.name} task "
                              "has none: use baseline='none'")
         self.baseline = baseline
+        self._reference: Baseline | None = None if baseline == "none" else task.baseline(baseline)
         self._baseline_runs: dict[str, InnerResult] = {}
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -185,84 +183,51 @@ class SelfEditReward:
         return out if self.baseline == "none" else self._against_baseline(contexts, out)
 
     def _check_not_copied(self, context: dict[str, Any], self_edit: str) -> None:
-        if self.max_copied is None:
-            return
-        share = self.task.copied_share(context, self_edit)
-        if share > self.max_copied:
-            raise SelfEditError("copies_context", f"{share:.0%} of its {COPY_NGRAM}-word sequences are the passage's "
-                                f"own (max_copied {self.max_copied:.0%})", field="self_edit")
+        if self.max_copied is not None:
+            self.task.check_not_copied(context, self_edit, self.max_copied)
 
     def _against_baseline(self, contexts: Sequence[dict[str, Any]], scored: list[tuple[float, list[InnerResult],
                           str | None]]) -> list[tuple[float, list[InnerResult], str | None]]:
-        """Rewards measured against the passage-only (or token-matched passage) fine-tune of the same context."""
+        """Rewards measured against the task's baseline of each context (`task.baseline(kind)`: for the knowledge
+        task, the passage-only fine-tune of the same context, or the passage repeated to the self-edit's tokens)."""
         if self.inner_loop.config.reward == "success":
             raise ValueError(f"baseline={self.baseline!r} compares scores, and inner reward 'success' is a score "
                              "itself: use reward 'gain' or 'binary', or baseline='none'")
-        by_id = {context_key(c): c for c in contexts}
-        references = self._baseline_scores(by_id, {(cid, 1) for cid in by_id})
-        copies = []
-        for context, (_, runs, _) in zip(contexts, scored, strict=True):
-            trained = [r.tokens_trained for r in runs if r.ok]
-            once_tokens = references[context_key(context), 1][1]
-            matched = self.baseline == "passage-matched" and trained
-            copies.append(matching_copies(mean(trained), once_tokens) if matched else 1.0)
-        more = {(context_key(c), k) for c, exact in zip(contexts, copies, strict=True)
-                for k in _whole_copies_around(exact) if k > 1}
-        references.update(self._baseline_scores(by_id, more, beyond_limits_ok=True))
+        tokens = [[r.tokens_trained for r in runs if r.ok] for _, runs, _ in scored]
+        references = self._reference.references(contexts, tokens, self._run_baseline, **self.default_hyperparameters())
         out, self.last_references = [], []
-        for context, exact, (_, runs, reason) in zip(contexts, copies, scored, strict=True):
-            cid = context_key(context)
-            low, high = _whole_copies_around(exact)
-            if (cid, high) not in references:  # the passage repeated that often breaks the inner limits
-                most = max(k for c, k in references if c == cid)
-                error = SelfEditError("too_long", f"it trains on as many tokens as {exact:.1f} copies of the passage; "
-                                      f"the inner limits let the passage-matched baseline repeat it {most} times",
-                                      field="self_edit")
+        for reference, (_, runs, reason) in zip(references, scored, strict=True):
+            error = reference.error
+            if error is not None:  # the self-edit trains on more than its baseline can: it fails
                 runs = [dataclasses.replace(r, error=error.reason, error_message=str(error), score_after=None,
                                             reward=0.0) if r.ok else r for r in runs]
-                reason, exact, low, high = reason or error.reason, most, most, most
-            at_low, at_high = references[cid, low][0], references[cid, high][0]
-            reference = at_low + (exact - low) * (at_high - at_low)
-            self.last_references.append(reference)
-            reward = mean(self.inner_loop.reward_from(reference, r.score_after if r.ok else r.score_before)
+                reason = reason or error.reason
+            self.last_references.append(reference.score)
+            reward = mean(self.inner_loop.reward_from(reference.score, r.score_after if r.ok else r.score_before)
                           for r in runs)
             out.append((reward, runs, reason))
         return out
 
-    def _baseline_scores(self, contexts: dict[str, dict[str, Any]], wanted: set[tuple[str, int]], *,
-                         beyond_limits_ok: bool = False) -> dict[tuple[str, int], tuple[float, float]]:
-        """(mean adapted score, mean tokens trained) of the passage-only plan with k copies, per (context id, k).
-
-        A plan of several copies that breaks the inner limits is left out when `beyond_limits_ok` (the self-edits
-        that would need it fail); any other failure, and one copy failing at all, stops with what to change."""
+    def _run_baseline(self, requests: Sequence[tuple[dict[str, Any], str, Any, Any]]) -> list[list[InnerResult]]:
+        """The `repeats` runs of each baseline (context, label, plan, probe), each cached per policy version,
+        context and label (and kept in `store`)."""
         version, settings = self.inner_loop.policy_version, self._settings()
         jobs, keys, owners = [], [], []
-        for cid, k in sorted(wanted):
-            plan = self.task.passage_plan(contexts[cid], k, **self.default_hyperparameters())
-            probe = self.task.probe(contexts[cid])
+        for n, (context, label, plan, probe) in enumerate(requests):
+            cid = context_key(context)
             for r in range(self.repeats):
-                text = f"\x00baseline: passage x{k:g}"  # cannot be a self-edit's text; x2.0 keys as x2
-                seed = self._seed(cid, text, r)
+                seed = self._seed(cid, label, r)
                 jobs.append(InnerJob(plan, probe, context_id=cid, seed=seed))
-                keys.append(run_key(policy=version, context=_stored_context(contexts[cid]), self_edit=text,
+                keys.append(run_key(policy=version, context=_stored_context(context), self_edit=label,
                                     settings=settings, seed=seed))
-                owners.append((cid, k))
+                owners.append(n)
         todo = [i for i, key in enumerate(keys) if key not in self._baseline_runs]
         for i, result in zip(todo, self._run([jobs[i] for i in todo], [keys[i] for i in todo]), strict=True):
             self._baseline_runs[keys[i]] = result
-        runs: dict[tuple[str, int], list[InnerResult]] = {}
+        runs: list[list[InnerResult]] = [[] for _ in requests]
         for owner, key in zip(owners, keys, strict=True):
-            result = self._baseline_runs[key]
-            if not result.ok and beyond_limits_ok and owner[1] > 1 and result.error in _LIMIT_REASONS:
-                continue
-            if not result.ok:
-                raise RuntimeError(
-                    f"the {self.baseline} baseline could not fine-tune on context {owner[0]!r} ({owner[1]} "
-                    f"cop{'y' if owner[1] == 1 else 'ies'}): {result.error}: {result.error_message}. Raise the inner "
-                    "limits (inner_max_seq_length, inner_step_budget) or set the reward baseline to 'none'")
-            runs.setdefault(owner, []).append(result)
-        return {owner: (mean(r.score_after for r in each), mean(r.tokens_trained for r in each))
-                for owner, each in runs.items()}
+            runs[owner].append(self._baseline_runs[key])
+        return runs
 
     def _settings(self) -> dict[str, Any]:
         """Everything besides the job that a run's result depends on (for the store's keys)."""
@@ -423,8 +388,3 @@ def check_systematic_failure(results: Sequence[InnerResult], max_fault_rate: flo
                 f"First: {first.error_message}"
             )
 
-
-def _whole_copies_around(copies: float) -> tuple[int, int]:
-    """The whole copy counts on either side of a fractional one (both the same for a whole count)."""
-    low = int(copies)
-    return low, low if copies == low else low + 1

@@ -23,7 +23,7 @@ from trl import GRPOTrainer
 from trl.models import unwrap_model_for_generation
 from trl.trainer.utils import add_fused_lm_head
 
-from .config import SEALConfig
+from .config import SEALConfig, check_not_fsdp
 from .inner import sync
 from .inner.engine import InnerLoop
 from .inner.preflight import PreflightFailure, run_preflight
@@ -106,7 +106,7 @@ class SEALTrainer(GRPOTrainer):
         args: a `SEALConfig`.
         train_dataset: rows with a `prompt` column and the task's context columns; build it with
             `task.build_dataset(contexts, tokenizer)`.
-        task: the SEAL task (default: `KnowledgeTask(style=args.self_edit_style)`).
+        task: the SEAL task (default: `KnowledgeTask.from_config(args)`).
         reward_funcs: extra TRL reward functions added after the self-edit reward (e.g. a format reward).
         inner_loop: an `InnerLoop` to use instead of building one from the policy's weights.
     """
@@ -124,9 +124,10 @@ class SEALTrainer(GRPOTrainer):
         if not isinstance(args, SEALConfig):
             raise TypeError(f"args must be a SEALConfig, got {type(args).__name__}; SEALConfig accepts every "
                             "GRPOConfig field")
-        self.task = task or KnowledgeTask(style=args.self_edit_style)
-        if isinstance(self.task, KnowledgeTask):
-            args.check_knowledge_step_budget()
+        self.task = task or KnowledgeTask.from_config(args)
+        check_config = getattr(self.task, "check_config", None)  # a task checks the settings it depends on
+        if check_config is not None:
+            check_config(args)
         if train_dataset is not None and hasattr(train_dataset, "__len__"):
             args.check_round_fits(len(train_dataset))
         self.variant = get_variant(args.algorithm)
@@ -144,10 +145,7 @@ class SEALTrainer(GRPOTrainer):
         super().__init__(model=model, reward_funcs=[self.seal_reward, *extra], args=args,
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=processing_class,
                          callbacks=callbacks, optimizers=optimizers, peft_config=peft_config, **kwargs)
-        if self.is_fsdp_enabled:
-            raise ValueError("FSDP is not supported: the inner loop needs the policy's whole weights at each sync, "
-                             "and FSDP would hand it shards. Use DeepSpeed ZeRO-3 (accelerate_configs/zero3.yaml) "
-                             "or plain DDP (accelerate_configs/multi_gpu.yaml)")
+        check_not_fsdp(self.is_fsdp_enabled)
         self._prepare_rest_em_loss()
         keep_4bit_trainable(self.model)  # a QLoRA policy is sampled (eval, no grad) and then trained
         if args.inner_result_store and self.seal_reward.store is None:

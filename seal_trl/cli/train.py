@@ -107,7 +107,7 @@ def build(script_args: SEALScriptArguments, training_args: SEALConfig, model_arg
     if checkpoint is None:
         check_no_finished_model(training_args.output_dir)
     if script_args.task == "knowledge":
-        training_args.check_knowledge_step_budget()
+        KnowledgeTask.from_config(training_args).check_config(training_args)
     contexts = None if script_args.task == "arc" else _knowledge_contexts(script_args)
     model_path = model_args.model_name_or_path or str(embedded_model_path())
     tokenizer = load_tokenizer(model_path, trust_remote_code=getattr(training_args, "trust_remote_code", False))

@@ -17,16 +17,13 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..plans import SelfEditError
 from .batched import _Slot
+from .host import LoopHost
 from .jobs import InnerJob, InnerResult
-
-if TYPE_CHECKING:
-    from .engine import InnerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +58,7 @@ def pick_slots(seconds: Mapping[int, float], tolerance: float = TOLERANCE) -> in
     return min(k for k, s in seconds.items() if s <= fastest * (1.0 + tolerance))
 
 
-def choose_slots(loop: InnerLoop, jobs: Sequence[InnerJob], *, candidates: Sequence[int] | None = None,
+def choose_slots(loop: LoopHost, jobs: Sequence[InnerJob], *, candidates: Sequence[int] | None = None,
                  steps: int = MEASURE_STEPS) -> SlotChoice | None:
     """Time `candidates` K on `jobs` and pick one; None when no job has a plan that can train (nothing to time)."""
     candidates = sorted(candidates or slot_candidates(loop.device))
@@ -88,7 +85,7 @@ def choose_slots(loop: InnerLoop, jobs: Sequence[InnerJob], *, candidates: Seque
     return SlotChoice(slots=pick_slots(seconds) if seconds else 1, seconds=seconds, stopped=stopped)
 
 
-def _measurement_work(loop: InnerLoop, jobs: Sequence[InnerJob], *, count: int, steps: int
+def _measurement_work(loop: LoopHost, jobs: Sequence[InnerJob], *, count: int, steps: int
                       ) -> list[tuple[InnerJob, list]]:
     """`count` (job capped to `steps` steps, encoded examples) pairs from the jobs whose plans encode."""
     usable = []
@@ -104,7 +101,7 @@ def _measurement_work(loop: InnerLoop, jobs: Sequence[InnerJob], *, count: int, 
     return [usable[i % len(usable)] for i in range(count)]
 
 
-def _time_slots(loop: InnerLoop, work: list[tuple[InnerJob, list]], k: int, *, warm_up: bool = False) -> float:
+def _time_slots(loop: LoopHost, work: list[tuple[InnerJob, list]], k: int, *, warm_up: bool = False) -> float:
     """Wall seconds to train every piece of `work`, K at a time (K=1: the sequential engine)."""
     if warm_up:  # one step of one self-edit in every slot
         job, encoded = work[0]

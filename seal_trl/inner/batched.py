@@ -22,22 +22,19 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..plans import SelfEditError
 from .graders import LogLikelihoodGrader
+from .host import LoopHost
 from .jobs import INNER_ADAPTER, InnerJob, InnerResult
 from .sync import POLICY_ADAPTER
 from .steps import learning_rate_at, lora_a_inits, plan_batches
 from .packed_attention import packed_examples
 from .packing import PackedBatch, pack_slots
 from .tensors import IGNORE_INDEX, EncodedExample, labelled_logits, labelled_targets, pad_right
-
-if TYPE_CHECKING:
-    from .engine import InnerLoop
 
 logger = logging.getLogger(__name__)
 
@@ -237,7 +234,7 @@ class _Slot:
 class BatchedTrainer:
     """Trains up to K plans at once in the slots of one `SlotLoRA` and scores each on its probe."""
 
-    def __init__(self, loop: InnerLoop, num_slots: int):
+    def __init__(self, loop: LoopHost, num_slots: int):
         self.loop = loop
         self.num_slots = num_slots
         self.slots = SlotLoRA(loop._layers, INNER_ADAPTER, num_slots, dropout=loop.config.lora_dropout)
@@ -406,7 +403,7 @@ class BatchedTrainer:
                 for p, ((_, owner), s) in enumerate(zip(per_slot, slots))]
 
 
-def run_batched(loop: InnerLoop, jobs: Sequence[InnerJob], num_slots: int, *,
+def run_batched(loop: LoopHost, jobs: Sequence[InnerJob], num_slots: int, *,
                 on_result: Callable[[int, InnerResult], None] | None = None) -> list[InnerResult]:
     """Execute `jobs` K at a time; results in the order of `jobs`. Never raises for a bad self-edit.
 

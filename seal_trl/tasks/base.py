@@ -21,6 +21,9 @@ class Task(Protocol):
       `SelfEditError` for anything unusable (never executes text);
     - `probe(context)`: the held-out check;
     - `context_fields`: the dataset columns the reward needs to rebuild a context.
+
+    Optional hooks: `check_config(config)` refuses a `SEALConfig` the task cannot train under (SEALTrainer calls
+    it before loading anything); `baseline(kind)` returns a `Baseline` for the reward's `baseline` option.
     """
 
     name: str
@@ -31,6 +34,21 @@ class Task(Protocol):
     def plan(self, context: Mapping[str, Any], self_edit: str, **hyperparameters) -> TrainingPlan: ...
 
     def probe(self, context: Mapping[str, Any]) -> Probe: ...
+
+
+class Baseline(Protocol):
+    """What a self-edit's adapted score is measured against, per context (optional; the knowledge task's passage
+    baselines are `seal_trl.tasks.passage_baseline.PassageBaseline`). A task offering baselines has a method
+    `baseline(kind) -> Baseline`; the reward calls it for any `baseline` other than "none".
+
+    `references(contexts, self_edit_tokens, run, **hyperparameters)`: one reference per self-edit, from the tokens
+    its successful runs trained on; `run` runs the baseline's own plans, as (context, label, plan, probe)
+    requests, and returns each request's results. A reference has a `score` and an `error` (a `SelfEditError`
+    that fails the self-edit, or None).
+    """
+
+    def references(self, contexts: Sequence[Mapping[str, Any]], self_edit_tokens: Sequence[Sequence[float]],
+                   run: Any, **hyperparameters) -> list[Any]: ...
 
 
 def completion_text(completion: Any) -> str:

@@ -13,6 +13,7 @@ from ..probes import Probe, knowledge_probe
 from ..seeding import check_distinct_context_ids
 from ..text_checks import special_token_text
 from .base import Prompt
+from .passage_baseline import PassageBaseline, matching_copies  # noqa: F401 (matching_copies: re-exported)
 from .squad import DatasetFormatError
 
 #: The self-edit instructions (DESIGN.md section 4), in our own words.
@@ -114,14 +115,6 @@ def copied_share(self_edit: str, passage: str, n: int = COPY_NGRAM) -> float:
     return len(grams & {tuple(source[i : i + n]) for i in range(len(source) - n + 1)}) / len(grams)
 
 
-def matching_copies(target_tokens: float, tokens_per_copy: float) -> float:
-    """How many copies of a passage train on `target_tokens` tokens, to a hundredth of a copy, at least one.
-
-    A fractional count ends with a shortened copy (see `KnowledgeTask.passage_plan`). Whole copies alone would round
-    a 1.7-passage self-edit's baseline up to 2 passages, 18% more tokens, and tokens are what move the score."""
-    return max(1.0, round(target_tokens / tokens_per_copy, 2)) if tokens_per_copy > 0 else 1.0
-
-
 def leading_part(text: str, fraction: float) -> str:
     """The first `fraction` of `text` by characters, cut back to a word boundary ('' for a fraction <= 0)."""
     end = round(len(text) * fraction)
@@ -181,6 +174,21 @@ class KnowledgeTask:
         if self.style not in STYLES:
             raise ValueError(f"self-edit style must be one of {STYLES}, got {self.style!r}")
 
+    @classmethod
+    def from_config(cls, config) -> KnowledgeTask:
+        """The task a `SEALConfig` trains with: its `self_edit_style`."""
+        if config.self_edit_style not in STYLES:
+            raise ValueError(f"self_edit_style={config.self_edit_style!r}; choose one of {STYLES}")
+        return cls(style=config.self_edit_style)
+
+    def check_config(self, config) -> None:
+        """Refuse a `SEALConfig` under which every self-edit would fail: a knowledge plan trains `inner_epochs`
+        epochs of at least one step each (ARC self-edits choose their own epochs, so this is the task's check)."""
+        if config.inner_epochs > config.inner_step_budget:
+            raise ValueError(f"inner_step_budget={config.inner_step_budget} is below "
+                             f"inner_epochs={config.inner_epochs}: every knowledge self-edit would fail as "
+                             "over_budget; raise inner_step_budget or lower inner_epochs")
+
     @staticmethod
     def _field(context: Mapping[str, Any], name: str):
         value = context.get(name)
@@ -217,9 +225,21 @@ class KnowledgeTask:
         rest = leading_part(text, copies - whole)
         return TrainingPlan.from_texts([text] * whole + ([rest] if rest else []), **hyperparameters)
 
+    def baseline(self, kind: str) -> PassageBaseline:
+        """The reward's baseline `kind`: 'passage' or 'passage-matched' (see `seal_trl.tasks.passage_baseline`)."""
+        return PassageBaseline(self, kind)
+
     def copied_share(self, context: Mapping[str, Any], self_edit: str) -> float:
         """How much of the self-edit is the passage's own text (see `copied_share`)."""
         return copied_share(self_edit, self._field(context, "context"))
+
+    def check_not_copied(self, context: Mapping[str, Any], self_edit: str, max_copied: float) -> None:
+        """Raise `SelfEditError` "copies_context" when more than `max_copied` of the self-edit's n-word sequences
+        are the passage's own."""
+        share = self.copied_share(context, self_edit)
+        if share > max_copied:
+            raise SelfEditError("copies_context", f"{share:.0%} of its {COPY_NGRAM}-word sequences are the passage's "
+                                f"own (max_copied {max_copied:.0%})", field="self_edit")
 
     def probe(self, context: Mapping[str, Any]) -> Probe:
         questions = context.get("questions")

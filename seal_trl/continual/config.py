@@ -1,0 +1,80 @@
+"""ContinualConfig: how a stream of documents is learned and promoted (every field checked before a model loads)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..inner.config import is_finite_number
+from .gate import GateThresholds
+
+
+@dataclass
+class ContinualConfig:
+    """How documents are learned and promoted.
+
+    `promotion`: "gate" (promote only when every objective passes), "always" (the paper's naive sequential
+    merge; the verdict is still recorded) or "never" (candidates only). `replay_ratio` earlier examples per new
+    example are mixed into each plan (at most `max_replay_examples`). `regularization` is the weight of an L2
+    penalty on the candidate's weight delta, i.e. toward the promoted weights. `anchor_weight` (5 by default,
+    0 = off) adds a KL anchor (`anchor.py`): every training step also pays `anchor_weight * KL(promoted || candidate)` on general
+    texts, `anchor_texts` or, when empty, the model's own answers to generic prompts (written once, at most
+    `anchor_max_tokens` tokens each). When the gate refuses a candidate
+    for forgetting, regression or a constraint, up to `gentler_retries` more candidates are trained with the
+    learning rate multiplied by `retry_lr_factor` each time (the attempts are recorded in the metrics).
+    """
+
+    mode: Literal["merge", "separate"] = "merge"
+    promotion: Literal["gate", "always", "never"] = "gate"
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+    num_self_edits: int = 1
+    self_edit_style: str = "implications"
+    self_edit_max_new_tokens: int = 128
+    self_edit_temperature: float = 0.8
+    max_self_edit_lines: int = 16
+    replay_ratio: float = 1.0
+    max_replay_examples: int = 16
+    regularization: float = 0.0
+    anchor_weight: float = 5.0
+    anchor_texts: tuple[str, ...] = ()
+    anchor_max_tokens: int = 64
+    gentler_retries: int = 0
+    retry_lr_factor: float = 0.35
+    probe_questions: int = 4
+    probe_max_new_tokens: int = 160
+    check_regression: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        """Every field is checked here, before any model loads or trains (a config read from JSON or YAML, with
+        `thresholds` as a mapping, included)."""
+        from ..tasks.knowledge import STYLES
+
+        if self.mode not in ("merge", "separate"):
+            raise ValueError(f"ContinualConfig.mode must be 'merge' or 'separate', got {self.mode!r}")
+        if self.promotion not in ("gate", "always", "never"):
+            raise ValueError(f"ContinualConfig.promotion must be 'gate', 'always' or 'never', got {self.promotion!r}")
+        if isinstance(self.thresholds, Mapping):
+            self.thresholds = GateThresholds(**self.thresholds)
+        if not isinstance(self.thresholds, GateThresholds):
+            raise ValueError("ContinualConfig.thresholds must be a GateThresholds (or a mapping of its fields), got "
+                             f"{type(self.thresholds).__name__}")
+        if self.self_edit_style not in STYLES:
+            raise ValueError(f"ContinualConfig.self_edit_style must be one of {STYLES}, got {self.self_edit_style!r}")
+        for name, low in (("num_self_edits", 1), ("self_edit_max_new_tokens", 1), ("max_self_edit_lines", 1),
+                          ("max_replay_examples", 0), ("anchor_max_tokens", 2), ("gentler_retries", 0),
+                          ("probe_questions", 1), ("probe_max_new_tokens", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"ContinualConfig.{name} must be an integer >= {low}, got {value!r}")
+        for name in ("replay_ratio", "regularization", "anchor_weight", "self_edit_temperature"):
+            value = getattr(self, name)
+            if not is_finite_number(value) or value < 0:
+                raise ValueError(f"ContinualConfig.{name} must be a finite number >= 0, got {value!r}")
+        if not is_finite_number(self.retry_lr_factor) or not 0 < self.retry_lr_factor <= 1:
+            raise ValueError(f"ContinualConfig.retry_lr_factor must be in (0, 1], got {self.retry_lr_factor!r}")
+        if isinstance(self.anchor_texts, str) or not all(isinstance(t, str) for t in self.anchor_texts):
+            raise ValueError("ContinualConfig.anchor_texts must be a list of texts (strings), not one string or "
+                             "other values")
+        self.anchor_texts = tuple(t for t in self.anchor_texts if t.strip())
