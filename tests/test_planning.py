@@ -152,6 +152,11 @@ def test_plan_reads_a_recipe_and_a_config_json(tmp_path, capsys):
     assert "K=3" in out and "inner LoRA r=8" in out and "77 tokens" in out and "LoRA r=4 policy" in out
     assert main(["plan", "--config", str(recipe), "--slots", "2"]) == 0  # a flag wins over the recipe
     assert "K=2" in capsys.readouterr().out
+    bare = tmp_path / "bare.yaml"
+    bare.write_text("task: arc\narc_max_tokens: 900\ninner_batch_self_edits: auto\n")
+    assert main(["plan", "--config", str(bare)]) == 0
+    out = capsys.readouterr().out  # no model: the embedded SmolLM2; ARC prompts at arc_max_tokens; auto at K=8
+    assert out.startswith("SmolLM2-135M") and "prompts 900 tokens" in out and "K=8" in out
 
 
 @pytest.mark.parametrize("argv, message", [

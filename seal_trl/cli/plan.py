@@ -49,7 +49,8 @@ def add_plan_arguments(p: argparse.ArgumentParser) -> None:
                    help="the longest inner training example (inner_max_seq_length, default 1024)")
     p.add_argument("--inner-batch-size", type=integer(1), default=None)
     p.add_argument("--inner-gradient-checkpointing", action="store_true", default=False)
-    p.add_argument("--prompt-tokens", type=integer(1), default=512, help="a self-edit prompt's length")
+    p.add_argument("--prompt-tokens", type=integer(1), default=None,
+                   help="a self-edit prompt's length (default 512; an ARC recipe's arc_max_tokens)")
     p.add_argument("--completion-tokens", type=integer(1), default=None, help="max_completion_length")
     p.add_argument("--train-batch", type=integer(1), default=None, help="per_device_train_batch_size")
     p.add_argument("--steps-per-generation", type=integer(1), default=None)
@@ -78,6 +79,10 @@ def _recipe(path: str | None) -> dict:
     return data
 
 
+def recipe_task(args: argparse.Namespace) -> str:
+    return str(_recipe(args.config).get("task", "knowledge"))
+
+
 def resolve(args: argparse.Namespace) -> tuple[dict, list[str]]:
     """The settings: flag, else recipe field, else default; and notes on what was assumed."""
     recipe, notes = _recipe(args.config), []
@@ -85,6 +90,9 @@ def resolve(args: argparse.Namespace) -> tuple[dict, list[str]]:
     for flag, (field, default) in RECIPE_FIELDS.items():
         given = getattr(args, flag)
         values[flag] = given if given is not None else recipe.get(field, default)
+    if values["model"] is None and args.config is not None:
+        values["model"] = "SmolLM2-135M"
+        notes.append("the recipe names no model_name_or_path: planned for the embedded SmolLM2-135M-Instruct")
     if values["model"] is None:
         raise UsageError("--model is missing: give a model directory, a config.json or a known shape (or --config "
                          "with model_name_or_path)")
@@ -97,6 +105,10 @@ def resolve(args: argparse.Namespace) -> tuple[dict, list[str]]:
     else:
         values["policy_lora_r"] = args.policy_lora_r
     values["dtype"] = args.dtype or ("fp32" if recipe.get("use_cpu") or recipe.get("bf16") is False else "bf16")
+    values["prompt_tokens"] = args.prompt_tokens or int(recipe.get("arc_max_tokens", 512))
+    if recipe.get("task") == "arc":
+        notes.append("arc: an inner run trains on the puzzle's leave-one-out examples, not on the self-edit's "
+                     "tokens; the inner training time is planned as for knowledge self-edits (a lower bound)")
     rest_em = recipe.get("algorithm", "rest_em") == "rest_em"
     values["kept_per_context"] = values["kept_per_context"] if rest_em else values["num_generations"]
     # ReST-EM's M-step forwards only a micro-batch's kept rows: their expected number, not the worst case
@@ -119,7 +131,7 @@ def run_plan(args: argparse.Namespace) -> int:
         gpus=args.gpus, zero=args.zero, dtype=v["dtype"], policy_lora_r=v["policy_lora_r"], qlora=bool(v["qlora"]),
         policy_gradient_checkpointing=bool(v["policy_gradient_checkpointing"]), inner_lora_r=int(v["inner_lora_r"]),
         slots=v["slots"], inner_batch_size=int(v["inner_batch_size"]), inner_max_tokens=int(v["inner_max_tokens"]),
-        inner_gradient_checkpointing=args.inner_gradient_checkpointing, prompt_tokens=args.prompt_tokens,
+        inner_gradient_checkpointing=args.inner_gradient_checkpointing, prompt_tokens=v["prompt_tokens"],
         completion_tokens=int(v["completion_tokens"]), generation_batch=generation_batch,
         train_batch=v["m_step_rows"], vllm=bool(v["vllm"]),
         vllm_gpu_memory_utilization=float(v["vllm_gpu_memory_utilization"]), device_memory_gib=args.device_memory,
@@ -127,13 +139,18 @@ def run_plan(args: argparse.Namespace) -> int:
     contexts = max(1, generation_batch * args.gpus // int(v["num_generations"]))
     device_flops = args.device_flops or DEVICE_FLOPS[args.device]
     rounds = RoundSettings(contexts=contexts, num_generations=int(v["num_generations"]),
-                           reward_repeats=int(v["reward_repeats"]), prompt_tokens=args.prompt_tokens,
+                           reward_repeats=int(v["reward_repeats"]), prompt_tokens=v["prompt_tokens"],
                            completion_tokens=int(v["completion_tokens"]), inner_epochs=int(v["inner_epochs"]),
                            kept_per_context=int(v["kept_per_context"] or v["num_generations"]),
                            m_step_epochs=int(v["m_step_epochs"]), gpus=args.gpus, device_flops=device_flops,
                            train_mfu=args.train_mfu, generate_mfu=args.generate_mfu)
-    print(render(shape, settings, rounds, notes, flops_source="--device-flops" if args.device_flops else
-                 f"{args.device} dense bf16 peak, datasheet"))
+    if recipe_task(args) != "arc" and settings.inner_max_tokens > settings.completion_tokens:
+        notes.append(f"inner examples planned at the bound, {settings.inner_max_tokens} tokens (inner_max_seq_length); "
+                     f"knowledge self-edits are at most {settings.completion_tokens} tokens (max_completion_length): "
+                     f"--inner-max-tokens {settings.completion_tokens} plans that")
+    source = "--device-flops" if args.device_flops else ("an assumed round figure" if args.device == "cpu" else
+                                                         f"{args.device} dense bf16 peak, datasheet")
+    print(render(shape, settings, rounds, notes, flops_source=source))
     return 0
 
 
