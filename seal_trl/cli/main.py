@@ -161,6 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="runs")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    from .plan import add_plan_arguments, run_plan
+
+    plan = sub.add_parser("plan", help="per-device memory and time per round of a run, from arithmetic (loads "
+                                       "no model)")
+    add_plan_arguments(plan)
+    plan.set_defaults(func=run_plan)
     from .adapt import add_continual_commands
 
     add_continual_commands(sub)
