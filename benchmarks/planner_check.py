@@ -49,7 +49,7 @@ def measure(shape_file: str, *, slots: int, tokens: int, rank: int) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from seal_trl.inner import InnerJob, InnerLoop, InnerLoopConfig
+    from seal_trl.inner import InnerJob, InnerLoop
     from seal_trl.inner.tensors import encode_example
     from seal_trl.plans import TrainingPlan
     from seal_trl.probes import knowledge_probe

@@ -15,7 +15,6 @@ from seal_trl.continual.documents import DocumentError, read_document_file
 from seal_trl.generation import generate_texts
 from seal_trl.inner import InnerLoop, InnerLoopConfig, InnerJob
 from seal_trl.inner.tensors import encode_chat, encode_example
-from seal_trl.plans import TrainingPlan
 from seal_trl.reporting import summary_tables, write_report
 from seal_trl.tasks.arc import augment as aug
 from seal_trl.tasks.arc.config import DEFAULT_CONFIG

@@ -8,7 +8,6 @@ from transformers import AutoModelForCausalLM
 
 from seal_trl.config import SEALConfig
 from seal_trl.inner import InnerLoop, InnerLoopConfig
-from seal_trl.inner.jobs import InnerJob
 from seal_trl.plans import PlanBounds
 from seal_trl.reward import SelfEditReward
 from seal_trl.tasks.arc.task import ArcTask

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import threading
-import time
 from contextlib import contextmanager
 from collections.abc import Iterator
 from dataclasses import dataclass

@@ -164,7 +164,7 @@ def policy_components(shape: ModelShape, s: PlanSettings) -> list[Component]:
     else:
         trainable = shape.lora_parameters(s.policy_lora_r, s.policy_target_modules)
         grad_bytes, master, what = LORA_BYTES, 0, f"LoRA r={s.policy_lora_r}"
-        out.append(Component(f"policy LoRA weights (fp32)", trainable * LORA_BYTES / params_shard, "resident",
+        out.append(Component("policy LoRA weights (fp32)", trainable * LORA_BYTES / params_shard, "resident",
                              f"{trainable / 1e6:.1f}M x 4 B / {params_shard}"))
     out.append(Component(f"policy gradients ({what})", trainable * grad_bytes / grads_shard, "resident",
                          f"{trainable / 1e6:.1f}M x {grad_bytes} B / {grads_shard}"))
