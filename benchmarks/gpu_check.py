@@ -455,7 +455,24 @@ def step_vllm_colocate(ctx: Context) -> dict:
                         extra={"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.25})
 
 
-STEPS = (step_versions, step_inner_4bit, step_trainer_lora, step_trainer_qlora, step_bf16_autocast, step_k_timings,
+def step_gpu_tests(ctx: Context) -> dict:
+    """The GPU-marked tests (tests/test_gpu.py: bf16 vs fp32 inner loop, 4-bit inner loop, grouped-matmul batched
+    engine equal to sequential)."""
+    if not ctx.cuda:
+        raise Skip("tests/test_gpu.py needs CUDA (collected and skipped by the ordinary test run)")
+    if importlib.util.find_spec("pytest") is None:
+        raise Skip("pytest is not importable here")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "gpu", "-rs",
+                           str(ROOT / "tests" / "test_gpu.py")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+    (ctx.out / "gpu_tests.log").write_text(proc.stdout + proc.stderr)
+    tail = proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else proc.stderr[-300:]
+    if proc.returncode != 0 or "skipped" in tail:
+        raise RuntimeError(f"pytest exited {proc.returncode}: {tail} (gpu_tests.log)")
+    return {"summary": tail}
+
+
+STEPS = (step_versions, step_gpu_tests, step_inner_4bit, step_trainer_lora, step_trainer_qlora, step_bf16_autocast, step_k_timings,
          step_preflight_memory, step_zero3_accelerate, step_vllm_colocate)
 
 

@@ -16,9 +16,9 @@
 # random models with real shapes (benchmarks/model_configs/) or the tests' tiny ones.
 #
 # Steps (benchmarks/gpu_check.py, one function each; each records pass/fail/skip, the reason and its wall time;
-# a failing step does not stop the others; the exit code is 1 if any failed): versions actually imported; CUDA
-# 4-bit inner runs (Qwen2-style with biases, Llama-style without); a LoRA and a QLoRA policy through a 2-step
-# SEALTrainer run with the re-sync check; bf16 autocast against fp32; K in {1, 4, 8, 16} seconds per self-edit
+# a failing step does not stop the others; the exit code is 1 if any failed): versions actually imported; the
+# GPU-marked tests (tests/test_gpu.py); CUDA 4-bit inner runs (Qwen2-style with biases, Llama-style without); a
+# LoRA and a QLoRA policy through a 2-step SEALTrainer run with the re-sync check; bf16 autocast against fp32; K in {1, 4, 8, 16} seconds per self-edit
 # against the FLOP floor; the preflight's peak memory against torch.cuda.max_memory_allocated (and the planner's,
 # if seal_trl.planning exists); ZeRO-3 through `accelerate launch` with one process; vLLM colocate if importable.
 set -euo pipefail
@@ -31,7 +31,7 @@ CARRY="$ROOT/.whl"
 MODELS="${MODELS_DIR:-/tmp/seal-gpu-check-models}"
 # distribution==version (from constraints.txt); the first four always travel, the rest only where missing
 PINNED="trl datasets deepspeed bitsandbytes"
-DEPS="dill multiprocess xxhash hjson ninja py-cpuinfo msgpack"
+DEPS="dill multiprocess xxhash hjson ninja py-cpuinfo msgpack pytest pluggy iniconfig pygments"
 pin() { grep -i "^$1==" "$ROOT/constraints.txt" | head -1; }
 
 case "$MODE" in

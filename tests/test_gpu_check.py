@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ["versions", "inner_4bit", "trainer_lora", "trainer_qlora", "bf16_autocast", "k_timings", "preflight_memory",
+STEPS = ["versions", "gpu_tests", "inner_4bit", "trainer_lora", "trainer_qlora", "bf16_autocast", "k_timings", "preflight_memory",
          "zero3_accelerate", "vllm_colocate"]
 
 
