@@ -527,14 +527,18 @@ def main_check(mode: str, out: Path, models: Path) -> int:
     models.mkdir(parents=True, exist_ok=True)
     ctx = Context(mode=mode, out=out, models=models)
     start = time.perf_counter()
-    steps = [run_step(ctx, step) for step in STEPS]
-    device = next((s["figures"]["device"]["name"] for s in steps if s["name"] == "versions" and s["figures"]), None)
-    report = {"mode": mode, "device": device, "seconds": round(time.perf_counter() - start, 1),
-              "failed": sum(s["status"] == "fail" for s in steps),
-              "versions": {k: v.get("version") for k, v in ctx.figures.get("versions", {}).items()}, "steps": steps}
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
-    markdown = summary_markdown(report)
-    (out / "gpu_check.md").write_text(markdown)
+    steps = []
+    for step in STEPS:  # the files are rewritten after every step: a run cut off by a time limit keeps what it did
+        steps.append(run_step(ctx, step))
+        device = next((s["figures"]["device"]["name"] for s in steps if s["name"] == "versions" and s["figures"]),
+                      None)
+        report = {"mode": mode, "device": device, "seconds": round(time.perf_counter() - start, 1),
+                  "complete": len(steps) == len(STEPS), "failed": sum(s["status"] == "fail" for s in steps),
+                  "versions": {k: v.get("version") for k, v in ctx.figures.get("versions", {}).items()},
+                  "steps": steps}
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str))
+        markdown = summary_markdown(report)
+        (out / "gpu_check.md").write_text(markdown)
     print(markdown)
     return 1 if report["failed"] else 0
 

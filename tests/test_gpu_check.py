@@ -33,7 +33,7 @@ def test_gpu_check_dry_run(tmp_path):
     steps = {s["name"]: s for s in report["steps"]}
     failed = {n: s["reason"] for n, s in steps.items() if s["status"] == "fail"}
     assert proc.returncode == 0 and not failed and report["failed"] == 0, (failed, proc.stdout[-3000:])
-    assert list(steps) == STEPS and report["mode"] == "dry-run"
+    assert list(steps) == STEPS and report["mode"] == "dry-run" and report["complete"]
     for step in steps.values():
         assert step["status"] in ("pass", "skip") and step["seconds"] >= 0
         assert (step["status"] == "skip") == bool(step["reason"]), step  # a skip always says why
