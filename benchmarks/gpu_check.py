@@ -90,11 +90,11 @@ class Context:
 
 
 def plans(ctx: Context, n: int) -> list:
-    """`n` knowledge self-edit plans: 2 epochs on the GPU; in the dry run capped at 2 optimizer steps each."""
+    """`n` knowledge self-edit plans: 2 epochs on the GPU; in the dry run capped at 1 optimizer step each."""
     import dataclasses
 
     chosen = example.benchmark_plans(n, 2)
-    return chosen if ctx.cuda else [dataclasses.replace(p, max_steps=2) for p in chosen]
+    return chosen if ctx.cuda else [dataclasses.replace(p, max_steps=1) for p in chosen]
 
 
 def synchronize(ctx: Context) -> None:
