@@ -41,7 +41,7 @@ def test_evaluate_writes_table_report_and_chart_in_fresh_run_dirs(tiny_model_dir
     ({"--methods": "teacher"}, "--teacher"),
     ({"--samples": "0"}, "--samples must be >= 1"),
     ({"--samples": "3", "--temperature": "0"}, "--temperature 0 scores the same greedy self-edit 3 times"),
-    ({"--temperature": "-1"}, "--temperature must be >= 0"),
+    ({"--temperature": "-1"}, "--temperature: the value must be 0 (greedy) or in [0.01, 100], got -1.0"),
     ({"--reference": "teacher"}, "--reference 'teacher' is not one of the evaluated --methods"),
     ({"--methods": "base-self-edit"}, "base-self-edit needs --adapter"),
     ({"--methods": "passage-matched"}, "passage-matched needs 'passage' and a self-edit method"),
