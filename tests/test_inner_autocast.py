@@ -22,9 +22,13 @@ def make_loop(model_dir, tokenizer, **config):
 
 
 def plans():
+    # lr 1e-2: at the default 1e-3 the tiny model barely moves (rewards 0.00445 vs 0.00444 in fp32), and the ranking
+    # check below then compares noise that differs by CPU (it failed on an AVX512-BF16 machine); at 1e-2 the answer
+    # plan's gain is ~4x the unrelated one's in fp32 and in bf16
     texts = [f"Topic: The Quorn Expedition\nQuestion: {q}\nAnswer: {a}" for q, a in FACTS]
-    return [TrainingPlan.from_texts(texts, epochs=4),
-            TrainingPlan.from_texts(["Colours: red green blue.", "The Quorn left port in 1874."], epochs=4)]
+    return [TrainingPlan.from_texts(texts, epochs=4, learning_rate=1e-2),
+            TrainingPlan.from_texts(["Colours: red green blue.", "The Quorn left port in 1874."], epochs=4,
+                                    learning_rate=1e-2)]
 
 
 def probe():
@@ -61,6 +65,7 @@ def test_bf16_autocast_rewards_agree_with_fp32(tiny_model_dir, tiny_tokenizer):
     for a, b in zip(fp32, bf16):
         assert b.score_before == pytest.approx(a.score_before, abs=0.05)
         assert b.reward == pytest.approx(a.reward, abs=0.1 * max(1.0, abs(a.reward)))
+    assert fp32[0].reward - fp32[1].reward > 0.01  # a gap the ranking check can see (not rounding noise)
     assert (fp32[0].reward - fp32[1].reward) * (bf16[0].reward - bf16[1].reward) > 0  # same ranking
 
 
