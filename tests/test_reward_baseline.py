@@ -91,14 +91,17 @@ def test_baseline_runs_once_per_context_and_policy_version(inner, tiny_model_dir
     reward([""], [SHORT + " Again."], **columns(1))
     assert len(inner.jobs_seen) == first + 1  # the passage run is reused
     policy = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    inner.sync_from(policy)  # the same weights: the same policy version
+    inner.sync_from(policy, step=0)  # the trainer's first sync (step 0): a version of its own, not "as built"
     reward([""], [SHORT + " Once more."], **columns(1))
-    assert len(inner.jobs_seen) == first + 2
+    assert len(inner.jobs_seen) == first + 3
+    inner.sync_from(policy, step=0)  # synced again with no optimizer step between: the same policy version
+    reward([""], [SHORT + " Twice more."], **columns(1))
+    assert len(inner.jobs_seen) == first + 4  # the passage run is reused
     with torch.no_grad():
         next(policy.parameters()).add_(0.01)
-    inner.sync_from(policy)  # a new policy: its passage run is its own
+    inner.sync_from(policy, step=1)  # a new policy: its passage run is its own
     reward([""], [SHORT + " And again."], **columns(1))
-    assert len(inner.jobs_seen) == first + 4
+    assert len(inner.jobs_seen) == first + 6
     passage = f"{CONTEXT['title']}\n{CONTEXT['context']}"
     assert [job.plan.examples[0].completion == passage for job in inner.jobs_seen[-2:]].count(True) == 1
 
