@@ -276,14 +276,22 @@ def round_fit_error(n_contexts: int, per_device: int, world_size: int, steps: in
     size = contexts_per_round(per_device, steps)
     if size is not None and n_contexts % size == 0:
         return None
-    fixes = [next((f"steps_per_generation={s}" for s in range(steps, 0, -1) if fits(per_device, s)), None) or next(
-        (f"per_device_train_batch_size={b}" for b in range(per_device, 0, -1) if fits(b, steps)), None)]
+    fixes = []
+    fitting_steps = next((s for s in range(steps, 0, -1) if fits(per_device, s)), None)
+    fitting_batch = next((b for b in range(per_device, 0, -1) if fits(b, steps)), None)
+    if fitting_steps is not None:
+        fixes.append(f"steps_per_generation={fitting_steps}")
+    elif fitting_batch is not None:
+        fixes.append(f"per_device_train_batch_size={fitting_batch}")
     if size is not None:
         fixes.append(f"max_train_contexts to a multiple of {size}")
+    if not fixes:
+        fixes.append("per_device_train_batch_size x steps_per_generation to a multiple of num_generations, and "
+                     "max_train_contexts to a multiple of the round")
     round_text = f"{size} contexts" if size is not None else f"not a multiple of num_generations={num_generations}"
     return (f"a ReST-EM round is per_device_train_batch_size={per_device} x {world_size} process(es) x "
             f"steps_per_generation={steps} = {per_device * world_size * steps} self-edits ({round_text}), which does "
-            f"not divide the {n_contexts} training contexts; set {' or '.join(fix for fix in fixes if fix)}")
+            f"not divide the {n_contexts} training contexts; set {' or '.join(fixes)}")
 
 
 def check_not_fsdp(enabled: bool) -> None:
