@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,17 @@ class DocumentError(ValueError):
 
 @dataclass(frozen=True)
 class Document:
-    """One unit of new knowledge. `questions` is a list of `{"question", "answers": [...]}` or empty."""
+    """One unit of new knowledge. `questions` is a list of `{"question", "answers": [...]}` or empty: the *gate*
+    half, which the learner probes with (choosing the candidate and deciding promotion). `report_questions`, same
+    shape, are held out for reporting: the learner strips them before it reads the document (`for_learner`), so a
+    table scored on them measures what the gate never saw."""
 
     doc_id: str
     title: str
     text: str
     questions: tuple[Mapping[str, Any], ...] = field(default=())
     source: str = ""
+    report_questions: tuple[Mapping[str, Any], ...] = field(default=())
 
     @property
     def sha256(self) -> str:
@@ -48,19 +52,35 @@ class Document:
     def has_questions(self) -> bool:
         return bool(self.questions)
 
+    def for_learner(self) -> Document:
+        """This document without its report half: all the continual learner may read."""
+        return replace(self, report_questions=()) if self.report_questions else self
+
+    def report_view(self) -> Document | None:
+        """This document probed by its report half (as `questions`), or None when it has none."""
+        return replace(self, questions=self.report_questions, report_questions=()) if self.report_questions else None
+
     def as_context(self) -> dict[str, Any]:
         """The knowledge-task context dict (`context_id`, `title`, `context`, `questions`)."""
         return {"context_id": self.doc_id, "title": self.title, "context": self.text,
                 "questions": [dict(q) for q in self.questions]}
 
     def to_json(self) -> dict[str, Any]:
-        return {"doc_id": self.doc_id, "title": self.title, "text": self.text, "source": self.source,
-                "questions": [{"question": q["question"], "answers": list(q["answers"])} for q in self.questions]}
+        out = {"doc_id": self.doc_id, "title": self.title, "text": self.text, "source": self.source,
+               "questions": _plain(self.questions)}
+        if self.report_questions:
+            out["report_questions"] = _plain(self.report_questions)
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Document:
         return cls(doc_id=data["doc_id"], title=data["title"], text=data["text"], source=data.get("source", ""),
-                   questions=tuple(data.get("questions") or ()))
+                   questions=tuple(data.get("questions") or ()),
+                   report_questions=tuple(data.get("report_questions") or ()))
+
+
+def _plain(questions: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{"question": q["question"], "answers": list(q["answers"])} for q in questions]
 
 
 def _slug(text: str) -> str:
@@ -87,14 +107,14 @@ def _usable(text: str, where: str) -> str:
     return text.strip()
 
 
-def _questions(raw: Any, where: str) -> tuple[dict[str, Any], ...]:
+def _questions(raw: Any, where: str, *, field_name: str = "questions") -> tuple[dict[str, Any], ...]:
     if raw in (None, []):
         return ()
     if not isinstance(raw, list):
-        raise DocumentError(f"{where}: field `questions` must be a list of {{'question': str, 'answers': [str]}}")
+        raise DocumentError(f"{where}: field `{field_name}` must be a list of {{'question': str, 'answers': [str]}}")
     out = []
     for i, q in enumerate(raw):
-        qwhere = f"{where}.questions[{i}]"
+        qwhere = f"{where}.{field_name}[{i}]"
         if not isinstance(q, Mapping) or not isinstance(q.get("question"), str) or not q["question"].strip():
             raise DocumentError(f"{qwhere}: missing field `question` (text)")
         answers = q.get("answers", q.get("answer"))
@@ -142,7 +162,8 @@ def split_text(text: str, chunk_chars: int) -> list[str]:
 
 
 def make_documents(doc_id: str, title: str, text: str, *, questions: Sequence[Mapping] = (), source: str = "",
-                   chunk_chars: int = DEFAULT_CHUNK_CHARS) -> list[Document]:
+                   chunk_chars: int = DEFAULT_CHUNK_CHARS, report_questions: Sequence[Mapping] = ()
+                   ) -> list[Document]:
     """One document, or several chunks of it when `text` is longer than `chunk_chars` (questions stay on a
     chunk only when the text fits in one: labelled questions cannot be assigned to chunks reliably)."""
     where = source or doc_id
@@ -154,8 +175,8 @@ def make_documents(doc_id: str, title: str, text: str, *, questions: Sequence[Ma
     title = _usable(title, f"{where}: field `title`") if (title or "").strip() else doc_id
     chunks = split_text(text, chunk_chars)
     if len(chunks) == 1:
-        return [Document(doc_id, title, text, tuple(questions), source)]
-    if questions:
+        return [Document(doc_id, title, text, tuple(questions), source, tuple(report_questions))]
+    if questions or report_questions:
         raise DocumentError(f"{where}: the text is {len(text)} characters, over chunk_chars={chunk_chars}, and has "
                             "labelled questions; split it into documents with their own questions, or raise "
                             "chunk_chars (--chunk-chars)")
@@ -189,6 +210,8 @@ def _from_json(data: Any, path: Path, chunk_chars: int) -> list[Document]:
         if raw_ids.setdefault(slug, doc_id) != doc_id:  # distinct ids with one slug ('文書一', '文書二' -> 'doc')
             slug = f"{slug}-{i}"
         docs.extend(make_documents(slug, title, text, questions=_questions(item.get("questions"), iwhere),
+                                   report_questions=_questions(item.get("report_questions"), iwhere,
+                                                               field_name="report_questions"),
                                    source=iwhere, chunk_chars=chunk_chars))
     return docs
 

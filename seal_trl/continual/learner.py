@@ -232,6 +232,7 @@ class ContinualLearner:
         """Learn one document into a candidate, gate it, commit it, promote it when allowed."""
         start = time.perf_counter()
         cfg = self.config
+        document = document.for_learner()  # the report half is never read past this line
         with self.registry.locked():
             parent = self.sync()
             earlier = self.earlier_records()
