@@ -1,23 +1,28 @@
-"""The paper's continual experiment at small scale: 8 bundled documents learned one after another.
+"""Continual learning at scale: 24 invented-entity documents learned one after another, gate policies side by side.
 
-(a) naive: each document's self-edit adapter is merged into the weights, always (as in the paper's forgetting
-    experiment); (b) replay + anchor + gate: each plan mixes in earlier documents' examples, every step
-    also pays a KL anchor to the promoted model on general text, and the candidate is promoted only if the
-    gate passes (new document gained, earlier documents dropped <= 2 points on average, regression suite
-    within 2%).
+Every arm learns the bundled stream (`seal_trl.continual.stream.bundled_stream`, 24 documents, 6 gate and 6 report
+questions each) in order, from the same base model, with the same self-edit per document (written once, greedily, by
+the base model). The learner sees only each document's gate half and the gate half of the regression suite; every
+figure in the table is scored on the *report* halves, which nothing in the learner reads:
+- per document: soft accuracy (the gold answer's mean softmax weight among the document's answers and distractors,
+  percent) and accuracy on its report questions, right after its own step and at the end of the stream;
+- general ability: the held-out perplexity and QA soft accuracy on the report half of the regression suite.
 
-Both arms use the same self-edits (written once, greedily, by the base model) and the same seeds. After each
-step every document's labelled questions are scored on the promoted model:
-- accuracy: percent of a document's questions whose gold answer has the highest mean token log-probability
-  among all of that document's gold answers (4-6 candidates, chance ~20%): a multiple-choice accuracy that
-  a 135M model can move, unlike generated exact match;
-- soft accuracy: the mean softmax weight of the gold answer among those candidates (percent), the same
-  comparison made continuous; the default metric of the report and of (b)'s gate (`--metric`);
-- loglik: mean token log-prob of the gold answer.
-Note: the gate of (b) reads the same labelled questions (documents with questions are probed with them).
+Arms (all from scratch in every invocation; `--arms` picks):
+- `naive`: always promote, no replay, no anchor (the paper's sequential merge);
+- `reject`: replay of earlier documents' examples, a KL anchor on general text, the gate, a refused candidate dropped;
+- `rescale`: the same, but a refused candidate's LoRA update is shrunk by bisection until the gate holds (STABLE);
+- `rescale-kl`: `rescale` with a KL(promoted || candidate) limit on the new document's inputs (`--max-kl`);
+- `gate-only`: the gate with rejection, replay and anchor off;
+- `isolated`: each document learned alone on the base model (the plasticity reference).
 
-    PYTHONPATH=. python benchmarks/continual.py                 # embedded SmolLM2-135M, ~20-30 min on 2 cores
-    PYTHONPATH=. python benchmarks/continual.py --model tiny    # seconds, a smoke run (not appended)
+Arms run as separate processes (`--jobs` at a time, `--threads` each), write their steps to `--out` as they go, and
+resume there after an interruption (same commit and settings only). The table, the JSON (benchmarks/continual_results.json)
+and the chart (benchmarks/continual_forgetting.png) are written by the invocation that finishes the last arm, with
+the commit in them.
+
+    PYTHONPATH=. python benchmarks/continual.py --out runs/continual --jobs 2      # embedded SmolLM2-135M, 2 cores
+    PYTHONPATH=. python benchmarks/continual.py --model tiny --documents 3 --out /tmp/c   # a smoke run (not appended)
 """
 
 from __future__ import annotations
@@ -25,16 +30,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
-
 HERE = Path(__file__).resolve().parent
+ARMS = ("isolated", "naive", "reject", "rescale", "rescale-kl", "gate-only")
+#: The settings that make two invocations the same run (resume is refused when any differs).
+RUN_KEYS = ("model", "documents", "epochs", "lr", "lora_r", "max_new_tokens", "max_lines", "metric", "replay_ratio",
+            "anchor_weight", "max_kl", "rescale_floor", "rescale_steps", "seed")
 
 
 def load(model_name: str):
@@ -48,215 +56,266 @@ def load(model_name: str):
     return load_model_and_tokenizer(None if model_name == "embedded" else model_name)
 
 
-def run_arm(name, model_name, docs, edits, args, config_kwargs):
-    from seal_trl.continual.learner import ContinualConfig, ContinualLearner
-    from seal_trl.continual.document_probes import labelled_probe, score_probe
-    from seal_trl.inner.config import InnerLoopConfig
-    from seal_trl.continual.registry import AdapterRegistry
+def split_suite(suite):
+    """(gate half, report half) of a regression suite: alternate QA items, and the held-out text's sentences cut in
+    two, so the gate and the report never read the same question or sentence."""
+    import re
 
-    model, tok = load(model_name)
+    from seal_trl.continual.regression import RegressionSuite
+
+    sentences = re.split(r"(?<=[.!?])\s+", suite.heldout_text)
+    half = len(sentences) // 2
+    return (RegressionSuite(" ".join(sentences[:half]), suite.qa[0::2]),
+            RegressionSuite(" ".join(sentences[half:]), suite.qa[1::2]))
+
+
+def arm_config(name: str, args) -> dict:
+    from seal_trl.continual.gate import GateThresholds
+
+    protected = {"promotion": "gate", "replay_ratio": args.replay_ratio, "anchor_weight": args.anchor_weight,
+                 "thresholds": GateThresholds(probe_metric=args.metric)}
+    return {
+        "isolated": {"promotion": "never", "replay_ratio": 0.0, "anchor_weight": 0.0},
+        "naive": {"promotion": "always", "replay_ratio": 0.0, "anchor_weight": 0.0},
+        "reject": {**protected, "gate_policy": "reject"},
+        "rescale": {**protected, "gate_policy": "rescale", "rescale_floor": args.rescale_floor,
+                    "rescale_steps": args.rescale_steps},
+        "rescale-kl": {**protected, "gate_policy": "rescale", "rescale_floor": args.rescale_floor,
+                       "rescale_steps": args.rescale_steps,
+                       "thresholds": GateThresholds(probe_metric=args.metric, max_kl_to_promoted=args.max_kl)},
+        "gate-only": {"promotion": "gate", "replay_ratio": 0.0, "anchor_weight": 0.0, "gate_policy": "reject",
+                      "thresholds": GateThresholds(probe_metric=args.metric)},
+    }[name]
+
+
+def _write(path: Path, data) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def run_worker(name: str, args) -> None:
+    """One arm, step by step, resumable: `--out/arm-<name>.json` holds every finished step."""
+    import torch
+
+    from seal_trl.continual.document_probes import labelled_probe, score_probe
+    from seal_trl.continual.learner import ContinualConfig, ContinualLearner
+    from seal_trl.continual.regression import RegressionSuite, regression_scores
+    from seal_trl.continual.registry import AdapterRegistry
+    from seal_trl.continual.stream import bundled_stream
+    from seal_trl.inner.config import InnerLoopConfig
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    docs = bundled_stream(args.documents)
+    edits = json.loads((out / "self_edits.json").read_text())
+    gate_suite, report_suite = split_suite(RegressionSuite.bundled())
+    model, tok = load(args.model)
     inner = InnerLoopConfig(lora_r=args.lora_r, lora_alpha=2 * args.lora_r, num_epochs=args.epochs,
                             learning_rate=args.lr, seed=args.seed)
-    config = ContinualConfig(seed=args.seed, max_self_edit_lines=args.max_lines, **config_kwargs)
-    registry = AdapterRegistry(tempfile.mkdtemp(prefix=f"continual-{name}-"), create=True, base_model=model_name)
-    learner = ContinualLearner(model, tok, registry, config, inner)
-    probes = {d.doc_id: labelled_probe(d) for d in docs}
+    config = ContinualConfig(seed=args.seed, max_self_edit_lines=args.max_lines, **arm_config(name, args))
+    record_path = out / f"arm-{name}.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    registry_dir = out / f"registry-{name}"
+    if record is None and registry_dir.exists():
+        shutil.rmtree(registry_dir)
+    registry = AdapterRegistry(registry_dir, create=True, base_model=args.model)
+    learner = ContinualLearner(model, tok, registry, config, inner, regression_suite=gate_suite)
+    report_probes = {d.doc_id: labelled_probe(d.report_view()) for d in docs}
 
-    def evaluate():
+    def evaluate(doc_ids):
         learner.inner.reset_adapter(0)
-        return {d: score_probe(learner.model, tok, p) for d, p in probes.items()}
+        return ({d: score_probe(learner.model, tok, report_probes[d]) for d in doc_ids},
+                regression_scores(learner.model, tok, report_suite))
 
-    steps = [{"step": -1, "scores": evaluate()}]
+    if record is None:
+        learner.sync()
+        scores, general = evaluate([d.doc_id for d in docs])
+        record = {"arm": name, "config": repr(config), "base": {"docs": scores, "general": general}, "steps": []}
+        _write(record_path, record)
+    elif record["steps"] and registry.promoted != record["steps"][-1]["registry_promoted"]:
+        # interrupted between a step's commit and its record: go back to the last recorded state
+        registry.rollback(record["steps"][-1]["registry_promoted"])
     for i, doc in enumerate(docs):
+        if i < len(record["steps"]):
+            continue
         t0 = time.perf_counter()
         report = learner.adapt(doc, self_edits=[edits[doc.doc_id]])
-        scores = evaluate()
-        attempts = learner.registry.get(report.version)["metrics"]["attempts"]
-        steps.append({"step": i, "doc": doc.doc_id, "promoted": report.promoted, "reasons": report.verdict.reasons,
-                      "attempts": attempts,
-                      "replay": report.replay_examples, "seconds": time.perf_counter() - t0, "scores": scores,
-                      "objectives": [o.__dict__ for o in report.verdict.objectives]})
-        print(f"[{name}] step {i} {doc.doc_id}: promoted={report.promoted} doc0 {args.metric} "
-              f"{scores[docs[0].doc_id][args.metric]:.1f} new {scores[doc.doc_id][args.metric]:.1f} "
-              f"({time.perf_counter() - t0:.0f} s, {len(attempts)} attempt(s)) {'; '.join(report.verdict.reasons)}",
-              flush=True)
-    return steps
+        metrics = registry.get(report.version)["metrics"]
+        if name == "isolated":  # the candidate itself, on its own document
+            learner.inner.load_candidate(registry.load_adapter(report.version))
+            scores = {doc.doc_id: score_probe(learner.model, tok, report_probes[doc.doc_id])}
+            learner.inner.reset_adapter(0)
+            general = None
+        else:
+            scores, general = evaluate([d.doc_id for d in docs[: i + 1]])
+        step = {"step": i, "doc": doc.doc_id, "version": report.version, "promoted": report.promoted,
+                "registry_promoted": registry.promoted, "scale": getattr(report, "scale", 1.0),
+                "kl_to_promoted": _find(metrics.get("after", {}), "kl_to_promoted"),
+                "rescale": metrics.get("rescale"), "reasons": report.verdict.reasons,
+                "objectives": [o.__dict__ for o in report.verdict.objectives],
+                "gate_view": {"before_new": report.before["new"], "after_new": report.after["new"]},
+                "seconds": time.perf_counter() - t0, "scores": scores, "general": general}
+        record["steps"].append(step)
+        _write(record_path, record)
+        print(f"[{name}] {i} {doc.doc_id}: promoted={report.promoted} scale={step['scale']} "
+              f"new {scores[doc.doc_id][args.metric]:.1f} (base {record['base']['docs'][doc.doc_id][args.metric]:.1f})"
+              f" {step['seconds']:.0f} s {'; '.join(report.verdict.reasons)[:200]}", flush=True)
+    record["done"] = True
+    _write(record_path, record)
 
 
-def summarise(steps, docs, metric="soft_accuracy"):
-    """Per step: doc-0 score, mean score over earlier documents, the new document's gain over no training, in
-    `metric` (and hard accuracy and log-likelihood alongside); forgetting and learning means in `metric`."""
-    ids = [d.doc_id for d in docs]
-    base = steps[0]["scores"]
-    rows = []
-    for s in steps[1:]:
-        i = s["step"]
-        earlier = ids[:i]
-        sc = s["scores"]
-        rows.append({
-            "step": i, "promoted": s["promoted"],
-            "doc0": sc[ids[0]][metric], "doc0_acc": sc[ids[0]]["accuracy"], "doc0_loglik": sc[ids[0]]["loglik"],
-            "earlier_mean": (sum(sc[d][metric] for d in earlier) / len(earlier)) if earlier else None,
-            "new_gain": sc[ids[i]][metric] - base[ids[i]][metric],
-            "new_gain_acc": sc[ids[i]]["accuracy"] - base[ids[i]]["accuracy"],
-            "new_gain_loglik": sc[ids[i]]["loglik"] - base[ids[i]]["loglik"],
-        })
-    # forgetting: the score right after a document was learned minus at the end, mean over documents 0..n-2
-    final = steps[-1]["scores"]
-    out = {}
-    for m in (metric, "accuracy"):
-        forget = [steps[k + 1]["scores"][ids[k]][m] - final[ids[k]][m] for k in range(len(ids) - 1)]
-        learned = [steps[k + 1]["scores"][ids[k]][m] - base[ids[k]][m] for k in range(len(ids))]
-        out[m] = {"forgetting": sum(forget) / len(forget), "learned": sum(learned) / len(learned),
-                  "doc0_end_minus_learned": final[ids[0]][m] - steps[1]["scores"][ids[0]][m]}
-    return rows, out
+def _find(tree, key):
+    """The first value of `key` anywhere in a nested dict (metrics layouts differ between versions)."""
+    if isinstance(tree, dict):
+        if key in tree:
+            return tree[key]
+        for value in tree.values():
+            found = _find(value, key)
+            if found is not None:
+                return found
+    return None
 
 
-METRIC_NAMES = {"soft_accuracy": "soft accuracy", "accuracy": "accuracy", "loglik": "log-likelihood"}
-ARM_LABELS = {"naive": "(a) naive sequential merge", "gated": "(b) replay + KL anchor + gate",
-              "gated-loglik": "(c) replay + gate (log-likelihood objectives)"}
+def write_self_edits(args, out: Path) -> None:
+    """The same greedy self-edit per document for every arm, written once by the base model."""
+    path = out / "self_edits.json"
+    if path.exists():
+        return
+    from seal_trl.continual.stream import bundled_stream
+    from seal_trl.evaluation import generate_self_edits
+    from seal_trl.tasks.knowledge import KnowledgeTask
+
+    docs = [d.for_learner() for d in bundled_stream(args.documents)]
+    model, tok = load(args.model)
+    task = KnowledgeTask(chat=bool(getattr(tok, "chat_template", None)))
+    edits = generate_self_edits(model, tok, task, [d.as_context() for d in docs], max_new_tokens=args.max_new_tokens)
+    _write(path, dict(zip([d.doc_id for d in docs], edits)))
 
 
-def plot(summary, metric, path):
-    import matplotlib
+def start_run(args, out: Path, commit: str) -> None:
+    settings = {k: getattr(args, k) for k in RUN_KEYS}
+    run_file = out / "run.json"
+    if run_file.exists():
+        run = json.loads(run_file.read_text())
+        if run["commit"] != commit or run["settings"] != settings:
+            sys.exit(f"{out} holds a run of commit {run['commit']} with other settings or code; pass --fresh to "
+                     "start over there, or another --out")
+        return
+    _write(run_file, {"commit": commit, "settings": settings, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    name = METRIC_NAMES[metric]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for arm, label in ARM_LABELS.items():
-        if arm not in summary:
+def run_arms(args, out: Path, arms: list[str]) -> None:
+    def done(arm: str) -> bool:
+        path = out / f"arm-{arm}.json"
+        return path.exists() and bool(json.loads(path.read_text()).get("done"))
+
+    pending = [a for a in arms if not done(a)]
+    running: list[tuple[str, subprocess.Popen]] = []
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(HERE.parent)}
+    failed = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            name = pending.pop(0)
+            log = open(out / f"arm-{name}.log", "a")
+            cmd = [sys.executable, __file__, "--worker", name, *sys.argv[1:]]
+            running.append((name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(5)
+        for name, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((name, proc))
+                if proc.returncode:
+                    failed.append(f"{name} (rc {proc.returncode}, see {out}/arm-{name}.log)")
+    if failed:
+        sys.exit("arms failed: " + ", ".join(failed))
+
+
+def report(args, out: Path, arms: list[str], commit: str, wall: float) -> None:
+    from continual_report import ARM_LABELS, GOAL, plot, summarise, table
+
+    records = {a: json.loads((out / f"arm-{a}.json").read_text()) for a in arms}
+    summary = summarise(records, args.metric)
+    run = json.loads((out / "run.json").read_text())
+    smoke = args.model == "tiny" or args.no_append
+    json_path = out / "continual_results.json" if smoke else HERE / "continual_results.json"
+    png_path = out / "continual_forgetting.png" if smoke else HERE / "continual_forgetting.png"
+    _write(json_path, {"commit": commit, "run": run, "args": vars(args), "summary": summary, "arms": records,
+                       "self_edits": json.loads((out / "self_edits.json").read_text())})
+    plot(summary, png_path)
+    seconds = {a: sum(s["seconds"] for s in r["steps"]) for a, r in records.items()}
+    lines = ["", f"## Continual learning at scale: gate policies on {args.documents} documents (commit {commit})", "",
+             f"`python benchmarks/continual.py {' '.join(sys.argv[1:])}`; run started {run['started']}, this "
+             f"invocation {wall / 60:.1f} min. Model `{args.model}`, LoRA r={args.lora_r}, lr {args.lr:g}, "
+             f"{args.epochs} epochs; one greedy self-edit per document (<= {args.max_new_tokens} tokens, "
+             f"<= {args.max_lines} lines) shared by every arm; replay ratio {args.replay_ratio:g} and KL anchor weight "
+             f"{args.anchor_weight:g} where on; rescale floor {args.rescale_floor:g} in {args.rescale_steps} bisection "
+             f"steps; KL limit {args.max_kl:g} nats/token (rescale-kl). Every figure is on report-half questions and "
+             "the report half of the regression suite; the learner and its gate read only the gate halves. CIs: "
+             "95% percentile bootstrap over documents. Arm minutes (sum of steps): "
+             + ", ".join(f"{a} {s / 60:.1f}" for a, s in seconds.items()) + ".", ""]
+    lines += table(summary)
+    lines += ["", f"Goal (issue 33): forgetting <= {GOAL['forgetting']:g} points, learning >= "
+              f"{100 * GOAL['learning_ratio']:.0f}% of naive, general-ability loss <= {100 * GOAL['general_loss']:g}%."]
+    for name, row in summary.items():
+        if name in ("isolated", "naive"):
             continue
-        rows = summary[arm]["rows"]
-        axes[0].plot([r["step"] for r in rows], [r["doc0"] for r in rows], marker="o", label=label)
-        axes[1].plot([r["step"] for r in rows][1:], [r["earlier_mean"] for r in rows][1:], marker="o", label=label)
-    axes[0].axhline(summary["base_doc0"], color="grey", ls="--", lw=1, label="document 0, no training")
-    axes[0].set(title=f"Document 0 {name} after each step", xlabel="documents learned - 1", ylabel=f"{name} (%)")
-    axes[1].set(title=f"Mean {name} on earlier documents", xlabel="documents learned - 1", ylabel=f"{name} (%)")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+        g = row["goal"]
+        lines.append(f"- {ARM_LABELS.get(name, name)}: forgetting {g['forgetting_over']:+.1f} points from the limit, "
+                     f"learning ratio {-g['learning_ratio_short']:+.2f} from 0.80, general loss "
+                     f"{100 * g['general_loss_over']:+.1f}% from the limit: {'met' if g['met'] else 'not met'}.")
+    lines += ["", f"JSON: `{json_path.name}`; chart: `{png_path.name}`.", ""]
+    print("\n".join(lines))
+    if not smoke:
+        sys.path.insert(0, str(HERE))
+        from results_file import append_section
+
+        append_section(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="embedded", help="embedded | tiny | a model path")
-    p.add_argument("--documents", type=int, default=8)
+    p.add_argument("--out", required=True, help="run directory (arms' steps, registries, logs; resumable)")
+    p.add_argument("--fresh", action="store_true", help="delete --out first")
+    p.add_argument("--arms", default=",".join(ARMS))
+    p.add_argument("--jobs", type=int, default=1, help="arms run at once (separate processes)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per arm process")
+    p.add_argument("--documents", type=int, default=24)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora-r", type=int, default=32)
     p.add_argument("--max-new-tokens", type=int, default=64, help="longest self-edit")
     p.add_argument("--max-lines", type=int, default=4, help="self-edit lines kept per document")
-    p.add_argument("--metric", default="soft_accuracy", choices=["soft_accuracy", "accuracy"],
-                   help="the document score reported and used by (b)'s gate")
+    p.add_argument("--metric", default="soft_accuracy", choices=["soft_accuracy", "accuracy"])
     p.add_argument("--replay-ratio", type=float, default=1.0)
-    p.add_argument("--regularization", type=float, default=0.0, help="(b): L2 pull toward the promoted weights")
-    p.add_argument("--anchor-weight", type=float, default=5.0,
-                   help="(b): KL anchor to the promoted model on the model's own general texts (0 = off)")
-    p.add_argument("--retries", type=int, default=3, help="(b): gentler retries (lr x 0.35 each) after a refusal")
+    p.add_argument("--anchor-weight", type=float, default=5.0)
+    p.add_argument("--max-kl", type=float, default=0.7, help="rescale-kl: KL(promoted || candidate) limit, nats/token")
+    p.add_argument("--rescale-floor", type=float, default=0.125)
+    p.add_argument("--rescale-steps", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--arms", default="naive,gated", help="comma-separated: naive, gated, gated-loglik")
-    p.add_argument("--loglik-drop", type=float, default=0.05, help="(c): max mean earlier-document drop, nats")
-    p.add_argument("--reuse", default=None, help="a continual_results.json whose self-edits (and arms) are reused")
-    p.add_argument("--reuse-arms", default="", help="comma-separated arms taken from --reuse instead of rerun")
     p.add_argument("--no-append", action="store_true")
+    p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
+    out = Path(args.out)
+    if args.worker:
+        run_worker(args.worker, args)
+        return
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = sorted(set(arms) - set(ARMS))
+    if unknown:
+        sys.exit(f"--arms: unknown {unknown}; choose from {', '.join(ARMS)}")
+    sys.path.insert(0, str(HERE))
+    from results_file import commit as current_commit
 
-    from seal_trl.continual.gate import GateThresholds
-    from seal_trl.continual.documents import Document
-    from seal_trl.evaluation import generate_self_edits
-    from seal_trl.tasks.knowledge import KnowledgeTask
-    from seal_trl.tasks.squad import load_bundled
-
+    commit = current_commit()
     start = time.perf_counter()
-    contexts = load_bundled("train")[: args.documents]
-    docs = [Document(c["context_id"], c["title"], c["context"], tuple(c["questions"]), "bundled:train")
-            for c in contexts]
-    reused = json.loads(Path(args.reuse).read_text()) if args.reuse else {"steps": {}, "summary": {}}
-    if "self_edits" in reused:
-        edits = reused["self_edits"]
-    else:
-        model, tok = load(args.model)
-        task = KnowledgeTask(chat=bool(getattr(tok, "chat_template", None)))
-        edits = dict(zip([d.doc_id for d in docs], generate_self_edits(
-            model, tok, task, [d.as_context() for d in docs], max_new_tokens=args.max_new_tokens)))
-        del model
-        print(f"self-edits written in {time.perf_counter() - start:.0f} s", flush=True)
-    gated = {"promotion": "gate", "replay_ratio": args.replay_ratio, "gentler_retries": args.retries,
-             "regularization": args.regularization, "anchor_weight": args.anchor_weight}
-    arms = {
-        "naive": {"promotion": "always", "replay_ratio": 0.0, "anchor_weight": 0.0},
-        "gated": {**gated, "thresholds": GateThresholds(probe_metric=args.metric)},
-        # the document objectives on the answer log-likelihood (nats) instead
-        "gated-loglik": {**gated, "thresholds": GateThresholds(probe_metric="loglik",
-                                                                max_earlier_drop=args.loglik_drop)},
-    }
-    results = {k: reused["steps"][k] for k in args.reuse_arms.split(",") if k and k in args.arms.split(",")}
-    summary = {}
-    seconds = {k: v["seconds"] for k, v in reused["summary"].items() if isinstance(v, dict) and "seconds" in v}
-    for name in args.arms.split(","):
-        if name not in results:
-            t0 = time.perf_counter()
-            results[name] = run_arm(name, args.model, docs, edits, args, arms[name])
-            seconds[name] = time.perf_counter() - t0
-        rows, means = summarise(results[name], docs, args.metric)
-        summary[name] = {"rows": rows, "means": means, "seconds": seconds.get(name, 0.0)}
-    first = next(iter(results.values()))
-    summary["base_doc0"] = first[0]["scores"][docs[0].doc_id][args.metric]
-    wall = time.perf_counter() - start
-    smoke = args.model == "tiny" or args.no_append
-    if not smoke:
-        plot(summary, args.metric, HERE / "continual_forgetting.png")
-        (HERE / "continual_results.json").write_text(json.dumps({"args": vars(args), "summary": summary,
-                                                                 "steps": results, "self_edits": edits}, indent=1))
-    m = METRIC_NAMES[args.metric]
-    lines = [
-        "", f"## Continual adaptation: naive sequential merge vs replay + anchor + gate ({time.strftime('%Y-%m-%d %H:%M')})", "",
-        f"`python benchmarks/continual.py {' '.join(sys.argv[1:])}`. Model `{args.model}`; {len(docs)} bundled train "
-        "documents in order; the same greedy self-edit per document for every arm (written once by the base model, "
-        f"<= {args.max_new_tokens} tokens, <= {args.max_lines} lines, plus the passage); LoRA r={args.lora_r} on all "
-        f"projections, lr {args.lr:g}, {args.epochs} epochs. (b): replay ratio {args.replay_ratio:g}, L2 toward the "
-        f"promoted weights {args.regularization:g}, KL anchor weight {args.anchor_weight:g} (general texts: the "
-        f"model's own answers to generic prompts), up to {args.retries} gentler retries (lr x 0.35 each) after a "
-        f"refusal for forgetting or regression; gate defaults on {m} (new-document gain > 0, mean earlier-document "
-        "drop <= 2 points, held-out perplexity +2%, QA soft accuracy -2%). Per document, over its labelled "
-        "questions, each gold answer competes with the document's other gold answers (4-6 candidates) by mean "
-        "token log-prob: accuracy is the percent where the gold answer wins (chance ~20%), soft accuracy the mean "
-        "softmax weight of the gold answer (percent; continuous, so a 5-question document is not stuck in 20-point "
-        "steps). The gate reads the same labelled questions. "
-        f"This invocation's wall time {wall / 60:.1f} min"
-        + (f" (arms {', '.join(k for k in reused['steps'] if k in results)} reused from the previous JSON)."
-           if args.reuse else ".") + " Per-arm minutes below.", ""]
-    fmt = lambda v, f="{:.1f}": "" if v is None else f.format(v)  # noqa: E731
-    for name in [a for a in ARM_LABELS if a in summary]:
-        arm = summary[name]
-        lines += [f"{ARM_LABELS[name]} ({arm['seconds'] / 60:.1f} min):", "",
-                  f"| step | doc-0 {m} | doc-0 acc | earlier mean {m} | new-doc gain {m} | new-doc gain acc | "
-                  "promoted |", "|---|---|---|---|---|---|---|",
-                  f"| before | {summary['base_doc0']:.1f} | {first[0]['scores'][docs[0].doc_id]['accuracy']:.1f} "
-                  "| | | | |"]
-        for r in arm["rows"]:
-            lines.append(f"| {r['step']} | {r['doc0']:.1f} | {r['doc0_acc']:.1f} | {fmt(r['earlier_mean'])} | "
-                         f"{r['new_gain']:+.1f} | {r['new_gain_acc']:+.1f} | {'yes' if r['promoted'] else 'no'} |")
-        ms, ma = arm["means"][args.metric], arm["means"]["accuracy"]
-        lines += ["", f"Forgetting (a document's score right after its step minus at the end, mean over documents "
-                  f"0-{len(docs) - 2}): {ms['forgetting']:.1f} {m} points ({ma['forgetting']:.1f} accuracy points). "
-                  f"Learning (each document's gain right after its step, mean): {ms['learned']:+.1f} "
-                  f"({ma['learned']:+.1f}). Document 0 at the end minus right after its step: "
-                  f"{ms['doc0_end_minus_learned']:+.1f} ({ma['doc0_end_minus_learned']:+.1f}). Promoted: "
-                  f"{sum(r['promoted'] for r in arm['rows'])} of {len(docs)}.", ""]
-    lines += ["Plot: `benchmarks/continual_forgetting.png`; per-step scores, gate objectives and reasons: "
-              "`benchmarks/continual_results.json`.", ""]
-    if smoke:
-        print("\n".join(lines))
-    else:
-        sys.path.insert(0, str(HERE))
-        from results_file import append_section
-
-        append_section(lines)
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start_run(args, out, commit)
+    write_self_edits(args, out)
+    run_arms(args, out, arms)
+    report(args, out, arms, commit, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

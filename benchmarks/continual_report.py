@@ -1,0 +1,198 @@
+"""The continual benchmark's numbers: per-document learning and forgetting with bootstrap CIs over documents,
+general-ability loss, learning against the naive arm's, plasticity against learning each document alone, the table
+and the chart. Pure functions of the arms' step records (`benchmarks/continual.py` writes them), so they are tested
+without a model.
+
+An arm's record: `{"base": {"docs": {doc_id: scores}, "general": general}, "steps": [{"doc", "promoted", "scores":
+{doc_id: scores}, "general": general, ...}, ...]}`, where document scores hold `soft_accuracy`, `accuracy` and
+`loglik` on the document's report half and `general` holds `perplexity` and `qa_soft_accuracy` on the report half of
+the regression suite. The isolated arm's steps hold only the step's own document (learned alone on the base model).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from seal_trl.stats import bootstrap_ci
+
+#: The issue's goal: forgetting <= 3 soft points, learning >= 80% of the naive arm's, general-ability loss <= 2%.
+GOAL = {"forgetting": 3.0, "learning_ratio": 0.8, "general_loss": 0.02}
+ARM_LABELS = {
+    "naive": "naive merge (always promote)",
+    "reject": "replay + anchor + gate, reject",
+    "rescale": "replay + anchor + gate, rescale",
+    "rescale-kl": "replay + anchor + gate (+ KL), rescale",
+    "gate-only": "gate, reject, no replay or anchor",
+    "isolated": "each document alone on the base model",
+}
+
+
+def _mean_ci(values: Sequence[float], seed: int = 0) -> dict[str, float]:
+    low, high = bootstrap_ci(values, seed=seed)
+    return {"mean": float(np.mean(values)) if len(values) else math.nan, "low": low, "high": high, "n": len(values)}
+
+
+def learning(arm: Mapping[str, Any], metric: str) -> list[float]:
+    """Per document, its report-half score right after its own step minus before any training."""
+    base = arm["base"]["docs"]
+    return [s["scores"][s["doc"]][metric] - base[s["doc"]][metric] for s in arm["steps"]]
+
+
+def forgetting(arm: Mapping[str, Any], metric: str) -> list[float]:
+    """Per document but the last, its score right after its own step minus at the end of the stream."""
+    steps = arm["steps"]
+    end = steps[-1]["scores"]
+    return [s["scores"][s["doc"]][metric] - end[s["doc"]][metric] for s in steps[:-1]]
+
+
+def general_loss(arm: Mapping[str, Any]) -> dict[str, float]:
+    """At the end against before any training: the relative perplexity rise and the relative QA soft-accuracy drop
+    on the report half of the regression suite (positive = worse)."""
+    before, after = arm["base"]["general"], arm["steps"][-1]["general"]
+    return {"perplexity_rise": after["perplexity"] / before["perplexity"] - 1.0,
+            "qa_soft_drop": 1.0 - after["qa_soft_accuracy"] / max(before["qa_soft_accuracy"], 1e-9),
+            "perplexity_before": before["perplexity"], "perplexity_after": after["perplexity"],
+            "qa_soft_before": before["qa_soft_accuracy"], "qa_soft_after": after["qa_soft_accuracy"]}
+
+
+def ratio_ci(a: Sequence[float], b: Sequence[float], *, seed: int = 0, resamples: int = 10_000
+             ) -> dict[str, float]:
+    """mean(a) / mean(b) over paired documents, with a paired percentile-bootstrap interval."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    point = float(x.mean() / y.mean()) if y.mean() != 0 else math.nan
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(resamples, len(x)))
+    denominators = y[idx].mean(axis=1)
+    ratios = np.where(denominators != 0, x[idx].mean(axis=1) / np.where(denominators != 0, denominators, 1), np.nan)
+    ratios = ratios[~np.isnan(ratios)]
+    low, high = (np.quantile(ratios, [0.025, 0.975]) if ratios.size else (math.nan, math.nan))
+    return {"mean": point, "low": float(low), "high": float(high), "n": len(x)}
+
+
+def plasticity(arm_learning: Sequence[float], alone: Sequence[float], *, seed: int = 0, resamples: int = 10_000
+               ) -> dict[str, Any]:
+    """Whether earlier documents make later ones harder to learn: d_k = learning of document k in the stream minus
+    learning it alone on the base model; its least-squares slope over k (points per document) with a bootstrap
+    interval over documents, and the mean d of the first and last thirds of the stream."""
+    d = np.asarray(arm_learning, dtype=float) - np.asarray(alone, dtype=float)
+    k = np.arange(len(d), dtype=float)
+
+    def slope(kk: np.ndarray, dd: np.ndarray) -> float:
+        kc = kk - kk.mean()
+        denominator = float((kc * kc).sum())
+        return float((kc * (dd - dd.mean())).sum() / denominator) if denominator else math.nan
+
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(resamples, len(d)))
+    slopes = np.array([slope(k[i], d[i]) for i in idx])
+    slopes = slopes[~np.isnan(slopes)]
+    third = max(1, len(d) // 3)
+    return {"d": d.tolist(), "slope": slope(k, d),
+            "slope_low": float(np.quantile(slopes, 0.025)) if slopes.size else math.nan,
+            "slope_high": float(np.quantile(slopes, 0.975)) if slopes.size else math.nan,
+            "first_third": _mean_ci(d[:third].tolist(), seed), "last_third": _mean_ci(d[-third:].tolist(), seed)}
+
+
+def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accuracy") -> dict[str, Any]:
+    """Every arm's learning, forgetting (both metrics), general loss, ratio to the naive arm's learning, plasticity
+    against the isolated arm, and its distance to the goal."""
+    out: dict[str, Any] = {}
+    naive = learning(arms["naive"], metric) if "naive" in arms else None
+    alone = learning(arms["isolated"], metric) if "isolated" in arms else None
+    for name, arm in arms.items():
+        learned = learning(arm, metric)
+        row: dict[str, Any] = {"learning": _mean_ci(learned), "learning_per_doc": learned,
+                               "learning_accuracy": _mean_ci(learning(arm, "accuracy"))}
+        if name != "isolated":
+            row["forgetting"] = _mean_ci(forgetting(arm, metric))
+            row["forgetting_per_doc"] = forgetting(arm, metric)
+            row["forgetting_accuracy"] = _mean_ci(forgetting(arm, "accuracy"))
+            row["general"] = general_loss(arm)
+            row["promoted"] = sum(bool(s.get("promoted")) for s in arm["steps"])
+            scales = [s.get("scale", 1.0) for s in arm["steps"] if s.get("promoted")]
+            row["mean_promoted_scale"] = float(np.mean(scales)) if scales else math.nan
+            if naive is not None:
+                row["learning_ratio"] = ratio_ci(learned, naive)
+            if alone is not None:
+                row["plasticity"] = plasticity(learned, alone)
+            g = row["general"]
+            loss = max(g["perplexity_rise"], g["qa_soft_drop"])
+            row["goal"] = {"forgetting_over": row["forgetting"]["mean"] - GOAL["forgetting"],
+                           "learning_ratio_short": GOAL["learning_ratio"] - row.get("learning_ratio", {}).get(
+                               "mean", math.nan),
+                           "general_loss_over": loss - GOAL["general_loss"]}
+            row["goal"]["met"] = (row["goal"]["forgetting_over"] <= 0 and row["goal"]["general_loss_over"] <= 0
+                                  and row["goal"]["learning_ratio_short"] <= 0)
+        out[name] = row
+    return out
+
+
+def _ci(c: Mapping[str, float], fmt: str = "{:+.1f}") -> str:
+    return f"{fmt.format(c['mean'])} [{fmt.format(c['low'])}, {fmt.format(c['high'])}]"
+
+
+def table(summary: Mapping[str, Any], metric_name: str = "soft accuracy") -> list[str]:
+    """The markdown table: one row per arm (the isolated arm has learning only)."""
+    lines = [f"| arm | learning ({metric_name} points) | forgetting ({metric_name} points) | learning / naive | "
+             "held-out perplexity rise | QA soft-accuracy drop | promoted | plasticity slope (points/doc) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, row in summary.items():
+        label = ARM_LABELS.get(name, name)
+        if name == "isolated":
+            lines.append(f"| {label} | {_ci(row['learning'])} | | | | | | |")
+            continue
+        g = row["general"]
+        ratio = _ci(row["learning_ratio"], "{:.2f}") if "learning_ratio" in row else ""
+        plast = row.get("plasticity")
+        slope = (f"{plast['slope']:+.2f} [{plast['slope_low']:+.2f}, {plast['slope_high']:+.2f}]" if plast else "")
+        lines.append(f"| {label} | {_ci(row['learning'])} | {_ci(row['forgetting'])} | {ratio} | "
+                     f"{100 * g['perplexity_rise']:+.1f}% | {100 * g['qa_soft_drop']:+.1f}% | "
+                     f"{row['promoted']} / {len(row['learning_per_doc'])} | {slope} |")
+    return lines
+
+
+def plot(summary: Mapping[str, Any], path, metric_name: str = "soft accuracy") -> None:
+    """Learning against forgetting, learning against general-ability loss (one point per arm, CIs over documents),
+    and plasticity (learning in the stream minus alone, per document position)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.3))
+    for name, row in summary.items():
+        if name == "isolated":
+            continue
+        label = ARM_LABELS.get(name, name)
+        lr, fg = row["learning"], row["forgetting"]
+        g = row["general"]
+        line = axes[0].errorbar(fg["mean"], lr["mean"], xerr=[[fg["mean"] - fg["low"]], [fg["high"] - fg["mean"]]],
+                                yerr=[[lr["mean"] - lr["low"]], [lr["high"] - lr["mean"]]], fmt="o", capsize=3,
+                                label=label)
+        color = line[0].get_color()
+        loss = 100 * max(g["perplexity_rise"], g["qa_soft_drop"])
+        axes[1].errorbar(loss, lr["mean"], yerr=[[lr["mean"] - lr["low"]], [lr["high"] - lr["mean"]]], fmt="o",
+                         capsize=3, color=color, label=label)
+        if "plasticity" in row:
+            axes[2].plot(range(len(row["plasticity"]["d"])), row["plasticity"]["d"], marker=".", lw=1, color=color,
+                         label=label)
+    axes[0].axvline(GOAL["forgetting"], color="grey", ls="--", lw=1)
+    axes[1].axvline(100 * GOAL["general_loss"], color="grey", ls="--", lw=1)
+    axes[2].axhline(0, color="grey", lw=1)
+    axes[0].set(title="Learning against forgetting", xlabel=f"forgetting ({metric_name} points)",
+                ylabel=f"learning ({metric_name} points)")
+    axes[1].set(title="Learning against general-ability loss",
+                xlabel="general-ability loss (%, worse of perplexity rise and QA drop)",
+                ylabel=f"learning ({metric_name} points)")
+    axes[2].set(title="Plasticity: learning in the stream minus alone", xlabel="document position k",
+                ylabel=f"{metric_name} points")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

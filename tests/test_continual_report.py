@@ -1,0 +1,75 @@
+"""benchmarks/continual_report.py: learning, forgetting, general loss, ratio and plasticity from constructed arms."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from continual_report import (forgetting, general_loss, learning, plasticity, ratio_ci, summarise,  # noqa: E402
+                              table)
+
+
+def _arm(after, end, base, *, general_after=(30.0, 50.0), promoted=True):
+    """An arm over len(after) documents: doc k scores `after[k]` right after its step, `end[k]` at the end."""
+    ids = [f"d{k}" for k in range(len(after))]
+    steps = []
+    for k, doc in enumerate(ids):
+        scores = {d: {"soft_accuracy": after[j] if j == k else (end[j] if k == len(ids) - 1 else after[j]),
+                      "accuracy": 0.0, "loglik": -1.0} for j, d in enumerate(ids[: k + 1])}
+        steps.append({"doc": doc, "promoted": promoted, "scores": scores,
+                      "general": {"perplexity": general_after[0], "qa_soft_accuracy": general_after[1]}})
+    return {"base": {"docs": {d: {"soft_accuracy": base[j], "accuracy": 0.0, "loglik": -1.0}
+                              for j, d in enumerate(ids)},
+                     "general": {"perplexity": 30.0, "qa_soft_accuracy": 50.0}},
+            "steps": steps}
+
+
+def test_learning_and_forgetting_per_document():
+    arm = _arm(after=[40, 50, 60], end=[30, 45, 60], base=[20, 20, 20])
+    assert learning(arm, "soft_accuracy") == [20, 30, 40]
+    assert forgetting(arm, "soft_accuracy") == [10, 5]  # the last document cannot be forgotten yet
+
+
+def test_general_loss_is_relative_and_positive_when_worse():
+    g = general_loss(_arm([40], [40], [20], general_after=(33.0, 45.0)))
+    assert g["perplexity_rise"] == pytest.approx(0.10)
+    assert g["qa_soft_drop"] == pytest.approx(0.10)
+
+
+def test_ratio_ci_brackets_the_ratio_of_means():
+    r = ratio_ci([1.0, 2.0, 3.0, 2.0], [2.0, 4.0, 6.0, 4.0])
+    assert r["mean"] == pytest.approx(0.5)
+    assert r["low"] == pytest.approx(0.5) and r["high"] == pytest.approx(0.5)  # every resample has ratio 0.5
+    r = ratio_ci([1.0, 3.0, 0.0, 4.0], [2.0, 2.0, 2.0, 2.0])
+    assert r["low"] < r["mean"] < r["high"]
+
+
+def test_plasticity_slope_sign():
+    alone = [10.0] * 12
+    shrinking = [10.0 - k for k in range(12)]  # later documents learned less than alone
+    p = plasticity(shrinking, alone)
+    assert p["slope"] == pytest.approx(-1.0)
+    assert p["slope_high"] < 0
+    assert p["first_third"]["mean"] > p["last_third"]["mean"]
+    flat = plasticity(alone, alone)
+    assert flat["slope"] == pytest.approx(0.0)
+
+
+def test_summarise_goal_and_table():
+    arms = {"naive": _arm([40, 50, 60], [20, 30, 60], [20, 20, 20], general_after=(60.0, 40.0)),
+            "reject": _arm([37, 44, 52], [35, 43, 52], [20, 20, 20], general_after=(30.3, 49.8)),
+            "isolated": _arm([40, 50, 60], [40, 50, 60], [20, 20, 20])}
+    s = summarise(arms)
+    assert s["naive"]["forgetting"]["mean"] == pytest.approx(20.0)
+    assert not s["naive"]["goal"]["met"]
+    assert s["reject"]["learning_ratio"]["mean"] == pytest.approx(73 / 90)
+    assert s["reject"]["forgetting"]["mean"] == pytest.approx(1.5)
+    assert s["reject"]["goal"]["met"]
+    assert s["reject"]["plasticity"]["slope"] < 0
+    assert "forgetting" not in s["isolated"]
+    rows = table(s)
+    assert len(rows) == 2 + 3 and "+1.5" in rows[3]
+    assert not math.isnan(s["reject"]["mean_promoted_scale"])
