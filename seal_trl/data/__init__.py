@@ -1,1 +1,2 @@
-"""Bundled datasets (SQuAD v1.1 JSON): invented-entity passages, train and validation splits."""
+"""Bundled data: invented-entity passages (SQuAD v1.1 JSON, train and validation splits), the continual
+document stream (`continual_stream.json`) and the continual regression suite (`regression_suite.json`)."""

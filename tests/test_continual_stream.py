@@ -1,0 +1,74 @@
+"""The bundled continual stream: 24 invented-entity documents, each with a gate half and a report half of questions
+whose answers are verbatim spans of the text, disjoint from each other and from the bundled knowledge data."""
+
+import json
+import re
+from importlib import resources
+
+import pytest
+
+from seal_trl.continual.stream import STREAM_SIZE, bundled_stream
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def _answers(questions):
+    return [a for q in questions for a in q["answers"]]
+
+
+def _bundled_knowledge():
+    titles, answers = [], set()
+    for name in ("knowledge_train.json", "knowledge_validation.json"):
+        data = json.loads(resources.files("seal_trl.data").joinpath(name).read_text(encoding="utf-8"))
+        for article in data["data"]:
+            titles.append(re.sub(r"\s*\(.*\)$", "", article["title"]))  # 'Hollin Crane (schooner)': the name
+            answers.update(a["text"].lower() for p in article["paragraphs"] for q in p["qas"] for a in q["answers"])
+    return titles, answers
+
+
+def test_the_stream_has_24_documents_with_unique_ids_and_two_question_halves():
+    docs = bundled_stream()
+    assert len(docs) == STREAM_SIZE == 24
+    assert [d.doc_id for d in docs] == [f"stream-{i:02d}" for i in range(1, 25)]
+    for d in docs:
+        assert len(d.questions) == 6 and len(d.report_questions) == 6, d.doc_id
+        assert 9 <= len(_SENTENCE.split(d.text)) <= 12 and 150 <= len(d.text.split()) <= 230, d.doc_id
+        assert d.for_learner().report_questions == () and d.report_view().questions == d.report_questions
+
+
+def test_every_answer_is_a_short_verbatim_span_and_the_halves_ask_about_different_facts():
+    for d in bundled_stream():
+        gate, report = _answers(d.questions), _answers(d.report_questions)
+        every = gate + report
+        assert len({a.lower() for a in every}) == 12, f"{d.doc_id}: answers repeat"
+        assert not {a.lower() for a in gate} & {a.lower() for a in report}, d.doc_id
+        for q in (*d.questions, *d.report_questions):
+            for a in q["answers"]:
+                assert a in d.text, f"{d.doc_id}: {a!r} is not verbatim in the text"
+                assert 1 <= len(a.split()) <= 4, f"{d.doc_id}: {a!r} is not a short span"
+                assert a.lower() not in q["question"].lower(), f"{d.doc_id}: the question gives away {a!r}"
+                assert a.lower() not in d.title.lower(), f"{d.doc_id}: the probe prompt's title gives away {a!r}"
+                assert not any(a.lower() in b.lower() for b in every if b != a), f"{d.doc_id}: {a!r} inside another"
+        sentences = _SENTENCE.split(d.text)
+        gate_sents = {i for i, s in enumerate(sentences) for a in gate if a in s}
+        report_sents = {i for i, s in enumerate(sentences) for a in report if a in s}
+        assert not gate_sents & report_sents, f"{d.doc_id}: both halves ask about sentences {gate_sents & report_sents}"
+
+
+def test_the_stream_shares_no_title_or_answer_with_the_bundled_knowledge_data():
+    titles, answers = _bundled_knowledge()
+    for d in bundled_stream():
+        assert d.title not in titles
+        mentioned = [t for t in titles if t.lower() in d.text.lower()]
+        assert not mentioned, f"{d.doc_id} mentions bundled knowledge titles {mentioned}"
+        shared = {a for a in _answers((*d.questions, *d.report_questions)) if a.lower() in answers}
+        assert not shared, f"{d.doc_id}: answers also in the knowledge data: {shared}"
+
+
+def test_bundled_stream_takes_the_first_n_and_refuses_n_out_of_range():
+    first = bundled_stream(3)
+    assert [d.doc_id for d in first] == ["stream-01", "stream-02", "stream-03"]
+    assert first == bundled_stream()[:3] and len(bundled_stream(24)) == 24
+    for bad in (0, 25, -1, 2.0, True, "3"):
+        with pytest.raises(ValueError, match="n must be an integer from 1 to 24"):
+            bundled_stream(bad)
