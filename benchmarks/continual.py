@@ -72,20 +72,22 @@ def split_suite(suite):
 def arm_config(name: str, args) -> dict:
     from seal_trl.continual.gate import GateThresholds
 
+    if name == "isolated":
+        return {"promotion": "never", "replay_ratio": 0.0, "anchor_weight": 0.0}
+    if name == "naive":
+        return {"promotion": "always", "replay_ratio": 0.0, "anchor_weight": 0.0}
+    if name == "gate-only":
+        return {"promotion": "gate", "replay_ratio": 0.0, "anchor_weight": 0.0, "gate_policy": "reject",
+                "thresholds": GateThresholds(probe_metric=args.metric)}
     protected = {"promotion": "gate", "replay_ratio": args.replay_ratio, "anchor_weight": args.anchor_weight,
                  "thresholds": GateThresholds(probe_metric=args.metric)}
-    return {
-        "isolated": {"promotion": "never", "replay_ratio": 0.0, "anchor_weight": 0.0},
-        "naive": {"promotion": "always", "replay_ratio": 0.0, "anchor_weight": 0.0},
-        "reject": {**protected, "gate_policy": "reject"},
-        "rescale": {**protected, "gate_policy": "rescale", "rescale_floor": args.rescale_floor,
-                    "rescale_steps": args.rescale_steps},
-        "rescale-kl": {**protected, "gate_policy": "rescale", "rescale_floor": args.rescale_floor,
-                       "rescale_steps": args.rescale_steps,
-                       "thresholds": GateThresholds(probe_metric=args.metric, max_kl_to_promoted=args.max_kl)},
-        "gate-only": {"promotion": "gate", "replay_ratio": 0.0, "anchor_weight": 0.0, "gate_policy": "reject",
-                      "thresholds": GateThresholds(probe_metric=args.metric)},
-    }[name]
+    if name == "reject":
+        return {**protected, "gate_policy": "reject"}
+    rescale = {**protected, "gate_policy": "rescale", "rescale_floor": args.rescale_floor,
+               "rescale_steps": args.rescale_steps}
+    if name == "rescale":
+        return rescale
+    return {**rescale, "thresholds": GateThresholds(probe_metric=args.metric, max_kl_to_promoted=args.max_kl)}
 
 
 def _write(path: Path, data) -> None:
@@ -104,6 +106,9 @@ def run_worker(name: str, args) -> None:
     from seal_trl.continual.registry import AdapterRegistry
     from seal_trl.continual.stream import bundled_stream
     from seal_trl.inner.config import InnerLoopConfig
+
+    sys.path.insert(0, str(HERE))
+    from results_file import commit as current_commit
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -131,7 +136,8 @@ def run_worker(name: str, args) -> None:
     if record is None:
         learner.sync()
         scores, general = evaluate([d.doc_id for d in docs])
-        record = {"arm": name, "config": repr(config), "base": {"docs": scores, "general": general}, "steps": []}
+        record = {"arm": name, "commit": current_commit(), "config": repr(config),
+                  "base": {"docs": scores, "general": general}, "steps": []}
         _write(record_path, record)
     elif record["steps"] and registry.promoted != record["steps"][-1]["registry_promoted"]:
         # interrupted between a step's commit and its record: go back to the last recorded state
@@ -198,9 +204,11 @@ def start_run(args, out: Path, commit: str) -> None:
     run_file = out / "run.json"
     if run_file.exists():
         run = json.loads(run_file.read_text())
-        if run["commit"] != commit or run["settings"] != settings:
-            sys.exit(f"{out} holds a run of commit {run['commit']} with other settings or code; pass --fresh to "
-                     "start over there, or another --out")
+        if run["settings"] != settings:
+            sys.exit(f"{out} holds a run with other settings; pass --fresh to start over there, or another --out")
+        if run["commit"] != commit:
+            print(f"note: {out} was started at commit {run['commit']}, this is {commit}: each arm records the commit "
+                  "it ran at, and the report lists them", flush=True)
         return
     _write(run_file, {"commit": commit, "settings": settings, "started": time.strftime("%Y-%m-%d %H:%M:%S")})
 
@@ -251,8 +259,8 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float) -> None:
              f"{args.anchor_weight:g} where on; rescale floor {args.rescale_floor:g} in {args.rescale_steps} bisection "
              f"steps; KL limit {args.max_kl:g} nats/token (rescale-kl). Every figure is on report-half questions and "
              "the report half of the regression suite; the learner and its gate read only the gate halves. CIs: "
-             "95% percentile bootstrap over documents. Arm minutes (sum of steps): "
-             + ", ".join(f"{a} {s / 60:.1f}" for a, s in seconds.items()) + ".", ""]
+             "95% percentile bootstrap over documents. Arm minutes (sum of steps) and the commit each arm ran at: "
+             + ", ".join(f"{a} {s / 60:.1f} ({records[a].get('commit', '?')})" for a, s in seconds.items()) + ".", ""]
     lines += table(summary)
     lines += ["", f"Goal (issue 33): forgetting <= {GOAL['forgetting']:g} points, learning >= "
               f"{100 * GOAL['learning_ratio']:.0f}% of naive, general-ability loss <= {100 * GOAL['general_loss']:g}%."]
