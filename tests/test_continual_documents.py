@@ -106,8 +106,12 @@ def test_distinct_ids_that_share_a_slug_stay_distinct_and_true_duplicates_are_re
 
 def test_bundled_regression_suite_and_bad_suites(tmp_path):
     suite = RegressionSuite.bundled()
-    assert len(suite.heldout_text.split()) > 150 and len(suite.qa) >= 12
-    assert all(0 <= answer < len(choices) for _, choices, answer in suite.qa)
+    assert len(suite.heldout_text.split()) > 150 and len(suite.qa) >= 64
+    assert all(len(choices) == 4 and len(set(choices)) == 4 and 0 <= answer < 4 for _, choices, answer in suite.qa)
+    questions = [q.lower() for q, _, _ in suite.qa]
+    assert len(set(questions)) == len(questions), "a question appears twice in the bundled suite"
+    positions = [answer for _, _, answer in suite.qa]
+    assert min(positions.count(i) for i in range(4)) >= len(positions) // 8, "the correct choice sits in one place"
     with pytest.raises(RegressionSuiteError, match="heldout_text"):
         RegressionSuite.from_json({"qa": []})
     with pytest.raises(RegressionSuiteError, match=r"qa\[0\] needs"):
