@@ -89,3 +89,64 @@ def test_regression_scores_on_the_tiny_model(tiny_model, tiny_tokenizer):
         for p in tiny_model.parameters():
             p.add_(torch.randn_like(p) * 0.5)
     assert regression_scores(tiny_model, tiny_tokenizer)["perplexity"] != first["perplexity"]
+
+
+def test_kl_to_promoted_is_an_objective_only_when_its_threshold_is_set():
+    before, after = scores(20, {"a": 60}), {**scores(60, {"a": 60}), "kl_to_promoted": 0.3}
+    assert "kl_to_promoted" not in {o.name for o in evaluate_gate(before, after).objectives}
+    limited = evaluate_gate(before, after, GateThresholds(max_kl_to_promoted=0.7))
+    assert limited.passed and limited.objectives[-1].name == "kl_to_promoted" and limited.objectives[-1].value == 0.3
+    refused = evaluate_gate(before, after, GateThresholds(max_kl_to_promoted=0.25))
+    assert refused.reasons == ["kl_to_promoted: KL(promoted || candidate) 0.3000 nats per token on the new "
+                               "document's texts (limit 0.25)"]
+    assert evaluate_gate(before, {**after, "kl_to_promoted": 0.0}, GateThresholds(max_kl_to_promoted=0)).passed
+    assert not evaluate_gate(before, {**after, "kl_to_promoted": float("nan")},
+                             GateThresholds(max_kl_to_promoted=0.7)).passed
+    with pytest.raises(ValueError, match="no number `kl_to_promoted`"):
+        evaluate_gate(before, scores(60, {"a": 60}), GateThresholds(max_kl_to_promoted=0.7))
+    for bad in (-0.1, float("nan"), "0.7", True):
+        with pytest.raises(ValueError, match="GateThresholds.max_kl_to_promoted"):
+            GateThresholds(max_kl_to_promoted=bad)
+
+
+class Verdict:
+    def __init__(self, passed):
+        self.passed, self.reasons = passed, [] if passed else ["too far"]
+
+
+@pytest.mark.parametrize("limit, floor, steps, found, scales", [
+    (0.6, 0.125, 4, 0.5625, [0.125, 0.5625, 0.78125, 0.671875, 0.6171875]),
+    (0.99, 0.5, 2, 0.875, [0.5, 0.75, 0.875]),
+    (0.1, 0.125, 4, None, [0.125]),     # the floor fails: nothing more is tried
+    (0.9, 1.0, 4, None, []),            # floor 1 is the refused update itself
+])
+def test_search_scale_bisects_between_the_floor_and_one(limit, floor, steps, found, scales):
+    from seal_trl.continual.rescale import search_scale
+
+    calls = []
+
+    def evaluate(s):
+        calls.append(s)
+        return Verdict(s <= limit), f"payload {s}"
+
+    scale, chosen, tried = search_scale(evaluate, floor=floor, steps=steps)
+    assert scale == found and calls == scales == [t["scale"] for t in tried]
+    assert chosen == (None if found is None else (chosen[0], f"payload {found}"))
+    assert [t["passed"] for t in tried] == [s <= limit for s in scales]
+    assert all(t["reasons"] == ([] if t["passed"] else ["too far"]) for t in tried)
+
+
+def test_scale_update_multiplies_lora_b_only():
+    import torch
+
+    from seal_trl.continual.rescale import scale_update
+
+    state = {"m.lora_A.weight": torch.ones(2, 3), "m.lora_B.weight": torch.full((3, 2), 2.0)}
+    scaled = scale_update(state, 0.25)
+    assert torch.equal(scaled["m.lora_A.weight"], state["m.lora_A.weight"])
+    assert torch.equal(scaled["m.lora_B.weight"], torch.full((3, 2), 0.5))
+    assert torch.equal(state["m.lora_B.weight"], torch.full((3, 2), 2.0))  # the trained state is left alone
+    assert torch.allclose(scaled["m.lora_B.weight"] @ scaled["m.lora_A.weight"],
+                          0.25 * state["m.lora_B.weight"] @ state["m.lora_A.weight"])
+    with pytest.raises(ValueError, match="lora_B"):
+        scale_update({"m.weight": torch.ones(1)}, 0.5)

@@ -240,6 +240,14 @@ def test_separate_mode_loads_a_promoted_adapter_trained_on_other_modules(tmp_pat
     ({"probe_questions": 0}, "ContinualConfig.probe_questions"),
     ({"anchor_texts": "some general text"}, "ContinualConfig.anchor_texts"),
     ({"anchor_texts": ["ok", 3]}, "ContinualConfig.anchor_texts"),
+    ({"gate_policy": "shrink"}, "ContinualConfig.gate_policy"),
+    ({"rescale_floor": 0.0}, "ContinualConfig.rescale_floor"),
+    ({"rescale_floor": 1.5}, "ContinualConfig.rescale_floor"),
+    ({"rescale_floor": float("nan")}, "ContinualConfig.rescale_floor"),
+    ({"rescale_steps": 0}, "ContinualConfig.rescale_steps"),
+    ({"rescale_steps": 2.0}, "ContinualConfig.rescale_steps"),
+    ({"rescale_steps": 21}, "ContinualConfig.rescale_steps"),
+    ({"thresholds": {"max_kl_to_promoted": -1}}, "GateThresholds.max_kl_to_promoted"),
 ])
 def test_config_refuses_bad_fields_before_any_model_loads(bad, field):
     """Each of these was accepted and failed only later (after training, for a thresholds mapping), or silently

@@ -9,6 +9,9 @@ from typing import Literal
 from ..inner.config import is_finite_number
 from .gate import GateThresholds
 
+#: Bisection steps of the rescale policy at most: each is one more full gate evaluation.
+MAX_RESCALE_STEPS = 20
+
 
 @dataclass
 class ContinualConfig:
@@ -23,6 +26,14 @@ class ContinualConfig:
     `anchor_max_tokens` tokens each). When the gate refuses a candidate
     for forgetting, regression or a constraint, up to `gentler_retries` more candidates are trained with the
     learning rate multiplied by `retry_lr_factor` each time (the attempts are recorded in the metrics).
+
+    `gate_policy` says what happens to a candidate the gate refuses for anything besides the new document's gain:
+    "reject" keeps it as a refused candidate; "rescale" (STABLE, arXiv 2510.16089; only with promotion "gate")
+    shrinks its update by a factor s (every lora_B times s, i.e. B @ A * scaling times s) and gates it again at s:
+    first at `rescale_floor` (refused there: rejected as with "reject"), then bisecting `rescale_steps` times
+    between the floor and 1 for the largest s that passes every objective, the new document's gain included. The
+    update scaled by that s is committed and promoted. Rescaling happens within each attempt: a gentler retry is
+    trained only when even the floor fails.
     """
 
     mode: Literal["merge", "separate"] = "merge"
@@ -41,6 +52,9 @@ class ContinualConfig:
     anchor_max_tokens: int = 64
     gentler_retries: int = 0
     retry_lr_factor: float = 0.35
+    gate_policy: Literal["reject", "rescale"] = "reject"
+    rescale_floor: float = 0.125
+    rescale_steps: int = 4
     probe_questions: int = 4
     probe_max_new_tokens: int = 160
     check_regression: bool = True
@@ -55,6 +69,8 @@ class ContinualConfig:
             raise ValueError(f"ContinualConfig.mode must be 'merge' or 'separate', got {self.mode!r}")
         if self.promotion not in ("gate", "always", "never"):
             raise ValueError(f"ContinualConfig.promotion must be 'gate', 'always' or 'never', got {self.promotion!r}")
+        if self.gate_policy not in ("reject", "rescale"):
+            raise ValueError(f"ContinualConfig.gate_policy must be 'reject' or 'rescale', got {self.gate_policy!r}")
         if isinstance(self.thresholds, Mapping):
             self.thresholds = GateThresholds(**self.thresholds)
         if not isinstance(self.thresholds, GateThresholds):
@@ -64,7 +80,7 @@ class ContinualConfig:
             raise ValueError(f"ContinualConfig.self_edit_style must be one of {STYLES}, got {self.self_edit_style!r}")
         for name, low in (("num_self_edits", 1), ("self_edit_max_new_tokens", 1), ("max_self_edit_lines", 1),
                           ("max_replay_examples", 0), ("anchor_max_tokens", 2), ("gentler_retries", 0),
-                          ("probe_questions", 1), ("probe_max_new_tokens", 1)):
+                          ("probe_questions", 1), ("probe_max_new_tokens", 1), ("rescale_steps", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"ContinualConfig.{name} must be an integer >= {low}, got {value!r}")
@@ -74,6 +90,12 @@ class ContinualConfig:
                 raise ValueError(f"ContinualConfig.{name} must be a finite number >= 0, got {value!r}")
         if not is_finite_number(self.retry_lr_factor) or not 0 < self.retry_lr_factor <= 1:
             raise ValueError(f"ContinualConfig.retry_lr_factor must be in (0, 1], got {self.retry_lr_factor!r}")
+        if not is_finite_number(self.rescale_floor) or not 0 < self.rescale_floor <= 1:
+            raise ValueError(f"ContinualConfig.rescale_floor must be in (0, 1], got {self.rescale_floor!r}")
+        if self.rescale_steps > MAX_RESCALE_STEPS:
+            raise ValueError(f"ContinualConfig.rescale_steps must be at most {MAX_RESCALE_STEPS} (each step gates the "
+                             f"candidate again; 2^-{MAX_RESCALE_STEPS} is finer than any score can tell), got "
+                             f"{self.rescale_steps!r}")
         if isinstance(self.anchor_texts, str) or not all(isinstance(t, str) for t in self.anchor_texts):
             raise ValueError("ContinualConfig.anchor_texts must be a list of texts (strings), not one string or "
                              "other values")

@@ -6,6 +6,10 @@ Objectives, each scored and stored on its own (never collapsed into one number):
   and optionally the worst single document's drop (<= `max_single_earlier_drop`);
 - `regression_perplexity`: the relative rise of the held-out text's perplexity (<= `max_perplexity_increase`);
 - `regression_qa`: the relative drop of the fixed QA set's soft accuracy (<= `max_qa_drop`);
+- `kl_to_promoted` (only when `max_kl_to_promoted` is set): the mean per-token forward KL(promoted || candidate),
+  in nats, on the new document's training texts (<= `max_kl_to_promoted`). It is measured for every candidate and
+  stored in its scores either way: forgetting tracks this divergence on the new task's inputs (RL's Razor, arXiv
+  2509.04259), and STABLE (arXiv 2510.16089) gates merges on it;
 - `constraint:<name>`: each user constraint, a callable that returns None (pass) or a reason (fail).
 
 `evaluate_gate(before, after, thresholds, constraint_failures)` is a pure function of score dictionaries,
@@ -26,7 +30,8 @@ PROBE_METRICS = ("accuracy", "soft_accuracy", "loglik")
 class GateThresholds:
     """What a candidate must satisfy. Document scores use `probe_metric`: soft accuracy points by default,
     because a probe has a handful of questions, so plain accuracy moves in steps of 15-25 points and a 2-point
-    limit on it would mean that no answer may flip."""
+    limit on it would mean that no answer may flip. `max_kl_to_promoted` (nats per token, None = not gated; STABLE
+    uses 0.7) limits the candidate's KL divergence from the promoted model on the new document's texts."""
 
     probe_metric: str = "soft_accuracy"
     min_new_gain: float = 0.0
@@ -34,14 +39,15 @@ class GateThresholds:
     max_single_earlier_drop: float | None = None
     max_perplexity_increase: float = 0.02
     max_qa_drop: float = 0.02
+    max_kl_to_promoted: float | None = None
 
     def __post_init__(self):
         if self.probe_metric not in PROBE_METRICS:
             raise ValueError(f"GateThresholds.probe_metric must be one of {PROBE_METRICS}, got {self.probe_metric!r}")
         for name in ("min_new_gain", "max_earlier_drop", "max_single_earlier_drop", "max_perplexity_increase",
-                     "max_qa_drop"):
+                     "max_qa_drop", "max_kl_to_promoted"):
             value = getattr(self, name)
-            if value is None and name == "max_single_earlier_drop":
+            if value is None and name in ("max_single_earlier_drop", "max_kl_to_promoted"):
                 continue
             # NaN compares false with everything, so a NaN threshold would refuse (or pass) every candidate
             if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
@@ -125,7 +131,8 @@ def evaluate_gate(before: Mapping[str, Any], after: Mapping[str, Any], threshold
     """Compare the promoted model's scores (`before`) with the candidate's (`after`).
 
     Both are `{"new": {doc_id: scores}, "earlier": {doc_id: scores}, "regression": {...}}` where document
-    scores hold the `PROBE_METRICS` and regression scores `perplexity` and `qa_soft_accuracy`.
+    scores hold the `PROBE_METRICS` and regression scores `perplexity` and `qa_soft_accuracy`; `after` also holds
+    `kl_to_promoted` (a number) when `thresholds.max_kl_to_promoted` is set.
     """
     t = thresholds or GateThresholds()
     m = t.probe_metric
@@ -161,6 +168,15 @@ def evaluate_gate(before: Mapping[str, Any], after: Mapping[str, Any], threshold
             "regression_qa", drop, f"<= {t.max_qa_drop:g}", drop <= t.max_qa_drop,
             f"QA soft accuracy {rb['qa_soft_accuracy']:.2f} -> {ra['qa_soft_accuracy']:.2f} ({-100 * drop:+.2f}%, "
             f"limit -{100 * t.max_qa_drop:g}%)"))
+    if t.max_kl_to_promoted is not None:
+        kl = after.get("kl_to_promoted")
+        if not isinstance(kl, (int, float)) or isinstance(kl, bool):
+            raise ValueError("GateThresholds.max_kl_to_promoted is set, but the candidate's scores have no number "
+                             f"`kl_to_promoted` (got {kl!r}); measure it or leave the threshold None")
+        objectives.append(Objective(
+            "kl_to_promoted", kl, f"<= {t.max_kl_to_promoted:g}", kl <= t.max_kl_to_promoted,
+            f"KL(promoted || candidate) {kl:.4f} nats per token on the new document's texts (limit "
+            f"{t.max_kl_to_promoted:g})"))
     for name, reason in (constraint_failures or {}).items():
         objectives.append(Objective(f"constraint:{name}", 0.0 if reason else 1.0, "no violation", reason is None,
                                     reason or "ok"))

@@ -52,6 +52,22 @@ class ContinualInnerLoop(InnerLoop):
         if bad:
             raise ValueError(f"the adapter does not fit this model (unexpected tensors {bad[:3]})")
 
+    @contextmanager
+    def candidate_disabled(self):
+        """Inside, the model computes the promoted version alone: the candidate's lora_B tensors are zeroed (its
+        update B @ A is then exactly 0) and put back on exit."""
+        layers = [layer.lora_B[INNER_ADAPTER].weight for layer in self.lora_layers().values()]
+        saved = [b.detach().clone() for b in layers]
+        with torch.no_grad():
+            for b in layers:
+                b.zero_()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for b, value in zip(layers, saved):
+                    b.copy_(value)
+
     @torch.no_grad()
     def set_promoted(self, chain: Sequence[tuple[str, Mapping[str, torch.Tensor], float]],
                      mode: Literal["merge", "separate"]) -> None:

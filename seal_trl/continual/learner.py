@@ -19,6 +19,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any
 
 from .anchor import write_anchor_texts
@@ -26,6 +27,7 @@ from .config import ContinualConfig
 from .gate import CandidateOutputs, Constraint, GateVerdict, evaluate_gate, run_constraints
 from .document_probes import (DocumentProbe, drop_held_out, labelled_probe, score_probe, self_written_probe,
                          write_probe_text)
+from .divergence import mean_token_kl
 from .documents import Document
 from .inner_loop import (ContinualInnerLoop, _deltas, adapter_misfit,  # noqa: F401 (_deltas: re-exported for tests)
                          adapter_scaling)
@@ -34,6 +36,7 @@ from ..inner.jobs import INNER_ADAPTER, InnerResult
 from ..plans import SelfEditError, TrainingPlan
 from .regression import RegressionSuite, regression_scores
 from .registry import ADAPTER_FILE, AdapterRegistry
+from .rescale import scale_update, search_scale
 from ..seeding import content_digest, derive_seed
 
 __all__ = ["AdaptReport", "ContinualConfig", "ContinualError", "ContinualInnerLoop", "ContinualLearner",
@@ -63,15 +66,21 @@ class AdaptReport:
     seconds: float
     self_edit_error: str | None = None  # the kept self-edit was unusable: the candidate trained on the document alone
     failures: tuple[str, ...] = ()  # the other self-edits whose adaptation failed, with why
+    scale: float = 1.0  # the factor the committed update was scaled by (gate_policy "rescale"), 1 = as trained
 
     def summary(self) -> str:
         state = "promoted" if self.promoted else "kept as a candidate (not promoted)"
-        lines = [f"{self.doc_id}: {self.version} (parent {self.parent or 'base'}) {state}; probe: {self.probe_kind}"]
+        scaled = f"; update scaled x{self.scale:.4g} to pass the gate" if self.scale != 1.0 else ""
+        lines = [f"{self.doc_id}: {self.version} (parent {self.parent or 'base'}) {state}; probe: {self.probe_kind}"
+                 f"{scaled}"]
         if self.self_edit_error:
             lines.append(f"  ! self-edit unusable, trained on the document alone: {self.self_edit_error}")
         lines += [f"  ! adaptation FAILED for {f}" for f in self.failures]
         lines += [f"  - {o.name}: {o.value:+.4f} [{o.threshold}] {'ok' if o.passed else 'FAIL: ' + o.detail}"
                   for o in self.verdict.objectives]
+        kl = self.after.get("kl_to_promoted")
+        if kl is not None and not any(o.name == "kl_to_promoted" for o in self.verdict.objectives):
+            lines.append(f"  - kl_to_promoted: {kl:.4f} nats/token (measured, not gated)")
         return "\n".join(lines)
 
 
@@ -229,7 +238,8 @@ class ContinualLearner:
 
     # ----- one document --------------------------------------------------------------------------------
     def adapt(self, document: Document, *, self_edits: Sequence[str] | None = None) -> AdaptReport:
-        """Learn one document into a candidate, gate it, commit it, promote it when allowed."""
+        """Learn one document into a candidate, gate it (rescaling it under gate_policy "rescale"), commit it,
+        promote it when allowed."""
         start = time.perf_counter()
         cfg = self.config
         document = document.for_learner()  # the report half is never read past this line
@@ -242,15 +252,13 @@ class ContinualLearner:
             earlier = [r for r in earlier if r["document"]["doc_id"] != document.doc_id]
             earlier_probes = {r["document"]["doc_id"]: DocumentProbe.from_json(r["probe"]) for r in earlier}
             probe = self.make_probe(document)
-            base = self.promoted_scores({**earlier_probes, document.doc_id: probe})
+            probes = {**earlier_probes, document.doc_id: probe}
+            base = self.promoted_scores(probes)
             edits = list(self_edits) if self_edits is not None else self.write_self_edits(document)
             if not edits:
                 edits = [""]
             pool = [ex for r in earlier for ex in r["examples"]]
-            split = lambda s: {"new": {document.doc_id: s["docs"][document.doc_id]},  # noqa: E731
-                               "earlier": {d: s["docs"][d] for d in earlier_probes},
-                               "regression": s.get("regression")}
-            before_view = split(base)
+            before_view = _view(base, document.doc_id, earlier_probes)
             attempts = []
             for attempt in range(cfg.gentler_retries + 1):
                 lr_scale = cfg.retry_lr_factor ** attempt
@@ -258,18 +266,26 @@ class ContinualLearner:
                 if attempt and inner_cfg.learning_rate * lr_scale < inner_cfg.bounds.min_learning_rate:
                     break  # gentler would be below the plan bounds' smallest learning rate: keep the last candidate
                 best = self._train_best(document, edits, probe, pool, parent, lr_scale)
-                self.inner.load_candidate(best["state"])
-                after = self.measure({**earlier_probes, document.doc_id: probe}, regression=cfg.check_regression)
-                constraint_failures = (run_constraints(self.constraints, self._outputs(probe))
-                                       if self.constraints else {})
-                after_view = split(after)
-                verdict = evaluate_gate(before_view, after_view, cfg.thresholds, constraint_failures)
+                judge = partial(self._judge, doc_id=document.doc_id, probes=probes, new_texts=best["new"],
+                                before_view=before_view)
+                verdict, judged = judge(best["state"])
+                scale, tried = 1.0, [{"scale": 1.0, "passed": verdict.passed, "reasons": verdict.reasons}]
+                failed = {o.name for o in verdict.objectives if not o.passed}
+                # shrinking the update cannot raise the new document's gain: rescale only for the other objectives
+                if cfg.gate_policy == "rescale" and cfg.promotion == "gate" and not failed <= {"new_document"}:
+                    found, judged_at, more = search_scale(lambda s, b=best["state"], j=judge: j(scale_update(b, s)),
+                                                          floor=cfg.rescale_floor, steps=cfg.rescale_steps)
+                    tried += more
+                    if found is not None:
+                        scale, (verdict, judged) = found, judged_at
                 attempts.append({"learning_rate_scale": lr_scale, "passed": verdict.passed,
-                                 "reasons": verdict.reasons})
+                                 "reasons": verdict.reasons,
+                                 **({"scale": scale, "tried": tried} if cfg.gate_policy == "rescale" else {})})
                 failed = {o.name for o in verdict.objectives if not o.passed}
                 # a gentler fine-tune can only help when something besides the new document's gain failed
                 if verdict.passed or cfg.promotion != "gate" or failed <= {"new_document"}:
                     break
+            after, after_view = judged["after"], judged["view"]
             record = {"document": document.to_json(), "probe": probe.to_json(), "examples": best["new"]}
             result: InnerResult = best["result"]
             metrics = {"before": before_view, "after": after_view, "self_edit_index": best["index"],
@@ -280,9 +296,12 @@ class ContinualLearner:
                        "config": {"mode": cfg.mode, "promotion": cfg.promotion, "replay_ratio": cfg.replay_ratio,
                                   "regularization": cfg.regularization, "anchor_weight": cfg.anchor_weight,
                                   "anchor_texts": len(self._anchor_texts or ()),
-                                  "thresholds": asdict(cfg.thresholds)}}
+                                  "gate_policy": cfg.gate_policy, "rescale_floor": cfg.rescale_floor,
+                                  "rescale_steps": cfg.rescale_steps, "thresholds": asdict(cfg.thresholds)}}
+            if cfg.gate_policy == "rescale":
+                metrics["rescale"] = {"scale": scale, "tried": tried}
             version = self.registry.add_version(
-                best["state"], self._adapter_config(), parent=parent,
+                judged["state"], self._adapter_config(), parent=parent,
                 documents=[{"doc_id": document.doc_id, "title": document.title, "sha256": document.sha256,
                             "probe": probe.kind, "source": document.source}],
                 metrics=metrics, verdict=verdict.to_json(),
@@ -291,15 +310,32 @@ class ContinualLearner:
             if promote:
                 reason = "" if verdict.passed else "promotion=always (naive sequential merge)"
                 self.registry.promote(version, reason=reason)
-                scored = {**earlier_probes, document.doc_id: probe}
-                self._scores[version] = {"docs": {_probe_key(d, scored[d]): v for d, v in after["docs"].items()},
+                self._scores[version] = {"docs": {_probe_key(d, probes[d]): v for d, v in after["docs"].items()},
                                          **({"regression": after["regression"]} if "regression" in after else {})}
                 self.sync()
             else:
                 self.inner.reset_adapter(0)
         return AdaptReport(document.doc_id, version, parent, promote, verdict, before_view, after_view, probe.kind,
                            best["edit"], len(best["replay"]), time.perf_counter() - start,
-                           self_edit_error=best["edit_error"], failures=tuple(best["failures"]))
+                           self_edit_error=best["edit_error"], failures=tuple(best["failures"]), scale=scale)
+
+    def _judge(self, state: Mapping[str, Any], doc_id: str, probes: Mapping[str, DocumentProbe],
+               new_texts: Sequence[str], before_view: Mapping[str, Any]) -> tuple[GateVerdict, dict[str, Any]]:
+        """Load the candidate `state` and gate it: every probe, the regression suite, the constraints and the KL to
+        the promoted model on the new document's texts. Returns (verdict, {"state", "after", "view"})."""
+        self.inner.load_candidate(state)
+        after = self.measure(probes, regression=self.config.check_regression)
+        after["kl_to_promoted"] = self.kl_to_promoted(new_texts)
+        constraint_failures = (run_constraints(self.constraints, self._outputs(probes[doc_id]))
+                               if self.constraints else {})
+        view = _view(after, doc_id, [d for d in probes if d != doc_id])
+        verdict = evaluate_gate(before_view, view, self.config.thresholds, constraint_failures)
+        return verdict, {"state": state, "after": after, "view": view}
+
+    def kl_to_promoted(self, texts: Sequence[str]) -> float:
+        """Mean per-token KL(promoted || the model as it is now), in nats, on `texts` (the candidate's new-document
+        training texts): the promoted model is this one with the candidate adapter switched off."""
+        return mean_token_kl(self.model, self.tokenizer, texts, self.inner.candidate_disabled)
 
     def _train_best(self, document: Document, edits: Sequence[str], probe: DocumentProbe, pool: Sequence[str],
                     parent: str | None, lr_scale: float) -> dict[str, Any]:
@@ -343,6 +379,16 @@ class ContinualLearner:
         cfg["base_model_name_or_path"] = self.registry.base_model
         cfg["inference_mode"] = True
         return json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o)))
+
+
+def _view(scores: Mapping[str, Any], doc_id: str, earlier: Sequence[str]) -> dict[str, Any]:
+    """Measured scores as the gate reads them: the new document's, the earlier ones', the regression suite's and
+    (for a candidate) the KL to the promoted model."""
+    view = {"new": {doc_id: scores["docs"][doc_id]}, "earlier": {d: scores["docs"][d] for d in earlier},
+            "regression": scores.get("regression")}
+    if "kl_to_promoted" in scores:
+        view["kl_to_promoted"] = scores["kl_to_promoted"]
+    return view
 
 
 def _probe_key(doc_id: str, probe: DocumentProbe) -> tuple[str, str]:
