@@ -149,3 +149,25 @@ def test_adapt_on_a_damaged_promoted_version_is_one_line_that_names_the_file(tmp
     assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
     assert str(vdir) in errors[0] and "files are damaged: roll back" in errors[0], err
     assert (reg.root / "registry.json").read_bytes() == manifest  # nothing was added or promoted
+
+
+def test_adapt_with_the_rescale_policy_and_a_kl_limit(tmp_path, tiny_model_dir, capsys):
+    """The gate-policy flags reach the learner: a KL limit of 0 refuses the trained candidate at every scale, so
+    rescale tries the floor (and, refused there too, keeps the candidate refused); every try is in the manifest."""
+    doc = tmp_path / "a.txt"
+    doc.write_text("The river Velmora runs through Ostrand. It feeds three lakes. The capital is Harlow.")
+    reg = tmp_path / "reg"
+    code = main(["adapt", "--model", str(tiny_model_dir), "--documents", str(doc), "--registry", str(reg),
+                 "--gate-policy", "rescale", "--rescale-floor", "0.5", "--rescale-steps", "1",
+                 "--max-kl-to-promoted", "0", "--no-regression", "--anchor-weight", "0", *FAST])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "kept as a candidate (not promoted)" in out and "- kl_to_promoted: " in out and "FAIL: KL(promoted" in out
+    entry = json.loads((reg / "registry.json").read_text())["versions"]["v0001"]
+    config = entry["metrics"]["config"]
+    assert (config["gate_policy"], config["rescale_floor"], config["rescale_steps"]) == ("rescale", 0.5, 1)
+    assert config["thresholds"]["max_kl_to_promoted"] == 0.0
+    tried = entry["metrics"]["rescale"]["tried"]
+    assert [(t["scale"], t["passed"]) for t in tried] == [(1.0, False), (0.5, False)]
+    assert all(any(r.startswith("kl_to_promoted:") for r in t["reasons"]) for t in tried)
+    assert entry["metrics"]["after"]["kl_to_promoted"] > 0

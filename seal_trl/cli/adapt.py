@@ -6,6 +6,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
+from ..continual.config import MAX_RESCALE_STEPS
 from ..continual.registry import MANIFEST, AdapterRegistry, RegistryError, check_new_registry_location
 from ..continual.registry_schema import printable
 from ..tasks.knowledge import STYLES
@@ -38,6 +39,13 @@ def add_continual_commands(sub) -> None:
                             "up to this many times")
     adapt.add_argument("--retry-lr-factor", type=number(0, 1, exclusive=True), default=0.35,
                        help="learning-rate factor per retry")
+    adapt.add_argument("--gate-policy", choices=["reject", "rescale"], default="reject",
+                       help="a candidate refused for anything besides its gain: keep it refused (reject), or shrink "
+                            "its update until the gate passes and promote that (rescale, STABLE)")
+    adapt.add_argument("--rescale-floor", type=number(0, 1, exclusive=True), default=0.125,
+                       help="rescale: the smallest factor tried (first); refused there, the candidate is rejected")
+    adapt.add_argument("--rescale-steps", type=integer(1, MAX_RESCALE_STEPS), default=4,
+                       help="rescale: bisection steps between the floor and 1 (each gates the candidate again)")
     adapt.add_argument("--num-self-edits", type=integer(1), default=1, help="self-edits per document; the best is kept")
     adapt.add_argument("--style", default="implications", choices=STYLES, help="self-edit prompt")
     adapt.add_argument("--max-new-tokens", type=max_new_tokens, default=128, help="longest self-edit")
@@ -51,6 +59,9 @@ def add_continual_commands(sub) -> None:
     adapt.add_argument("--max-earlier-drop", type=number(0), default=2.0, help="points of the probe metric")
     adapt.add_argument("--max-perplexity-increase", type=number(0), default=0.02, help="relative, 0.02 = 2%%")
     adapt.add_argument("--max-qa-drop", type=number(0), default=0.02, help="relative, 0.02 = 2%%")
+    adapt.add_argument("--max-kl-to-promoted", type=number(0), default=None, metavar="NATS",
+                       help="refuse candidates whose mean per-token KL(promoted || candidate) on the new document's "
+                            "texts is larger (always measured and stored; default: not gated)")
     adapt.add_argument("--no-regression", action="store_true", help="skip the regression suite objectives")
     adapt.add_argument("--banned-phrase", action="append", default=[], type=phrase,
                        help="a constraint: refuse candidates whose answers contain this phrase (repeatable)")
@@ -123,11 +134,13 @@ def run_adapt(args: argparse.Namespace) -> int:
         max_replay_examples=args.max_replay_examples, regularization=args.regularization,
         anchor_weight=args.anchor_weight, anchor_texts=anchor_texts,
         gentler_retries=args.gentler_retries, retry_lr_factor=args.retry_lr_factor,
+        gate_policy=args.gate_policy, rescale_floor=args.rescale_floor, rescale_steps=args.rescale_steps,
         num_self_edits=args.num_self_edits, self_edit_style=args.style, self_edit_max_new_tokens=args.max_new_tokens,
         check_regression=not args.no_regression, seed=args.seed,
         thresholds=GateThresholds(probe_metric=args.probe_metric, min_new_gain=args.min_new_gain,
                                   max_earlier_drop=args.max_earlier_drop,
-                                  max_perplexity_increase=args.max_perplexity_increase, max_qa_drop=args.max_qa_drop))
+                                  max_perplexity_increase=args.max_perplexity_increase, max_qa_drop=args.max_qa_drop,
+                                  max_kl_to_promoted=args.max_kl_to_promoted))
     inner = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
                             lora_alpha=2 * args.inner_lora_r, seed=args.seed)
     registry = _existing_registry(args)
