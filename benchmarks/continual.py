@@ -139,9 +139,16 @@ def run_worker(name: str, args) -> None:
         record = {"arm": name, "commit": current_commit(), "config": repr(config),
                   "base": {"docs": scores, "general": general}, "steps": []}
         _write(record_path, record)
-    elif record["steps"] and registry.promoted != record["steps"][-1]["registry_promoted"]:
+    else:
+        record["commits"] = [*record.get("commits", [record["commit"]]), current_commit()]
+    recorded = record["steps"][-1]["registry_promoted"] if record["steps"] else None
+    if registry.promoted != recorded:
         # interrupted between a step's commit and its record: go back to the last recorded state
-        registry.rollback(record["steps"][-1]["registry_promoted"])
+        if recorded is None:
+            registry.rollback(registry.chain(registry.promoted)[0])  # the first promoted version...
+            registry.rollback()  # ...and its parent, the bare base model
+        else:
+            registry.rollback(recorded)
     for i, doc in enumerate(docs):
         if i < len(record["steps"]):
             continue
@@ -153,8 +160,8 @@ def run_worker(name: str, args) -> None:
             scores = {doc.doc_id: score_probe(learner.model, tok, report_probes[doc.doc_id])}
             learner.inner.reset_adapter(0)
             general = None
-        else:
-            scores, general = evaluate([d.doc_id for d in docs[: i + 1]])
+        else:  # forgetting needs each document right after its step and every document at the end
+            scores, general = evaluate([d.doc_id for d in docs] if i == len(docs) - 1 else [doc.doc_id])
         step = {"step": i, "doc": doc.doc_id, "version": report.version, "promoted": report.promoted,
                 "registry_promoted": registry.promoted, "scale": getattr(report, "scale", 1.0),
                 "kl_to_promoted": _find(metrics.get("after", {}), "kl_to_promoted"),
@@ -260,7 +267,7 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float) -> None:
              f"steps; KL limit {args.max_kl:g} nats/token (rescale-kl). Every figure is on report-half questions and "
              "the report half of the regression suite; the learner and its gate read only the gate halves. CIs: "
              "95% percentile bootstrap over documents. Arm minutes (sum of steps) and the commit each arm ran at: "
-             + ", ".join(f"{a} {s / 60:.1f} ({records[a].get('commit', '?')})" for a, s in seconds.items()) + ".", ""]
+             + ", ".join(f"{a} {s / 60:.1f} ({'/'.join(dict.fromkeys(records[a].get('commits', [records[a].get('commit', '?')])))})" for a, s in seconds.items()) + ".", ""]
     lines += table(summary)
     lines += ["", f"Goal (issue 33): forgetting <= {GOAL['forgetting']:g} points, learning >= "
               f"{100 * GOAL['learning_ratio']:.0f}% of naive, general-ability loss <= {100 * GOAL['general_loss']:g}%."]
