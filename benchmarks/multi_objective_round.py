@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--passages", type=int, default=16, help="the first N bundled training passages (E-step)")
     p.add_argument("--samples", type=int, default=4, help="self-edits sampled per training passage (T=1)")
     p.add_argument("--validation", type=int, default=16, help="the first M bundled validation passages")
-    p.add_argument("--forgetting-weight", type=float, default=10.0,
+    p.add_argument("--forgetting-weight", type=float, default=2.0,
                    help="W in gain - W * max(0, forgetting), the multi-objective keep rule")
     p.add_argument("--general-metric", choices=["perplexity", "qa"], default="perplexity")
     p.add_argument("--style", default="implications")
