@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> None:
         return {"gain": [t["gain"] for t in reward.last_terms],
                 "forgetting": [t["forgetting"] for t in reward.last_terms],
                 "reward": [t["reward"] for t in reward.last_terms],
-                "error": [err for _, _, err in scored], "general_before": reward.general_before()}
+                "error": [err for _, _, err in scored], "general_before": reward.general_before(),
+                "run_seconds": [sum(r.seconds for r in runs) for _, runs, _ in scored]}
 
     # ----- 1. E-step: sample and score once -----
     if "estep" not in scores:
@@ -207,8 +208,9 @@ def report(args: argparse.Namespace, scores: dict, validation_ids: list[str], co
 
     by = {m: kept(mstep[m]["kept_rows"]) for m in METHODS} if mstep else {m: {} for m in METHODS}
     same = sum(by["gain"].get(i) == by["multi"].get(i) for i in range(n_train))
-    runs = n_train * args.samples + 2 * len(validation_ids)
-    inner_s = wall.get("estep_scoring", 0) + sum(wall.get(f"validation_{m}", 0) for m in METHODS)
+    seconds = [s for row in estep.get("run_seconds", []) for s in row]
+    seconds += [s for m in METHODS for s in val[m].get("run_seconds", [])]
+    seconds = [s for s in seconds if s > 0]  # a failed parse or a stored run took no time here
     flat_f = [f for row in estep["forgetting"] for f in row]
     flat_g = [g for row in estep["gain"] for g in row]
     lines = [f"## A reward that pays for not forgetting: one ReST-EM round kept by gain against gain - "
@@ -236,8 +238,8 @@ def report(args: argparse.Namespace, scores: dict, validation_ids: list[str], co
                      f"{s.mean_difference:+.4f} [{s.ci_low:+.4f}, {s.ci_high:+.4f}] | {s.wins} / {s.losses} | {s.n} |")
     failed = {m: sum(e is not None for e in val[m]["error"]) for m in METHODS}
     lines += ["", f"Failed validation self-edits (gain 0, forgetting 0): gain {failed['gain']}, multi "
-              f"{failed['multi']}. {runs} inner runs, {inner_s / 60:.1f} min of inner-run phases "
-              f"({inner_s / max(runs, 1):.1f} s a run with its measures); wall per phase (s): "
+              f"{failed['multi']}. {len(seconds)} inner runs here, "
+              f"{sum(seconds) / max(len(seconds), 1):.1f} s a run with its measures; wall per phase (s): "
               + ", ".join(f"{k} {v:.0f}" for k, v in wall.items()) + ".", ""]
     return lines
 

@@ -14,12 +14,13 @@ def scores():
     # 3 training passages x 2 samples; the gain rule keeps row 1 (passage 0), 2 (passage 1), 5 (passage 2);
     # the multi rule keeps 0, 2 and nothing on passage 2
     return {
-        "estep": {"gain": [[0.1, 0.4], [0.3, -0.1], [0.0, 0.2]], "forgetting": [[0.01, 0.2], [-0.02, 0.0], [0.0, 0.3]]},
+        "estep": {"gain": [[0.1, 0.4], [0.3, -0.1], [0.0, 0.2]], "forgetting": [[0.01, 0.2], [-0.02, 0.0], [0.0, 0.3]],
+                  "run_seconds": [[10.0, 12.0], [0.0, 14.0], [12.0, 12.0]]},
         "mstep": {"gain": {"kept_rows": [1, 2, 5]}, "multi": {"kept_rows": [0, 2]}},
         "validation": {"gain": {"gain": [0.5, 0.2, 0.1, 0.0], "forgetting": [0.10, 0.20, 0.05, 0.0],
-                                "error": [None, None, None, "empty"]},
+                                "error": [None, None, None, "empty"], "run_seconds": [9.0, 9.0, 9.0, 0.0]},
                        "multi": {"gain": [0.4, 0.3, 0.1, 0.0], "forgetting": [0.02, 0.10, 0.01, 0.0],
-                                 "error": [None, None, None, "empty"]}},
+                                 "error": [None, None, None, "empty"], "run_seconds": [9.0, 9.0, 9.0, 0.0]}},
         "wall_s": {"estep_scoring": 60.0, "validation_gain": 30.0, "validation_multi": 30.0},
     }
 
@@ -33,7 +34,7 @@ def test_the_report_pairs_multi_against_gain_per_validation_passage():
     assert "| gain (higher is better) | +0.2000 | +0.2000 | +0.0000 [" in text and "| 1 / 1 | 4 |" in text
     # forgetting: -0.08, -0.10, -0.04, 0 -> mean -0.055, 0 above / 3 below
     assert "| forgetting (lower is better) | +0.0875 | +0.0325 | -0.0550 [" in text and "| 0 / 3 | 4 |" in text
-    assert "Failed validation self-edits (gain 0, forgetting 0): gain 1, multi 1. 14 inner runs" in text
+    assert "Failed validation self-edits (gain 0, forgetting 0): gain 1, multi 1. 11 inner runs here, 10.4 s a run" in text
 
 
 def test_arguments_are_checked():
