@@ -14,6 +14,7 @@ _EXPORTS = {
     "SEALConfig": "seal_trl.config",
     "SEALTrainer": "seal_trl.trainer",
     "SelfEditReward": "seal_trl.reward",
+    "RewardTerms": "seal_trl.reward_terms",
     "SyncInnerLoopCallback": "seal_trl.callbacks",
     "InnerLoop": "seal_trl.inner.engine",
     "InnerLoopConfig": "seal_trl.inner.config",
@@ -52,6 +53,7 @@ if TYPE_CHECKING:  # the same names for type checkers and the API docs (mkdocstr
     from seal_trl.plans import PlanBounds, SelfEditError, TrainingPlan
     from seal_trl.probes import Probe, knowledge_probe
     from seal_trl.reward import SelfEditReward
+    from seal_trl.reward_terms import RewardTerms
     from seal_trl.tasks.arc.task import ArcTask
     from seal_trl.tasks.knowledge import KnowledgeTask
     from seal_trl.tasks.squad import load_contexts

@@ -13,6 +13,7 @@ from trl import GRPOConfig
 
 from .inner.config import DEFAULT_TARGET_MODULES, InnerLoopConfig, parse_batch_self_edits
 from .plans import PlanBounds
+from .reward_terms import GENERAL_METRICS
 from .variants import VARIANTS
 
 
@@ -121,6 +122,29 @@ class SEALConfig(GRPOConfig):
                           "passage repeated to the self-edit's training tokens). Knowledge task only.",
                   "choices": ["none", "passage", "passage-matched"]},
     )
+    reward_forgetting_weight: float = field(
+        default=0.0,
+        metadata={"help": "Subtract this times the forgetting of each self-edit's adapted model (its relative loss on "
+                          "a held-out general set, reward_general_metric, measured after the same inner run; only a "
+                          "rise is penalised) from its reward. 0 (default): not measured."},
+    )
+    reward_general_metric: str = field(
+        default="perplexity",
+        metadata={"help": "The forgetting measure: 'perplexity' (relative perplexity rise on the regression suite's "
+                          "held-out text) or 'qa' (relative drop of its multiple-choice QA soft accuracy).",
+                  "choices": list(GENERAL_METRICS)},
+    )
+    reward_constraint_weight: float = field(
+        default=0.0,
+        metadata={"help": "Subtract this per constraint the adapted model violates (reward_banned_phrases, or "
+                          "callables passed to SEALTrainer(reward_constraints=...)) on its greedy answers to the "
+                          "probe's and a few fixed prompts. 0 (default): not measured."},
+    )
+    reward_banned_phrases: list[str] = field(
+        default_factory=list,
+        metadata={"help": "Phrases (case-insensitive) the adapted model must not say: one constraint, with "
+                          "reward_constraint_weight > 0."},
+    )
     self_edit_max_copied: float | None = field(
         default=None,
         metadata={"help": "Training only: a self-edit more than this share of whose 6-word sequences are the "
@@ -185,6 +209,7 @@ class SEALConfig(GRPOConfig):
         if self.self_edit_max_copied is not None and not 0.0 <= self.self_edit_max_copied < 1.0:
             raise ValueError(f"self_edit_max_copied={self.self_edit_max_copied}: use a share in [0, 1) (e.g. 0.5), "
                              "or leave it unset")
+        self._check_reward_terms()
         self.inner_batch_self_edits = parse_batch_self_edits(self.inner_batch_self_edits, "inner_batch_self_edits")
         if self.reward_repeats < 1:
             raise ValueError(f"reward_repeats must be >= 1, got {self.reward_repeats}")
@@ -227,6 +252,22 @@ class SEALConfig(GRPOConfig):
             for inner_name, name in _INNER_FIELD_NAMES.items():
                 message = message.replace(f"InnerLoopConfig.{inner_name} ", f"{name} ")
             raise ValueError(message) from None
+
+    def _check_reward_terms(self) -> None:
+        for name in ("reward_forgetting_weight", "reward_constraint_weight"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0 (0: term off), got {value!r}")
+        if self.reward_general_metric not in GENERAL_METRICS:
+            raise ValueError(f"reward_general_metric={self.reward_general_metric!r}; choose one of {GENERAL_METRICS}")
+        if isinstance(self.reward_banned_phrases, str):  # `reward_banned_phrases: as an AI` in a recipe: one phrase
+            self.reward_banned_phrases = [self.reward_banned_phrases]
+        phrases = self.reward_banned_phrases
+        if not isinstance(phrases, list) or not all(isinstance(p, str) and p.strip() for p in phrases):
+            raise ValueError(f"reward_banned_phrases must be a list of non-blank phrases, got {phrases!r}")
+        if phrases and self.reward_constraint_weight == 0:
+            raise ValueError("reward_banned_phrases is set but reward_constraint_weight is 0, so the phrases would "
+                             "change nothing: set reward_constraint_weight > 0, or remove reward_banned_phrases")
 
     def check_round_fits(self, n_contexts: int) -> None:
         """ReST-EM: one round (one generation batch over all processes) must be a whole share of the training

@@ -23,6 +23,7 @@ from .inner.engine import InnerLoop
 from .inner.jobs import InnerJob, InnerResult
 from .inner.store import ResultStore, run_key
 from .plans import FAILURE_REASONS, SelfEditError
+from .reward_terms import RewardTerms
 from .seeding import check_distinct_context_ids, content_digest, context_key, derive_seed
 from .tasks.base import Baseline, Task, completion_text
 
@@ -71,13 +72,18 @@ class SelfEditReward:
     are the passage's own is failed with reason `copies_context` and not run, so ReST-EM never keeps it and GRPO
     ranks it last. A copy of the passage teaches what the passage-only baseline teaches; on the 135M model about
     half of the greedy self-edits are such copies (README, SEAL results).
+
+    `terms` (a `RewardTerms`): subtract a forgetting term and a constraint-violation term, both measured on the
+    adapted model of the same inner run (`reward_terms.py`); each is logged (`reward/gain`, `reward/forgetting`,
+    `reward/violations`, and per completion in `last_terms`). The unadapted model's general-set value is measured
+    once per policy version. Off by default, and then nothing extra is measured.
     """
 
     def __init__(self, task: Task, inner_loop: InnerLoop | None = None, *, repeats: int = 1, seed: int = 0,
                  hyperparameters: dict[str, Any] | None = None, name: str = "seal_inner_loop",
                  max_exception_rate: float = 0.5, store: ResultStore | str | os.PathLike | None = None,
                  progress: bool = True, baseline: str = "none", max_copied: float | None = None,
-                 min_uniform_failures: int = 4):
+                 min_uniform_failures: int = 4, terms: RewardTerms | None = None):
         if max_copied is not None:
             if not 0.0 <= max_copied < 1.0:
                 raise ValueError(f"max_copied must be in [0, 1) (a share of the self-edit), got {max_copied}")
@@ -112,6 +118,11 @@ class SelfEditReward:
         self.__name__ = name  # TRL names reward columns and metrics after this
         self.last_results: list[list[InnerResult]] = []
         self.last_references: list[float] | None = None
+        self.terms = terms if terms is not None else RewardTerms()
+        if not isinstance(self.terms, RewardTerms):
+            raise TypeError(f"terms must be a RewardTerms, got {type(self.terms).__name__}")
+        self._general_before: dict[str, float] = {}  # the unadapted general-set value, per policy version
+        self.last_terms: list[dict[str, float]] | None = None  # per self-edit: gain, forgetting, violations, reward
 
     def default_hyperparameters(self) -> dict[str, Any]:
         config = self.inner_loop.config
@@ -141,6 +152,10 @@ class SelfEditReward:
         check_distinct_context_ids(contexts)
         version = self.inner_loop.policy_version if self.store is not None else ""
         settings = self._settings() if self.store is not None else {}
+        measure = None
+        if self.terms.active:
+            measure = self.terms.measure
+            settings["reward_terms"] = self.terms.settings()  # not in the baseline runs' keys: they measure nothing
         for i, (context, completion) in enumerate(zip(contexts, self_edits, strict=True)):
             probe = self.task.probe(context)
             context_id = context_key(context)
@@ -163,7 +178,7 @@ class SelfEditReward:
                 continue
             for r in range(self.repeats):
                 seed = self._seed(context_id, self_edit, r)
-                jobs.append(InnerJob(plan, probe, context_id=context_id, seed=seed))
+                jobs.append(InnerJob(plan, probe, context_id=context_id, seed=seed, measure=measure))
                 owners.append(i)
                 if self.store is not None:
                     keys.append(run_key(policy=version, context=_stored_context(context), self_edit=self_edit,
@@ -180,7 +195,38 @@ class SelfEditReward:
         check_systematic_failure([*results, *crashed], self.max_exception_rate, first_failed,
                                  min_uniform_failures=self.min_uniform_failures)
         self.last_references = None
-        return out if self.baseline == "none" else self._against_baseline(contexts, out)
+        out = out if self.baseline == "none" else self._against_baseline(contexts, out)
+        self.last_terms = None
+        return self._with_terms(out) if self.terms.active else out
+
+    def _with_terms(self, scored: list[tuple[float, list[InnerResult], str | None]]
+                    ) -> list[tuple[float, list[InnerResult], str | None]]:
+        """Each reward less its runs' mean penalty (`RewardTerms.penalty` of each run's forgetting and violations;
+        a failed run's are 0); the terms per self-edit in `last_terms`."""
+        before = self.general_before() if self.terms.measures_forgetting else None
+        out, self.last_terms = [], []
+        for reward, runs, reason in scored:
+            values = []
+            for r in runs:
+                if r.ok and not r.measures:
+                    raise RuntimeError(f"the inner loop ({type(self.inner_loop).__name__}) returned a run without the "
+                                       "reward terms' measures: its run_many must pass each job's `measure` on "
+                                       "(InnerLoop.run(measure=...)), or leave the reward terms off")
+                values.append(self.terms.run_terms(r.measures if r.ok else None, before))
+            forgetting = mean(f for f, _ in values)
+            violations = mean(v for _, v in values)
+            total = reward - mean(self.terms.penalty(f, v) for f, v in values)
+            self.last_terms.append({"gain": reward, "forgetting": forgetting, "violations": violations,
+                                    "reward": total})
+            out.append((total, runs, reason))
+        return out
+
+    def general_before(self) -> float:
+        """The unadapted model's general-set value (the forgetting term's reference), once per policy version."""
+        version = self.inner_loop.policy_version
+        if version not in self._general_before:
+            self._general_before[version] = self.inner_loop.measure_unadapted(self.terms.measure_general)["general"]
+        return self._general_before[version]
 
     def _check_not_copied(self, context: dict[str, Any], self_edit: str) -> None:
         if self.max_copied is not None:
@@ -291,7 +337,22 @@ class SelfEditReward:
         choice = getattr(self.inner_loop, "slot_choice", None)  # duck-typed inner loops may not measure
         self._log(all_runs, reasons, log_extra, log_metric, self.last_references,
                   chosen_slots=None if choice is None else choice.slots)
+        if self.last_terms is not None:
+            self._log_terms(log_extra, log_metric)
         return rewards
+
+    def _log_terms(self, log_extra: Callable | None, log_metric: Callable | None) -> None:
+        """Each measured term per completion (completion table) and its mean (`reward/<term>`)."""
+        names = ["gain", *(["forgetting"] if self.terms.measures_forgetting else []),
+                 *(["violations"] if self.terms.measures_violations else [])]
+        for name in names:
+            values = [t[name] for t in self.last_terms]
+            if log_extra is not None:
+                log_extra(f"reward_{name}", [round(float(v), 5) for v in values])
+            if log_metric is not None:
+                log_metric(f"reward/{name}", mean(values))
+        if log_metric is not None and self.terms.measures_forgetting:
+            log_metric(f"reward/general_before_{self.terms.general_metric}", self.general_before())
 
     @staticmethod
     def _log(all_runs, reasons, log_extra, log_metric, references=None, chosen_slots: int | None = None) -> None:

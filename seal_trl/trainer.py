@@ -30,6 +30,7 @@ from .inner.preflight import PreflightFailure, run_preflight
 from .inner.store import ResultStore
 from .models import keep_4bit_trainable, load_model_and_tokenizer, quantization_config_4bit, resolve_dtype
 from .reward import SelfEditReward
+from .reward_terms import RewardTerms
 from .tasks.knowledge import KnowledgeTask
 from .variants import get_variant, rank_failures_last, rest_em_loss
 
@@ -109,6 +110,8 @@ class SEALTrainer(GRPOTrainer):
         task: the SEAL task (default: `KnowledgeTask.from_config(args)`).
         reward_funcs: extra TRL reward functions added after the self-edit reward (e.g. a format reward).
         inner_loop: an `InnerLoop` to use instead of building one from the policy's weights.
+        reward_constraints: callables the adapted model's answers must pass (as the continual gate's constraints),
+            each violation costing `reward_constraint_weight` (see `RewardTerms`).
     """
 
     _tag_names = ["trl", "seal", "self-adapting", "self-edit"]
@@ -117,7 +120,7 @@ class SEALTrainer(GRPOTrainer):
 
     def __init__(self, model, args: SEALConfig | None = None, train_dataset=None, eval_dataset=None,
                  processing_class=None, *, task=None, reward_funcs=None, inner_loop: InnerLoop | None = None,
-                 peft_config=None, callbacks=None, optimizers=(None, None), **kwargs):
+                 peft_config=None, callbacks=None, optimizers=(None, None), reward_constraints=(), **kwargs):
         if args is None:
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "model")
             args = SEALConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1]}-SEAL")
@@ -134,7 +137,8 @@ class SEALTrainer(GRPOTrainer):
         self.seal_reward = SelfEditReward(self.task, inner_loop, repeats=args.reward_repeats, seed=args.seed,
                                           max_exception_rate=args.inner_max_exception_rate,
                                           min_uniform_failures=args.inner_min_uniform_failures,
-                                          baseline=args.reward_baseline, max_copied=args.self_edit_max_copied)
+                                          baseline=args.reward_baseline, max_copied=args.self_edit_max_copied,
+                                          terms=reward_terms(args, reward_constraints))
         if reward_funcs is None:
             extra = []
         elif callable(reward_funcs) or isinstance(reward_funcs, str):
@@ -345,6 +349,8 @@ class SEALTrainer(GRPOTrainer):
         """seal/<kind>_mean, _max_per_context (and for ReST-EM keep_fraction, _kept_mean), over valid scores
         only. <kind> says what the inner reward is: gain, improved (binary) or success."""
         kind = {"gain": "gain", "binary": "improved", "success": "success"}.get(self.inner_loop.config.reward, "reward")
+        if self.seal_reward.terms.active:  # the score is the gain less the terms (each logged as reward/<term>)
+            kind = "reward"
         metrics = self._metrics[mode]
         valid = ~torch.isnan(scores)
         if valid.any():
@@ -390,6 +396,18 @@ class SEALTrainer(GRPOTrainer):
         if mode == "train":
             normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
         return rest_em_loss(per_token_logps, mask, normalizer)
+
+
+def reward_terms(args: SEALConfig, constraints=()) -> RewardTerms:
+    """The reward terms a `SEALConfig` sets, with the Python API's constraint callables; the settings named as the
+    recipe spells them."""
+    try:
+        return RewardTerms(forgetting_weight=args.reward_forgetting_weight, general_metric=args.reward_general_metric,
+                           constraint_weight=args.reward_constraint_weight, banned_phrases=args.reward_banned_phrases,
+                           constraints=list(constraints))
+    except ValueError as err:
+        message = str(err).replace("RewardTerms.constraint_weight", "reward_constraint_weight")
+        raise ValueError(message.replace("RewardTerms.", "reward_")) from None
 
 
 class _EpochSeeded(Sampler):

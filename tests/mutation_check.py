@@ -108,6 +108,23 @@ MUTATIONS: list[Mutation] = [
     Mutation("gate_new_gain_inclusive", "seal_trl/continual/gate.py",
              "gain > t.min_new_gain,", "gain >= t.min_new_gain,",
              ("tests/test_continual_gate.py::test_each_objective_can_refuse_with_a_reason",)),
+    # ----- the reward terms (issue 33) ---------------------------------------------------------------------
+    Mutation("reward_terms_measured_before_training", "seal_trl/inner/engine.py",
+             "            self.reset_adapter(seed)\n",
+             "            self.reset_adapter(seed)\n            if measure is not None:\n"
+             "                result.measures, measure = self._measure_now(measure, probe), None\n",
+             ("tests/test_reward_terms.py::test_forgetting_is_measured_on_the_adapted_model_after_the_same_run",
+              "tests/test_reward_terms.py::test_constraints_read_the_adapted_models_greedy_answers")),
+    Mutation("reward_terms_batched_measure_reads_slot_0", "seal_trl/inner/batched.py",
+             "routing = SlotRouting(slots=torch.tensor([s.index], device=self.slots.device))",
+             "routing = SlotRouting(slots=torch.tensor([0], device=self.slots.device))",
+             ("tests/test_reward_terms.py::test_the_batched_engine_measures_each_slot_like_a_run_alone",)),
+    Mutation("reward_terms_improvement_rewarded", "seal_trl/reward_terms.py",
+             "self.forgetting_weight * max(0.0, forgetting)", "self.forgetting_weight * forgetting",
+             ("tests/test_reward_terms.py::test_weights_combine_as_documented",)),
+    Mutation("reward_terms_measured_at_weight_0", "seal_trl/reward_terms.py",
+             "return self.forgetting_weight > 0", "return self.forgetting_weight >= 0",
+             ("tests/test_reward_terms.py::test_zero_weights_are_todays_reward_at_todays_cost",)),
 ]
 
 

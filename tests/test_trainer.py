@@ -543,3 +543,23 @@ def test_batched_inner_loop_in_the_trainer_gives_the_same_rewards(tiny_model_dir
         rewards[k] = [r[0].reward for r in trainer.seal_reward.last_results]
     assert len(rewards[4]) == 4 and any(r != 0.0 for r in rewards[1])
     assert rewards[4] == pytest.approx(rewards[1], abs=1e-4)
+
+
+def test_reward_terms_reach_the_trainer_and_are_logged(tiny_model_dir, tiny_tokenizer, dataset, tmp_path):
+    def never_fails(outputs):
+        return None
+
+    args = tiny_args(tmp_path, max_steps=1, reward_forgetting_weight=2.0, reward_general_metric="qa",
+                     reward_constraint_weight=0.5, reward_banned_phrases=["zzqx-never-said"])
+    trainer = SEALTrainer(str(tiny_model_dir), args=args, train_dataset=dataset, processing_class=tiny_tokenizer,
+                          reward_constraints=[never_fails])
+    terms = trainer.seal_reward.terms
+    assert (terms.forgetting_weight, terms.general_metric, terms.constraint_weight) == (2.0, "qa", 0.5)
+    assert terms.constraints == (never_fails,)
+    trainer.train()
+    logged = {k for h in trainer.state.log_history for k in h}
+    assert {"reward/gain", "reward/forgetting", "reward/violations", "reward/general_before_qa"} <= logged
+    assert "seal/reward_mean" in logged and "seal/gain_mean" not in logged  # the score is no longer the gain alone
+    last = trainer.seal_reward.last_terms
+    assert [r[0].reward for r in trainer.seal_reward.last_results] == [t["gain"] for t in last]
+    assert all(t["reward"] == pytest.approx(t["gain"] - 2.0 * max(0.0, t["forgetting"])) for t in last)

@@ -71,6 +71,7 @@ RANGES: dict[str, Range] = {
     "inner_epochs": AT_LEAST_ONE, "inner_batch_size": AT_LEAST_ONE, "inner_max_seq_length": AT_LEAST_ONE,
     "inner_step_budget": AT_LEAST_ONE, "inner_max_examples": AT_LEAST_ONE,
     "inner_max_new_tokens": Range(1, MAX_NEW_TOKENS), "inner_max_exception_rate": SHARE,
+    "reward_forgetting_weight": Range(0), "reward_constraint_weight": Range(0),
     # ModelConfig (policy LoRA)
     "lora_r": AT_LEAST_ONE, "lora_alpha": POSITIVE, "lora_dropout": Range(0, 0.999),
     # SEALScriptArguments

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from ..plans import SelfEditError
 from .graders import LogLikelihoodGrader
 from .host import LoopHost
-from .jobs import INNER_ADAPTER, InnerJob, InnerResult
+from .jobs import INNER_ADAPTER, InnerJob, InnerResult, checked_measures
 from .sync import POLICY_ADAPTER
 from .steps import learning_rate_at, lora_a_inits, plan_batches
 from .packed_attention import packed_examples
@@ -268,6 +268,7 @@ class BatchedTrainer:
             self._train(slots)
             train_seconds = time.perf_counter() - t0
             self._score([s for s in slots if s.result.error is None])
+            self._measure([s for s in slots if s.result.error is None and s.job.measure is not None])
         return train_seconds
 
     def train(self, slots: list[_Slot]) -> None:
@@ -371,6 +372,21 @@ class BatchedTrainer:
             else:
                 self._fail(s, "nan_loss", f"the probe score is {value}", field="score_after")
 
+    @torch.no_grad()
+    def _measure(self, slots: list[_Slot]) -> None:
+        """Each job's `measure` of its adapted model: the model routed through that slot alone, as a generative
+        grader scores it. An exception that is not a `SelfEditError` fails the group, which is rerun one at a time."""
+        for s in slots:
+            t0 = time.perf_counter()
+            routing = SlotRouting(slots=torch.tensor([s.index], device=self.slots.device))
+            try:
+                with self.slots.routed(routing), self.loop.autocast():
+                    s.result.measures = checked_measures(s.job.measure(self.loop.model, self.loop.tokenizer,
+                                                                       s.job.probe))
+            except SelfEditError as err:
+                s.result.error, s.result.error_message = err.reason, str(err)
+            s.result.measure_seconds = time.perf_counter() - t0
+
     def _loglik_scores(self, grader: LogLikelihoodGrader, slots: list[_Slot], indices: list[int]) -> list[float]:
         """Every slot's probe answers in shared forward passes, each row through its own slot.
 
@@ -452,7 +468,8 @@ def run_batched(loop: LoopHost, jobs: Sequence[InnerJob], num_slots: int, *,
             logger.warning("batched inner loop failed (%s: %s); rerunning %d self-edits one at a time",
                            type(err).__name__, err, len(group))
             for slot in group:
-                rerun = loop.run(slot.job.plan, slot.job.probe, context_id=slot.job.context_id, seed=slot.seed)
+                rerun = loop.run(slot.job.plan, slot.job.probe, context_id=slot.job.context_id, seed=slot.seed,
+                                 measure=slot.job.measure)
                 results[slot.position] = rerun
                 finish(slot.position)
             continue

@@ -28,7 +28,7 @@ from .auto_slots import SlotChoice, choose_slots, slot_candidates
 from .batched import BatchedTrainer, run_batched
 from .config import InnerLoopConfig
 from .graders import Grader, make_grader
-from .jobs import INNER_ADAPTER, InnerJob, InnerResult
+from .jobs import INNER_ADAPTER, InnerJob, InnerResult, Measure, checked_measures
 from .store import sampled_fingerprint, tensors_fingerprint
 from .steps import learning_rate_at, lora_a_inits, plan_batches
 from .tensors import EncodedExample, encode_example, labelled_logits, labelled_nll, pad_right
@@ -208,6 +208,16 @@ class InnerLoop:
             self._score_cache[key] = value
         return value
 
+    def measure_unadapted(self, measure: Measure, probe: Probe | None = None) -> dict[str, float]:
+        """`measure` of the current policy weights without inner adaptation (the inner adapter at identity)."""
+        self._neutralise_adapter()
+        return self._measure_now(measure, probe)
+
+    def _measure_now(self, measure: Measure, probe: Probe | None) -> dict[str, float]:
+        self.model.eval()
+        with torch.no_grad(), self.autocast():
+            return checked_measures(measure(self.model, self.tokenizer, probe))
+
     def _score_now(self, probe: Probe) -> float:
         self.model.eval()
         with torch.no_grad(), self.autocast():
@@ -217,9 +227,11 @@ class InnerLoop:
         return value
 
     # ----- one self-edit ------------------------------------------------------------------------
-    def run(self, plan: TrainingPlan, probe: Probe, *, context_id: str | None = None, seed: int | None = None
-            ) -> InnerResult:
-        """Fine-tune a fresh adapter on `plan`, score `probe`, return the gain. Never raises for a bad plan."""
+    def run(self, plan: TrainingPlan, probe: Probe, *, context_id: str | None = None, seed: int | None = None,
+            measure: Measure | None = None) -> InnerResult:
+        """Fine-tune a fresh adapter on `plan`, score `probe`, return the gain. Never raises for a bad plan.
+        `measure`: also measure the adapted model, after the probe and before anything resets the adapter
+        (`InnerResult.measures`)."""
         start = time.perf_counter()
         seed = self.config.seed if seed is None else seed
         before = self.score(probe, context_id=context_id)
@@ -234,6 +246,10 @@ class InnerLoop:
             t0 = time.perf_counter()
             result.score_after = self._score_now(probe)
             result.score_seconds = time.perf_counter() - t0
+            if measure is not None:
+                t0 = time.perf_counter()
+                result.measures = self._measure_now(measure, probe)
+                result.measure_seconds = time.perf_counter() - t0
             result.reward = self.reward_from(before, result.score_after)
         except SelfEditError as err:
             result.error, result.error_message = err.reason, str(err)
@@ -260,13 +276,14 @@ class InnerLoop:
         """Run several self-edits; with `config.batch_self_edits = K > 1`, K at a time in one batched pass.
 
         Results come back in the order of `jobs` and equal those of `run` on each job (same seeds) up to
-        float rounding. `on_result(index, result)` is called as each run finishes (to persist it, or to count).
+        float rounding, a job's `measure` included (K slots: measured through its own slot). `on_result(index, result)` is called as each run finishes (to persist it, or to count).
         """
         slots = min(self.batch_slots(jobs), len(jobs))  # no slot is allocated for a job that is not there
         if slots <= 1:
             results = []
             for i, job in enumerate(jobs):
-                results.append(self.run(job.plan, job.probe, context_id=job.context_id, seed=job.seed))
+                results.append(self.run(job.plan, job.probe, context_id=job.context_id, seed=job.seed,
+                                        measure=job.measure))
                 if on_result is not None:
                     on_result(i, results[-1])
             return results

@@ -16,7 +16,7 @@ from ..plans import TrainingPlan
 from ..probes import Probe
 from .config import InnerLoopConfig
 from .graders import Grader
-from .jobs import InnerResult
+from .jobs import InnerResult, Measure
 from .tensors import EncodedExample
 
 
@@ -37,8 +37,8 @@ class LoopHost(Protocol):
 
     def score(self, probe: Probe, *, context_id: str | None = None) -> float: ...
 
-    def run(self, plan: TrainingPlan, probe: Probe, *, context_id: str | None = None, seed: int | None = None
-            ) -> InnerResult: ...
+    def run(self, plan: TrainingPlan, probe: Probe, *, context_id: str | None = None, seed: int | None = None,
+            measure: Measure | None = None) -> InnerResult: ...
 
     def reward_from(self, before: float, after: float) -> float: ...
 

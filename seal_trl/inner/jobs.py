@@ -6,12 +6,19 @@ imports the other for its data types.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-from ..plans import TrainingPlan
+from ..plans import SelfEditError, TrainingPlan
 from ..probes import Probe
 
 INNER_ADAPTER = "inner"
+
+#: A measurement of the adapted model, called as `measure(model, tokenizer, probe)` right after the probe is scored,
+#: while the run's adapter is still live (no gradient, under the loop's autocast); returns named finite numbers.
+Measure = Callable[[Any, Any, Probe], Mapping[str, float]]
 
 
 @dataclass
@@ -31,6 +38,8 @@ class InnerResult:
     seconds: float = 0.0
     seed: int | None = None
     traceback: str | None = None  # where `error == "exception"`: the formatted traceback, for a systematic fault
+    measures: dict[str, float] = field(default_factory=dict)  # the job's `measure` of the adapted model, if any
+    measure_seconds: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -43,9 +52,23 @@ class InnerResult:
 
 @dataclass(frozen=True)
 class InnerJob:
-    """One self-edit to execute: its plan, the probe that scores it, the cache key of the probe and a seed."""
+    """One self-edit to execute: its plan, the probe that scores it, the cache key of the probe and a seed, and
+    optionally a `measure` of the adapted model (see `Measure`; its values land in `InnerResult.measures`)."""
 
     plan: TrainingPlan
     probe: Probe
     context_id: str | None = None
     seed: int | None = None
+    measure: Measure | None = None
+
+
+def checked_measures(values: Mapping[str, float]) -> dict[str, float]:
+    """A measure's values as plain floats; a value that is not finite fails the run (`nan_loss`), as a probe score
+    that is not finite does: the adapted model diverged on what the measure reads."""
+    out = {}
+    for name, value in values.items():
+        value = float(value)
+        if not math.isfinite(value):
+            raise SelfEditError("nan_loss", f"the adapted model's {name} is {value}", field="measures")
+        out[str(name)] = value
+    return out
