@@ -49,6 +49,10 @@ def test_every_answer_is_a_short_verbatim_span_and_the_halves_ask_about_differen
                 assert a.lower() not in q["question"].lower(), f"{d.doc_id}: the question gives away {a!r}"
                 assert a.lower() not in d.title.lower(), f"{d.doc_id}: the probe prompt's title gives away {a!r}"
                 assert not any(a.lower() in b.lower() for b in every if b != a), f"{d.doc_id}: {a!r} inside another"
+        # a question asking for a year or a count picks out the candidates with digits, so a base model gets those
+        # right by type alone: equal numbers of them keep the two halves' chance floors equal
+        digits = [sum(bool(re.search(r"\d", a)) for a in half) for half in (gate, report)]
+        assert digits[0] == digits[1], f"{d.doc_id}: {digits[0]} gate vs {digits[1]} report answers with digits"
         sentences = _SENTENCE.split(d.text)
         gate_sents = {i for i, s in enumerate(sentences) for a in gate if a in s}
         report_sents = {i for i, s in enumerate(sentences) for a in report if a in s}
