@@ -34,6 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -245,16 +246,19 @@ def run_arms(args, out: Path, arms: list[str]) -> None:
         sys.exit("arms failed: " + ", ".join(failed))
 
 
-def report(args, out: Path, arms: list[str], commit: str, wall: float) -> None:
-    from continual_report import ARM_LABELS, GOAL, plot, summarise, table
+def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: Sequence[str] = ()) -> None:
+    from continual_report import ARM_LABELS, GOAL, _ci as _fmt_ci, partial_summary, plot, summarise, table
 
     records = {a: json.loads((out / f"arm-{a}.json").read_text()) for a in arms}
     summary = summarise(records, args.metric)
+    partials = {a: partial_summary(json.loads((out / f"arm-{a}.json").read_text()), records.get("naive"), args.metric)
+                for a in partial}
     run = json.loads((out / "run.json").read_text())
     smoke = args.model == "tiny" or args.no_append
     json_path = out / "continual_results.json" if smoke else HERE / "continual_results.json"
     png_path = out / "continual_forgetting.png" if smoke else HERE / "continual_forgetting.png"
-    _write(json_path, {"commit": commit, "run": run, "args": vars(args), "summary": summary, "arms": records,
+    _write(json_path, {"commit": commit, "run": run, "args": vars(args), "summary": summary, "partial": partials,
+                       "arms": records, "partial_arms": {a: json.loads((out / f"arm-{a}.json").read_text()) for a in partial},
                        "self_edits": json.loads((out / "self_edits.json").read_text())})
     plot(summary, png_path)
     seconds = {a: sum(s["seconds"] for s in r["steps"]) for a, r in records.items()}
@@ -272,12 +276,29 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float) -> None:
     lines += ["", f"Goal (issue 33): forgetting <= {GOAL['forgetting']:g} points, learning >= "
               f"{100 * GOAL['learning_ratio']:.0f}% of naive, general-ability loss <= {100 * GOAL['general_loss']:g}%."]
     for name, row in summary.items():
-        if name in ("isolated", "naive"):
+        if name == "isolated":
             continue
         g = row["goal"]
-        lines.append(f"- {ARM_LABELS.get(name, name)}: forgetting {g['forgetting_over']:+.1f} points from the limit, "
-                     f"learning ratio {-g['learning_ratio_short']:+.2f} from 0.80, general loss "
-                     f"{100 * g['general_loss_over']:+.1f}% from the limit: {'met' if g['met'] else 'not met'}.")
+        ratio = row.get("learning_ratio", {}).get("mean", float("nan"))
+        loss = 100 * (g["general_loss_over"] + GOAL["general_loss"])
+        lines.append(f"- {ARM_LABELS.get(name, name)}: forgetting {row['forgetting']['mean']:.1f} points (limit "
+                     f"{GOAL['forgetting']:g}), learning {ratio:.2f} of naive's (goal >= {GOAL['learning_ratio']:.2f}), "
+                     f"general-ability loss {loss:.1f}% (limit {100 * GOAL['general_loss']:g}%): "
+                     f"{'met' if g['met'] else 'not met'}.")
+    for name in partial:
+        p = partials[name]
+        kls = [k for k in p["kl_to_promoted"] if k is not None]
+        vs = p.get("learning_vs_naive")
+        lines += ["", f"{ARM_LABELS.get(name, name)}: stopped after {p['steps']} of {args.documents} documents "
+                  f"({p['seconds_per_step']:.0f} s per step), so no forgetting figure. Learning on those documents "
+                  f"{_fmt_ci(p['learning'])}"
+                  + (f"; minus the naive arm's on the same documents {vs['mean_difference']:+.1f} "
+                     f"[{vs['ci_low']:+.1f}, {vs['ci_high']:+.1f}], {vs['wins']}/{vs['losses']} wins/losses, "
+                     f"n = {vs['n']}" if vs else "")
+                  + f". Promoted {p['promoted']} of {p['steps']}, at scales "
+                  f"{', '.join(f'{x:.3g}' for x in p['scales']) or '-'}; KL(promoted || candidate) on the new "
+                  "documents' texts, nats/token: "
+                  + (f"{min(kls):.3f} to {max(kls):.3f} (mean {sum(kls) / len(kls):.3f})." if kls else "-.")]
     lines += ["", f"JSON: `{json_path.name}`; chart: `{png_path.name}`.", ""]
     print("\n".join(lines))
     if not smoke:
@@ -309,6 +330,9 @@ def main() -> None:
     p.add_argument("--rescale-steps", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-append", action="store_true")
+    p.add_argument("--report-only", action="store_true",
+                   help="run no arm: report --arms (finished) and --partial-arms (stopped early) as they are")
+    p.add_argument("--partial-arms", default="", help="with --report-only: arms reported on their finished steps")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     out = Path(args.out)
@@ -328,9 +352,11 @@ def main() -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     start_run(args, out, commit)
-    write_self_edits(args, out)
-    run_arms(args, out, arms)
-    report(args, out, arms, commit, time.perf_counter() - start)
+    partial = [a for a in args.partial_arms.split(",") if a]
+    if not args.report_only:
+        write_self_edits(args, out)
+        run_arms(args, out, arms)
+    report(args, out, arms, commit, time.perf_counter() - start, partial)
 
 
 if __name__ == "__main__":

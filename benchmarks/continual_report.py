@@ -196,3 +196,23 @@ def plot(summary: Mapping[str, Any], path, metric_name: str = "soft accuracy") -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def partial_summary(arm: Mapping[str, Any], naive: Mapping[str, Any] | None, metric: str = "soft_accuracy"
+                    ) -> dict[str, Any]:
+    """An arm stopped before the end of the stream: what its finished steps show (no forgetting: that needs the end).
+    Learning of its first k documents, paired with the naive arm's on the same documents; promotions, the scales
+    the rescale policy settled on, and the KL to the promoted model of each candidate."""
+    from seal_trl.stats import paired_comparison
+
+    steps = arm["steps"]
+    learned = learning(arm, metric)
+    out: dict[str, Any] = {"steps": len(steps), "learning": _mean_ci(learned),
+                           "promoted": sum(bool(s.get("promoted")) for s in steps),
+                           "scales": [s.get("scale", 1.0) for s in steps if s.get("promoted")],
+                           "kl_to_promoted": [s.get("kl_to_promoted") for s in steps],
+                           "seconds_per_step": float(np.mean([s["seconds"] for s in steps])) if steps else math.nan}
+    if naive is not None:
+        naive_learned = learning(naive, metric)[: len(steps)]
+        out["learning_vs_naive"] = paired_comparison(learned, naive_learned).to_dict()
+    return out

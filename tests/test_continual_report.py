@@ -73,3 +73,18 @@ def test_summarise_goal_and_table():
     rows = table(s)
     assert len(rows) == 2 + 3 and "+1.5" in rows[3]
     assert not math.isnan(s["reject"]["mean_promoted_scale"])
+
+
+def test_partial_summary_pairs_the_finished_steps_with_naive():
+    from continual_report import partial_summary
+
+    naive = _arm([40, 50, 60], [20, 30, 60], [20, 20, 20])
+    stopped = _arm([30, 45], [30, 45], [20, 20])  # two of three documents done
+    stopped["steps"][0].update(scale=0.5, kl_to_promoted=0.2, seconds=10.0)
+    stopped["steps"][1].update(promoted=False, kl_to_promoted=0.4, seconds=20.0)
+    p = partial_summary(stopped, naive)
+    assert p["steps"] == 2 and p["promoted"] == 1 and p["scales"] == [0.5]
+    assert p["learning"]["mean"] == pytest.approx(17.5)
+    vs = p["learning_vs_naive"]
+    assert vs["n"] == 2 and vs["mean_difference"] == pytest.approx(-7.5) and vs["losses"] == 2
+    assert p["seconds_per_step"] == pytest.approx(15.0)
