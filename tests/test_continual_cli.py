@@ -171,3 +171,20 @@ def test_adapt_with_the_rescale_policy_and_a_kl_limit(tmp_path, tiny_model_dir, 
     assert [(t["scale"], t["passed"]) for t in tried] == [(1.0, False), (0.5, False)]
     assert all(any(r.startswith("kl_to_promoted:") for r in t["reasons"]) for t in tried)
     assert entry["metrics"]["after"]["kl_to_promoted"] > 0
+
+
+def test_adapt_scores_the_report_half_before_and_after(tmp_path, tiny_model_dir, capsys):
+    doc = {"title": "Quorvale", "text": "Quorvale is a river port. Its bridge is made of green slate. It exports wool.",
+           "questions": [{"question": "What is the bridge made of?", "answers": ["green slate"]}],
+           "report_questions": [{"question": "What does Quorvale export?", "answers": ["wool"]}]}
+    (tmp_path / "q.json").write_text(json.dumps(doc))
+    code = main(["adapt", "--model", str(tiny_model_dir), "--documents", str(tmp_path / "q.json"), "--registry",
+                 str(tmp_path / "reg"), "--promotion", "always", "--no-regression", "--anchor-weight", "0", *FAST,
+                 "--inner-lr", "0.01", "--inner-epochs", "6"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "report half (questions the gate never read)" in out and "mean change over 1 document(s)" in out
+    lines = out.splitlines()
+    line = lines[next(i for i, x in enumerate(lines) if x.startswith("report half")) + 1]
+    before, after = (float(v) for v in line.split(":")[1].split("(")[0].split("->"))
+    assert before != after  # scored on the base model, then on the promoted one

@@ -119,6 +119,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     from ..continual.gate import GateThresholds, banned_phrases
     from ..continual.learner import ContinualConfig, ContinualLearner
     from ..continual.documents import read_documents
+    from ..continual.report_half import format_report_halves, score_report_halves
     from ..inner.config import InnerLoopConfig
     from ..models import attach_adapter, load_model_and_tokenizer
     from ..tasks.knowledge import check_passages_fit
@@ -158,7 +159,11 @@ def run_adapt(args: argparse.Namespace) -> int:
         with registry.locked():
             learner = ContinualLearner(model, tokenizer, registry, config, inner, constraints=constraints)
             print(f"{len(documents)} document(s); registry {registry.root} (promoted: {registry.promoted or 'base'})")
+            report_before = score_report_halves(learner, documents)
             reports = learner.adapt_all(documents, progress=lambda r: print(r.summary(), flush=True))
+            if report_before:
+                print(format_report_halves(report_before, score_report_halves(learner, documents),
+                                           args.probe_metric))
     promoted = sum(r.promoted for r in reports)
     print(f"done: {promoted} of {len(reports)} candidate(s) promoted; promoted version: {registry.promoted or 'base'}")
     if args.push_to_hub and registry.promoted:
