@@ -179,6 +179,11 @@ def run_worker(name: str, args) -> None:
     _write(record_path, record)
 
 
+def _paired_text(p) -> str:
+    return (f"{p['mean_difference']:+.1f} [{p['ci_low']:+.1f}, {p['ci_high']:+.1f}] ({p['wins']}/{p['losses']} "
+            f"wins/losses, n = {p['n']})")
+
+
 def _find(tree, key):
     """The first value of `key` anywhere in a nested dict (metrics layouts differ between versions)."""
     if isinstance(tree, dict):
@@ -247,7 +252,8 @@ def run_arms(args, out: Path, arms: list[str]) -> None:
 
 
 def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: Sequence[str] = ()) -> None:
-    from continual_report import ARM_LABELS, GOAL, _ci as _fmt_ci, partial_summary, plot, summarise, table
+    from continual_report import (ARM_LABELS, GOAL, _ci as _fmt_ci, closest_to_goal, partial_summary, plot, summarise,
+                                  table)
 
     records = {a: json.loads((out / f"arm-{a}.json").read_text()) for a in arms}
     summary = summarise(records, args.metric)
@@ -257,7 +263,8 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
     smoke = args.model == "tiny" or args.no_append
     json_path = out / "continual_results.json" if smoke else HERE / "continual_results.json"
     png_path = out / "continual_forgetting.png" if smoke else HERE / "continual_forgetting.png"
-    _write(json_path, {"commit": commit, "run": run, "args": vars(args), "summary": summary, "partial": partials,
+    _write(json_path, {"commit": commit, "run": run, "args": vars(args), "summary": summary,
+                       "closest_to_goal": closest_to_goal(summary), "partial": partials,
                        "arms": records, "partial_arms": {a: json.loads((out / f"arm-{a}.json").read_text()) for a in partial},
                        "self_edits": json.loads((out / "self_edits.json").read_text())})
     plot(summary, png_path)
@@ -279,12 +286,24 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
         if name == "isolated":
             continue
         g = row["goal"]
-        ratio = row.get("learning_ratio", {}).get("mean", float("nan"))
+        ratio = row.get("learning_ratio", {})
+        ratio_text = (f"learning {ratio.get('mean', float('nan')):.2f} of naive's (goal >= {GOAL['learning_ratio']:.2f})"
+                      if ratio.get("judgeable") else "learning ratio not judgeable (the naive arm's learning is not "
+                      "shown to be positive)")
         loss = 100 * (g["general_loss_over"] + GOAL["general_loss"])
+        vs = row.get("vs_naive")
+        paired = ("; minus naive, paired per document: learning " + _paired_text(vs["learning"]) + ", forgetting "
+                  + _paired_text(vs["forgetting"])) if vs else ""
         lines.append(f"- {ARM_LABELS.get(name, name)}: forgetting {row['forgetting']['mean']:.1f} points (limit "
-                     f"{GOAL['forgetting']:g}), learning {ratio:.2f} of naive's (goal >= {GOAL['learning_ratio']:.2f}), "
-                     f"general-ability loss {loss:.1f}% (limit {100 * GOAL['general_loss']:g}%): "
-                     f"{'met' if g['met'] else 'not met'}.")
+                     f"{GOAL['forgetting']:g}), {ratio_text}, general-ability loss {loss:.1f}% (limit "
+                     f"{100 * GOAL['general_loss']:g}%): {'met' if g['met'] else 'not met'}{paired}.")
+    closest = closest_to_goal(summary)
+    if closest is not None:
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in closest["parts"].items())
+        lines.append(f"- Closest to the goal: {ARM_LABELS.get(closest['arm'], closest['arm'])} (excess over the limits, "
+                     f"in units of each limit: {parts}; total {closest['excess']:.2f}"
+                     + ("" if closest["learning_ratio_judged"] else "; the learning ratio left out, not judgeable")
+                     + "). Ranking: " + ", ".join(f"{r['arm']} {r['excess']:.2f}" for r in closest["ranking"]) + ".")
     for name in partial:
         p = partials[name]
         kls = [k for k in p["kl_to_promoted"] if k is not None]

@@ -117,6 +117,11 @@ def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accurac
             row["mean_promoted_scale"] = float(np.mean(scales)) if scales else math.nan
             if naive is not None:
                 row["learning_ratio"] = ratio_ci(learned, naive)
+                # the ratio means something only when the naive arm's learning is shown to be positive
+                row["learning_ratio"]["judgeable"] = bool(_mean_ci(naive)["low"] > 0)
+                if name != "naive":
+                    row["vs_naive"] = _versus(learned, naive, row["forgetting_per_doc"],
+                                              forgetting(arms["naive"], metric))
             if alone is not None:
                 row["plasticity"] = plasticity(learned, alone)
             g = row["general"]
@@ -129,6 +134,40 @@ def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accurac
                                   and row["goal"]["learning_ratio_short"] <= 0)
         out[name] = row
     return out
+
+
+def _versus(learned: Sequence[float], naive_learned: Sequence[float], forgot: Sequence[float],
+            naive_forgot: Sequence[float]) -> dict[str, Any]:
+    """This arm minus the naive arm, paired per document: learning and forgetting (mean difference, bootstrap CI,
+    wins/losses, n)."""
+    from seal_trl.stats import paired_comparison
+
+    return {"learning": paired_comparison(learned, naive_learned).to_dict(),
+            "forgetting": paired_comparison(forgot, naive_forgot).to_dict()}
+
+
+def closest_to_goal(summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The gated arm nearest the goal: each criterion's excess over its limit in units of the limit (0 when met),
+    summed; the learning-ratio criterion counts only when the naive arm's learning is shown positive (otherwise
+    "80% of naive" has no meaning and the ranking says so). None when no gated arm was run."""
+    ranked = []
+    for name, row in summary.items():
+        if name in ("naive", "isolated") or "goal" not in row:
+            continue
+        g = row["goal"]
+        parts = {"forgetting": max(0.0, g["forgetting_over"]) / GOAL["forgetting"],
+                 "general_loss": max(0.0, g["general_loss_over"]) / GOAL["general_loss"]}
+        ratio = row.get("learning_ratio", {})
+        if ratio.get("judgeable"):
+            parts["learning_ratio"] = max(0.0, g["learning_ratio_short"]) / GOAL["learning_ratio"]
+        ranked.append((sum(parts.values()), name, parts))
+    if not ranked:
+        return None
+    ranked.sort(key=lambda r: r[0])
+    total, name, parts = ranked[0]
+    return {"arm": name, "excess": total, "parts": parts,
+            "learning_ratio_judged": "learning_ratio" in parts,
+            "ranking": [{"arm": n, "excess": t} for t, n, _ in ranked]}
 
 
 def _ci(c: Mapping[str, float], fmt: str = "{:+.1f}") -> str:

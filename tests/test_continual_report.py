@@ -88,3 +88,34 @@ def test_partial_summary_pairs_the_finished_steps_with_naive():
     vs = p["learning_vs_naive"]
     assert vs["n"] == 2 and vs["mean_difference"] == pytest.approx(-7.5) and vs["losses"] == 2
     assert p["seconds_per_step"] == pytest.approx(15.0)
+
+
+def test_paired_versus_naive_and_closest_to_goal():
+    from continual_report import closest_to_goal
+
+    arms = {"naive": _arm([40, 50, 60], [20, 30, 60], [20, 20, 20], general_after=(60.0, 40.0)),
+            "reject": _arm([37, 44, 52], [35, 43, 52], [20, 20, 20], general_after=(30.3, 49.8)),
+            "rescale": _arm([30, 30, 30], [30, 30, 30], [20, 20, 20], general_after=(31.5, 50.0))}
+    s = summarise(arms)
+    vs = s["reject"]["vs_naive"]
+    assert vs["learning"]["mean_difference"] == pytest.approx((37 + 44 + 52 - 150) / 3)
+    assert vs["learning"]["losses"] == 3 and vs["learning"]["n"] == 3
+    assert vs["forgetting"]["mean_difference"] == pytest.approx(1.5 - 20.0)
+    assert "vs_naive" not in s["naive"]
+    closest = closest_to_goal(s)
+    assert closest["arm"] == "reject" and closest["excess"] == pytest.approx(0.0)
+    assert closest["learning_ratio_judged"]
+    # rescale learns 1/3 of naive (short of 0.8 by 0.467) and loses 5% perplexity (over 2% by 3 points)
+    rescale = next(r for r in closest["ranking"] if r["arm"] == "rescale")
+    assert rescale["excess"] == pytest.approx((0.8 - 30 / 90) / 0.8 + 0.03 / 0.02)
+
+
+def test_learning_ratio_not_judged_when_naive_learns_nothing():
+    from continual_report import closest_to_goal
+
+    arms = {"naive": _arm([18, 22, 20], [18, 22, 20], [20, 20, 20]),
+            "reject": _arm([20, 20, 20], [20, 20, 20], [20, 20, 20])}
+    s = summarise(arms)
+    assert not s["reject"]["learning_ratio"]["judgeable"]
+    closest = closest_to_goal(s)
+    assert not closest["learning_ratio_judged"] and "learning_ratio" not in closest["parts"]
