@@ -265,6 +265,7 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
     png_path = out / "continual_forgetting.png" if smoke else HERE / "continual_forgetting.png"
     _write(json_path, {"commit": commit, "run": run, "args": vars(args), "summary": summary,
                        "closest_to_goal": closest_to_goal(summary), "partial": partials,
+                       "not_run": [a for a in ARMS if a not in records and a not in partials],
                        "arms": records, "partial_arms": {a: json.loads((out / f"arm-{a}.json").read_text()) for a in partial},
                        "self_edits": json.loads((out / "self_edits.json").read_text())})
     plot(summary, png_path)
@@ -296,7 +297,7 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                   + _paired_text(vs["forgetting"])) if vs else ""
         lines.append(f"- {ARM_LABELS.get(name, name)}: forgetting {row['forgetting']['mean']:.1f} points (limit "
                      f"{GOAL['forgetting']:g}), {ratio_text}, general-ability loss {loss:.1f}% (limit "
-                     f"{100 * GOAL['general_loss']:g}%): {'met' if g['met'] else 'not met'}{paired}.")
+                     f"{100 * GOAL['general_loss']:g}%): {_goal_verdict(g['met'])}{paired}.")
     closest = closest_to_goal(summary)
     if closest is not None:
         parts = ", ".join(f"{k} {v:.2f}" for k, v in closest["parts"].items())
@@ -318,6 +319,9 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                   f"{', '.join(f'{x:.3g}' for x in p['scales']) or '-'}; KL(promoted || candidate) on the new "
                   "documents' texts, nats/token: "
                   + (f"{min(kls):.3f} to {max(kls):.3f} (mean {sum(kls) / len(kls):.3f})." if kls else "-.")]
+    not_run = [a for a in ARMS if a not in records and a not in partials]
+    if not_run:
+        lines += ["", "Not run (no figure from them here): " + "; ".join(ARM_LABELS.get(a, a) for a in not_run) + "."]
     lines += ["", f"JSON: `{json_path.name}`; chart: `{png_path.name}`.", ""]
     print("\n".join(lines))
     if not smoke:
@@ -325,6 +329,12 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
         from results_file import append_section
 
         append_section(lines)
+
+
+def _goal_verdict(met: bool | None) -> str:
+    if met is None:
+        return "forgetting and general loss within the limits, the learning criterion not judgeable"
+    return "met" if met else "not met"
 
 
 def main() -> None:

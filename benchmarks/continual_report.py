@@ -130,8 +130,12 @@ def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accurac
                            "learning_ratio_short": GOAL["learning_ratio"] - row.get("learning_ratio", {}).get(
                                "mean", math.nan),
                            "general_loss_over": loss - GOAL["general_loss"]}
-            row["goal"]["met"] = (row["goal"]["forgetting_over"] <= 0 and row["goal"]["general_loss_over"] <= 0
-                                  and row["goal"]["learning_ratio_short"] <= 0)
+            others_met = row["goal"]["forgetting_over"] <= 0 and row["goal"]["general_loss_over"] <= 0
+            judgeable = row.get("learning_ratio", {}).get("judgeable", False) or name == "naive"
+            # True/False where every criterion can be judged; None when forgetting and general loss hold but the
+            # learning criterion cannot be judged (the naive arm's learning not shown positive)
+            row["goal"]["met"] = ((others_met and row["goal"]["learning_ratio_short"] <= 0) if judgeable
+                                  else (None if others_met else False))
         out[name] = row
     return out
 

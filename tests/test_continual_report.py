@@ -119,3 +119,15 @@ def test_learning_ratio_not_judged_when_naive_learns_nothing():
     assert not s["reject"]["learning_ratio"]["judgeable"]
     closest = closest_to_goal(s)
     assert not closest["learning_ratio_judged"] and "learning_ratio" not in closest["parts"]
+    # forgetting and general loss hold, the learning criterion cannot be judged: neither met nor not met
+    assert s["reject"]["goal"]["met"] is None
+    worse = summarise({**arms, "reject": _arm([20, 20, 20], [10, 10, 20], [20, 20, 20])})
+    assert worse["reject"]["goal"]["met"] is False  # forgetting 10 points is over the limit whatever learning says
+
+
+def test_goal_verdict_text():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from continual import _goal_verdict
+
+    assert _goal_verdict(True) == "met" and _goal_verdict(False) == "not met"
+    assert "not judgeable" in _goal_verdict(None)
