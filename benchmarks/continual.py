@@ -292,6 +292,11 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                       if ratio.get("judgeable") else "learning ratio not judgeable (the naive arm's learning is not "
                       "shown to be positive)")
         loss = 100 * (g["general_loss_over"] + GOAL["general_loss"])
+        iso = row.get("learning_ratio_isolated")
+        if iso:
+            ratio_text += (f"; learning {iso['mean']:.2f} [{iso['low']:.2f}, {iso['high']:.2f}] of the isolated arm's"
+                           + ("" if iso.get("judgeable") else " (not judgeable either: learning alone not shown "
+                              "positive)"))
         vs = row.get("vs_naive")
         paired = ("; minus naive, paired per document: learning " + _paired_text(vs["learning"]) + ", forgetting "
                   + _paired_text(vs["forgetting"])) if vs else ""

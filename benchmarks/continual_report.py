@@ -124,6 +124,10 @@ def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accurac
                                               forgetting(arms["naive"], metric))
             if alone is not None:
                 row["plasticity"] = plasticity(learned, alone)
+                # a second reference for the learning criterion: each document learned alone, with nothing to forget
+                # (reported beside the goal, which is defined against the naive arm)
+                row["learning_ratio_isolated"] = ratio_ci(learned, alone)
+                row["learning_ratio_isolated"]["judgeable"] = bool(_mean_ci(alone)["low"] > 0)
             g = row["general"]
             loss = max(g["perplexity_rise"], g["qa_soft_drop"])
             row["goal"] = {"forgetting_over": row["forgetting"]["mean"] - GOAL["forgetting"],

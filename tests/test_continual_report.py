@@ -131,3 +131,13 @@ def test_goal_verdict_text():
 
     assert _goal_verdict(True) == "met" and _goal_verdict(False) == "not met"
     assert "not judgeable" in _goal_verdict(None)
+
+
+def test_learning_ratio_to_the_isolated_arm():
+    arms = {"naive": _arm([18, 22, 20], [18, 22, 20], [20, 20, 20]),
+            "reject": _arm([25, 30, 35], [25, 30, 35], [20, 20, 20]),
+            "isolated": _arm([30, 40, 50], [30, 40, 50], [20, 20, 20])}
+    s = summarise(arms)
+    iso = s["reject"]["learning_ratio_isolated"]
+    assert iso["mean"] == pytest.approx(30 / 60) and iso["judgeable"]
+    assert not s["reject"]["learning_ratio"]["judgeable"]  # the naive arm learned nothing here
