@@ -386,7 +386,7 @@ def main() -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     start_run(args, out, commit)
-    partial = [a for a in args.partial_arms.split(",") if a]
+    partial = [a for a in args.partial_arms.split(",") if a and (out / f"arm-{a}.json").exists()]  # started ones
     if not args.report_only:
         write_self_edits(args, out)
         run_arms(args, out, arms)
