@@ -232,8 +232,13 @@ def plot(summary: Mapping[str, Any], path, metric_name: str = "soft accuracy") -
     axes[2].axhline(0, color="grey", lw=1)
     axes[0].set(title="Learning against forgetting", xlabel=f"forgetting ({metric_name} points)",
                 ylabel=f"learning ({metric_name} points)")
+    # symlog: a naive merge's loss (hundreds of percent) and a gated arm's (a few) on one readable axis
+    axes[1].set_xscale("symlog", linthresh=1.0)
+    losses = [100 * max(r["general"]["perplexity_rise"], r["general"]["qa_soft_drop"]) for r in summary.values()
+              if "general" in r]
+    axes[1].set_xlim(min([-1.0] + losses) * 2, max([100 * GOAL["general_loss"]] + losses) * 2)
     axes[1].set(title="Learning against general-ability loss",
-                xlabel="general-ability loss (%, worse of perplexity rise and QA drop)",
+                xlabel="general-ability loss (%, worse of perplexity rise and QA drop; symlog)",
                 ylabel=f"learning ({metric_name} points)")
     axes[2].set(title="Plasticity: learning in the stream minus alone", xlabel="document position k",
                 ylabel=f"{metric_name} points")
