@@ -308,7 +308,8 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
         parts = ", ".join(f"{k} {v:.2f}" for k, v in closest["parts"].items())
         lines.append(f"- Closest to the goal: {ARM_LABELS.get(closest['arm'], closest['arm'])} (excess over the limits, "
                      f"in units of each limit: {parts}; total {closest['excess']:.2f}"
-                     + ("" if closest["learning_ratio_judged"] else "; the learning ratio left out, not judgeable")
+                     + ("" if closest["learning_ratio_judged"] else "; the learning ratio not judgeable, so learning_shown: 1 "
+                        "where the arm's own learning is not shown positive")
                      + "). Ranking: " + ", ".join(f"{r['arm']} {r['excess']:.2f}" for r in closest["ranking"]) + ".")
     for name in partial:
         p = partials[name]

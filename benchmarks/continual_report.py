@@ -157,7 +157,8 @@ def _versus(learned: Sequence[float], naive_learned: Sequence[float], forgot: Se
 def closest_to_goal(summary: Mapping[str, Any]) -> dict[str, Any] | None:
     """The gated arm nearest the goal: each criterion's excess over its limit in units of the limit (0 when met),
     summed; the learning-ratio criterion counts only when the naive arm's learning is shown positive (otherwise
-    "80% of naive" has no meaning and the ranking says so). None when no gated arm was run."""
+    "80% of naive" has no meaning and the ranking says so, and the arm's own learning must be shown positive instead).
+    None when no gated arm was run."""
     ranked = []
     for name, row in summary.items():
         if name in ("naive", "isolated") or "goal" not in row:
@@ -168,6 +169,10 @@ def closest_to_goal(summary: Mapping[str, Any]) -> dict[str, Any] | None:
         ratio = row.get("learning_ratio", {})
         if ratio.get("judgeable"):
             parts["learning_ratio"] = max(0.0, g["learning_ratio_short"]) / GOAL["learning_ratio"]
+        else:
+            # without a learning reference an arm that refuses everything would meet the goal by learning nothing:
+            # its own learning must at least be shown positive (one limit-unit over when it is not)
+            parts["learning_shown"] = 0.0 if row["learning"]["low"] > 0 else 1.0
         ranked.append((sum(parts.values()), name, parts))
     if not ranked:
         return None

@@ -119,6 +119,7 @@ def test_learning_ratio_not_judged_when_naive_learns_nothing():
     assert not s["reject"]["learning_ratio"]["judgeable"]
     closest = closest_to_goal(s)
     assert not closest["learning_ratio_judged"] and "learning_ratio" not in closest["parts"]
+    assert closest["parts"]["learning_shown"] == 1.0  # reject learned nothing: not at the goal for free
     # forgetting and general loss hold, the learning criterion cannot be judged: neither met nor not met
     assert s["reject"]["goal"]["met"] is None
     worse = summarise({**arms, "reject": _arm([20, 20, 20], [10, 10, 20], [20, 20, 20])})
@@ -141,3 +142,15 @@ def test_learning_ratio_to_the_isolated_arm():
     iso = s["reject"]["learning_ratio_isolated"]
     assert iso["mean"] == pytest.approx(30 / 60) and iso["judgeable"]
     assert not s["reject"]["learning_ratio"]["judgeable"]  # the naive arm learned nothing here
+
+
+def test_closest_to_goal_never_crowns_an_arm_that_learned_nothing():
+    from continual_report import closest_to_goal
+
+    arms = {"naive": _arm([18, 22, 20], [18, 22, 20], [20, 20, 20], general_after=(60.0, 40.0)),
+            "gate-only": _arm([20, 20, 20], [20, 20, 20], [20, 20, 20], promoted=False),  # refused everything
+            "reject": _arm([25, 26, 27], [25, 26, 27], [20, 20, 20], general_after=(30.3, 50.0))}
+    closest = closest_to_goal(summarise(arms))
+    # reject learned (shown), perplexity +1% (within 2%); gate-only is within every limit but learned nothing
+    assert closest["arm"] == "reject"
+    assert next(r for r in closest["ranking"] if r["arm"] == "gate-only")["excess"] == pytest.approx(1.0)
