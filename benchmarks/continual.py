@@ -259,13 +259,14 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
     summary = summarise(records, args.metric)
     partials = {a: partial_summary(json.loads((out / f"arm-{a}.json").read_text()), records.get("naive"), args.metric)
                 for a in partial}
+    not_run = [a for a in ARMS if a not in records and a not in partials]
     run = json.loads((out / "run.json").read_text())
     smoke = args.model == "tiny" or args.no_append
     json_path = out / "continual_results.json" if smoke else HERE / "continual_results.json"
     png_path = out / "continual_forgetting.png" if smoke else HERE / "continual_forgetting.png"
     _write(json_path, {"commit": commit, "run": run, "args": vars(args), "summary": summary,
                        "closest_to_goal": closest_to_goal(summary), "partial": partials,
-                       "not_run": [a for a in ARMS if a not in records and a not in partials],
+                       "not_run": not_run,
                        "arms": records, "partial_arms": {a: json.loads((out / f"arm-{a}.json").read_text()) for a in partial},
                        "self_edits": json.loads((out / "self_edits.json").read_text())})
     plot(summary, png_path)
@@ -325,7 +326,6 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                   f"{', '.join(f'{x:.3g}' for x in p['scales']) or '-'}; KL(promoted || candidate) on the new "
                   "documents' texts, nats/token: "
                   + (f"{min(kls):.3f} to {max(kls):.3f} (mean {sum(kls) / len(kls):.3f})." if kls else "-.")]
-    not_run = [a for a in ARMS if a not in records and a not in partials]
     if not_run:
         lines += ["", "Not run (no figure from them here): " + "; ".join(ARM_LABELS.get(a, a) for a in not_run) + "."]
     lines += ["", f"JSON: `{json_path.name}`; chart: `{png_path.name}`.", ""]
