@@ -13,6 +13,8 @@ Arms (all from scratch in every invocation; `--arms` picks):
 - `reject`: replay of earlier documents' examples, a KL anchor on general text, the gate, a refused candidate dropped;
 - `rescale`: the same, but a refused candidate's LoRA update is shrunk by bisection until the gate holds (STABLE);
 - `rescale-kl`: `rescale` with a KL(promoted || candidate) limit on the new document's inputs (`--max-kl`);
+- `rescale-budget`: `rescale` with a total budget against the base model (the gate-half regression suite may not get
+  more than 2% worse than the base model's, the goal's own limit, however many promotions came before);
 - `gate-only`: the gate with rejection, replay and anchor off;
 - `isolated`: each document learned alone on the base model (the plasticity reference).
 
@@ -40,7 +42,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 HERE = Path(__file__).resolve().parent
-ARMS = ("isolated", "naive", "reject", "rescale", "rescale-kl", "gate-only")
+ARMS = ("isolated", "naive", "reject", "rescale", "rescale-kl", "rescale-budget", "gate-only")
+#: rescale-budget: the total regression budget against the base model, relative (the goal's general-ability limit).
+TOTAL_BUDGET = 0.02
 #: The settings that make two invocations the same run (resume is refused when any differs).
 RUN_KEYS = ("model", "documents", "epochs", "lr", "lora_r", "max_new_tokens", "max_lines", "metric", "replay_ratio",
             "anchor_weight", "max_kl", "rescale_floor", "rescale_steps", "seed")
@@ -88,6 +92,10 @@ def arm_config(name: str, args) -> dict:
                "rescale_steps": args.rescale_steps}
     if name == "rescale":
         return rescale
+    if name == "rescale-budget":
+        return {**rescale, "thresholds": GateThresholds(probe_metric=args.metric,
+                                                        max_total_perplexity_increase=TOTAL_BUDGET,
+                                                        max_total_qa_drop=TOTAL_BUDGET)}
     return {**rescale, "thresholds": GateThresholds(probe_metric=args.metric, max_kl_to_promoted=args.max_kl)}
 
 
@@ -277,7 +285,9 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
              f"{args.epochs} epochs; one greedy self-edit per document (<= {args.max_new_tokens} tokens, "
              f"<= {args.max_lines} lines) shared by every arm; replay ratio {args.replay_ratio:g} and KL anchor weight "
              f"{args.anchor_weight:g} where on; rescale floor {args.rescale_floor:g} in {args.rescale_steps} bisection "
-             f"steps; KL limit {args.max_kl:g} nats/token (rescale-kl). Every figure is on report-half questions and "
+             f"steps; KL limit {args.max_kl:g} nats/token (rescale-kl); total regression budget "
+             f"{100 * TOTAL_BUDGET:g}% against the base model (rescale-budget). Every figure is on report-half "
+             "questions and "
              "the report half of the regression suite; the learner and its gate read only the gate halves. CIs: "
              "95% percentile bootstrap over documents. Arm minutes (sum of steps) and the commit each arm ran at: "
              + ", ".join(f"{a} {s / 60:.1f} ({'/'.join(dict.fromkeys(records[a].get('commits', [records[a].get('commit', '?')])))})" for a, s in seconds.items()) + ".", ""]

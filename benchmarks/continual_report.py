@@ -26,6 +26,7 @@ ARM_LABELS = {
     "reject": "replay + anchor + gate, reject",
     "rescale": "replay + anchor + gate, rescale",
     "rescale-kl": "replay + anchor + gate (+ KL), rescale",
+    "rescale-budget": "replay + anchor + gate (+ 2% total budget), rescale",
     "gate-only": "gate, reject, no replay or anchor",
     "isolated": "each document alone on the base model",
 }

@@ -150,3 +150,29 @@ def test_scale_update_multiplies_lora_b_only():
                           0.25 * state["m.lora_B.weight"] @ state["m.lora_A.weight"])
     with pytest.raises(ValueError, match="lora_B"):
         scale_update({"m.weight": torch.ones(1)}, 0.5)
+
+
+def test_a_total_budget_refuses_what_per_step_limits_let_compound():
+    """Each step +1.9% passes the per-step 2% limit; against the base model the same candidate is +21% and the total
+    budget refuses it, naming the base model; QA the same way; without a budget there is no total objective."""
+    base = {"perplexity": 10.0, "qa_accuracy": 60.0, "qa_soft_accuracy": 60.0}
+    before = {**scores(20, {"a": 60}, ppl=11.9, qa=54.0), "base_regression": base}
+    after = scores(60, {"a": 60}, ppl=11.9 * 1.019, qa=54.0 * 0.985)
+    assert evaluate_gate(before, after).passed
+    budget = GateThresholds(max_total_perplexity_increase=0.05, max_total_qa_drop=0.05)
+    verdict = evaluate_gate(before, after, budget)
+    assert [o.name for o in verdict.objectives if not o.passed] == ["total_perplexity", "total_qa"]
+    ppl = next(o for o in verdict.objectives if o.name == "total_perplexity")
+    assert ppl.value == pytest.approx(11.9 * 1.019 / 10.0 - 1) and "since the base model" in ppl.detail
+    assert "10.000 ->" in ppl.detail and "limit +5%" in ppl.detail
+    qa = next(o for o in verdict.objectives if o.name == "total_qa")
+    assert qa.value == pytest.approx(1 - 54.0 * 0.985 / 60.0)
+    # a budget on perplexity alone gates perplexity alone
+    only = evaluate_gate(before, after, GateThresholds(max_total_perplexity_increase=0.5))
+    assert only.passed and [o.name for o in only.objectives if o.name.startswith("total_")] == ["total_perplexity"]
+    with pytest.raises(ValueError, match="base_regression"):
+        evaluate_gate(scores(20, {"a": 60}), after, budget)
+    with pytest.raises(ValueError, match="max_total_qa_drop"):
+        GateThresholds(max_total_qa_drop=-0.1)
+    with pytest.raises(ValueError, match="max_total_perplexity_increase"):
+        GateThresholds(max_total_perplexity_increase=float("nan"))

@@ -198,3 +198,40 @@ def test_the_gate_never_reads_a_report_question(tmp_path, tiny_model, tiny_token
     stored = [p for p in learner.registry.root.rglob("*") if p.is_file()]
     assert any("Which valley?" in p.read_text(errors="replace") for p in stored)
     assert [p.name for p in stored if MARK in p.read_text(errors="replace")] == []
+
+
+def test_a_total_budget_is_measured_against_the_base_model_and_leaves_the_promoted_model_loaded(
+        tmp_path, tiny_model_dir, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    from seal_trl.continual.regression import RegressionSuite, regression_scores
+
+    tiny_model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    suite = RegressionSuite("The sea is wide. Ships sail on it every day. Harbours keep them safe at night.",
+                            (("What sails on the sea?", ("ships", "trees", "stones"), 0),))
+    base = regression_scores(tiny_model, tiny_tokenizer, suite)
+    naive = make_learner(tmp_path / "reg", tiny_model, tiny_tokenizer, promotion="always", check_regression=True)
+    naive.suite = suite
+    first = naive.adapt(DOC_A, self_edits=[EDIT_A])
+    promoted_regression = naive.registry.get(first.version)["metrics"]["after"]["regression"]
+    assert promoted_regression["perplexity"] != pytest.approx(base["perplexity"])  # the promotion changed it
+    budget = GateThresholds(probe_metric="loglik", max_perplexity_increase=1e6, max_qa_drop=1e6,
+                            max_total_perplexity_increase=0.0, max_total_qa_drop=1e6)
+    # a learner resumed on the registry measures the base model with the chain switched off, then loads it back
+    learner = ContinualLearner(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tiny_tokenizer,
+                               AdapterRegistry(tmp_path / "reg"),
+                               ContinualConfig(replay_ratio=0.0, anchor_weight=0.0, thresholds=budget), FAST,
+                               regression_suite=suite)
+    assert learner.sync() == first.version
+    promoted_logits = logits(learner, tiny_tokenizer)
+    assert learner.base_regression_scores() == pytest.approx(base)
+    assert torch.equal(logits(learner, tiny_tokenizer), promoted_logits)
+    report = learner.adapt(DOC_A, self_edits=[EDIT_A])
+    entry = learner.registry.get(report.version)
+    assert entry["metrics"]["before"]["base_regression"] == pytest.approx(base)
+    total = next(o for o in report.verdict.objectives if o.name == "total_perplexity")
+    rise = report.after["regression"]["perplexity"] / base["perplexity"] - 1
+    assert total.value == pytest.approx(rise) and total.passed == (rise <= 0.0)
+    assert report.promoted == report.verdict.passed
+    with pytest.raises(ValueError, match="check_regression"):
+        ContinualConfig(check_regression=False, thresholds=budget)

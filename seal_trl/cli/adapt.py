@@ -62,6 +62,12 @@ def add_continual_commands(sub) -> None:
     adapt.add_argument("--max-kl-to-promoted", type=number(0), default=None, metavar="NATS",
                        help="refuse candidates whose mean per-token KL(promoted || candidate) on the new document's "
                             "texts is larger (always measured and stored; default: not gated)")
+    adapt.add_argument("--max-total-perplexity-increase", type=number(0), default=None, metavar="FRACTION",
+                       help="a budget for the whole stream: refuse candidates whose held-out perplexity is more than "
+                            "this above the base model's (relative; the per-step limit still applies; default: none)")
+    adapt.add_argument("--max-total-qa-drop", type=number(0), default=None, metavar="FRACTION",
+                       help="a budget for the whole stream: refuse candidates whose QA soft accuracy is more than this "
+                            "below the base model's (relative; default: none)")
     adapt.add_argument("--no-regression", action="store_true", help="skip the regression suite objectives")
     adapt.add_argument("--banned-phrase", action="append", default=[], type=phrase,
                        help="a constraint: refuse candidates whose answers contain this phrase (repeatable)")
@@ -141,7 +147,9 @@ def run_adapt(args: argparse.Namespace) -> int:
         thresholds=GateThresholds(probe_metric=args.probe_metric, min_new_gain=args.min_new_gain,
                                   max_earlier_drop=args.max_earlier_drop,
                                   max_perplexity_increase=args.max_perplexity_increase, max_qa_drop=args.max_qa_drop,
-                                  max_kl_to_promoted=args.max_kl_to_promoted))
+                                  max_kl_to_promoted=args.max_kl_to_promoted,
+                                  max_total_perplexity_increase=args.max_total_perplexity_increase,
+                                  max_total_qa_drop=args.max_total_qa_drop))
     inner = InnerLoopConfig(num_epochs=args.inner_epochs, learning_rate=args.inner_lr, lora_r=args.inner_lora_r,
                             lora_alpha=2 * args.inner_lora_r, seed=args.seed)
     registry = _existing_registry(args)

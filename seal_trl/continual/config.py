@@ -76,6 +76,10 @@ class ContinualConfig:
         if not isinstance(self.thresholds, GateThresholds):
             raise ValueError("ContinualConfig.thresholds must be a GateThresholds (or a mapping of its fields), got "
                              f"{type(self.thresholds).__name__}")
+        if self.thresholds.has_total_budget and not self.check_regression:
+            raise ValueError("ContinualConfig.thresholds sets a total regression budget (max_total_perplexity_increase "
+                             "/ max_total_qa_drop) but check_regression is False: turn the regression suite on "
+                             "(drop --no-regression) or leave the budget unset")
         if self.self_edit_style not in STYLES:
             raise ValueError(f"ContinualConfig.self_edit_style must be one of {STYLES}, got {self.self_edit_style!r}")
         for name, low in (("num_self_edits", 1), ("self_edit_max_new_tokens", 1), ("max_self_edit_lines", 1),

@@ -6,6 +6,9 @@ Objectives, each scored and stored on its own (never collapsed into one number):
   and optionally the worst single document's drop (<= `max_single_earlier_drop`);
 - `regression_perplexity`: the relative rise of the held-out text's perplexity (<= `max_perplexity_increase`);
 - `regression_qa`: the relative drop of the fixed QA set's soft accuracy (<= `max_qa_drop`);
+- `total_perplexity`, `total_qa` (only when `max_total_perplexity_increase` / `max_total_qa_drop` is set): the same
+  two measures against the *base* model (no promoted adapter) instead of the model the candidate would replace. The
+  per-step limits alone let promotions compound (twenty +1.9% steps are +46%); a total budget bounds the stream;
 - `kl_to_promoted` (only when `max_kl_to_promoted` is set): the mean per-token forward KL(promoted || candidate),
   in nats, on the new document's training texts (<= `max_kl_to_promoted`). It is measured for every candidate and
   stored in its scores either way: forgetting tracks this divergence on the new task's inputs (RL's Razor, arXiv
@@ -24,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 PROBE_METRICS = ("accuracy", "soft_accuracy", "loglik")
+_OPTIONAL = ("max_single_earlier_drop", "max_kl_to_promoted", "max_total_perplexity_increase", "max_total_qa_drop")
 
 
 @dataclass
@@ -31,7 +35,9 @@ class GateThresholds:
     """What a candidate must satisfy. Document scores use `probe_metric`: soft accuracy points by default,
     because a probe has a handful of questions, so plain accuracy moves in steps of 15-25 points and a 2-point
     limit on it would mean that no answer may flip. `max_kl_to_promoted` (nats per token, None = not gated; STABLE
-    uses 0.7) limits the candidate's KL divergence from the promoted model on the new document's texts."""
+    uses 0.7) limits the candidate's KL divergence from the promoted model on the new document's texts.
+    `max_total_perplexity_increase` and `max_total_qa_drop` (relative, None = no budget) bound the regression
+    suite's change against the base model, summed over every promotion so far; the per-step limits still apply."""
 
     probe_metric: str = "soft_accuracy"
     min_new_gain: float = 0.0
@@ -40,14 +46,20 @@ class GateThresholds:
     max_perplexity_increase: float = 0.02
     max_qa_drop: float = 0.02
     max_kl_to_promoted: float | None = None
+    max_total_perplexity_increase: float | None = None
+    max_total_qa_drop: float | None = None
+
+    @property
+    def has_total_budget(self) -> bool:
+        return self.max_total_perplexity_increase is not None or self.max_total_qa_drop is not None
 
     def __post_init__(self):
         if self.probe_metric not in PROBE_METRICS:
             raise ValueError(f"GateThresholds.probe_metric must be one of {PROBE_METRICS}, got {self.probe_metric!r}")
         for name in ("min_new_gain", "max_earlier_drop", "max_single_earlier_drop", "max_perplexity_increase",
-                     "max_qa_drop", "max_kl_to_promoted"):
+                     "max_qa_drop", "max_kl_to_promoted", "max_total_perplexity_increase", "max_total_qa_drop"):
             value = getattr(self, name)
-            if value is None and name in ("max_single_earlier_drop", "max_kl_to_promoted"):
+            if value is None and name in _OPTIONAL:
                 continue
             # NaN compares false with everything, so a NaN threshold would refuse (or pass) every candidate
             if not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value):
@@ -158,16 +170,15 @@ def evaluate_gate(before: Mapping[str, Any], after: Mapping[str, Any], threshold
                 f"{worst} dropped {drops[worst]:.2f} (limit {t.max_single_earlier_drop:g})"))
     rb, ra = before.get("regression"), after.get("regression")
     if rb and ra:
-        rise = ra["perplexity"] / rb["perplexity"] - 1.0
-        objectives.append(Objective(
-            "regression_perplexity", rise, f"<= {t.max_perplexity_increase:g}", rise <= t.max_perplexity_increase,
-            f"held-out perplexity {rb['perplexity']:.3f} -> {ra['perplexity']:.3f} ({100 * rise:+.2f}%, limit "
-            f"+{100 * t.max_perplexity_increase:g}%)"))
-        drop = 1.0 - ra["qa_soft_accuracy"] / max(rb["qa_soft_accuracy"], 1e-9)
-        objectives.append(Objective(
-            "regression_qa", drop, f"<= {t.max_qa_drop:g}", drop <= t.max_qa_drop,
-            f"QA soft accuracy {rb['qa_soft_accuracy']:.2f} -> {ra['qa_soft_accuracy']:.2f} ({-100 * drop:+.2f}%, "
-            f"limit -{100 * t.max_qa_drop:g}%)"))
+        objectives += _regression_objectives(rb, ra, t.max_perplexity_increase, t.max_qa_drop, "regression_", "")
+    if t.has_total_budget and ra:
+        base = before.get("base_regression")
+        if not base:
+            raise ValueError("GateThresholds has a total budget (max_total_perplexity_increase / max_total_qa_drop), "
+                             "but the scores have no `base_regression` (the base model's regression scores); measure "
+                             "them or leave the budget None")
+        objectives += _regression_objectives(base, ra, t.max_total_perplexity_increase, t.max_total_qa_drop, "total_",
+                                             " since the base model")
     if t.max_kl_to_promoted is not None:
         kl = after.get("kl_to_promoted")
         if not isinstance(kl, (int, float)) or isinstance(kl, bool):
@@ -181,3 +192,23 @@ def evaluate_gate(before: Mapping[str, Any], after: Mapping[str, Any], threshold
         objectives.append(Objective(f"constraint:{name}", 0.0 if reason else 1.0, "no violation", reason is None,
                                     reason or "ok"))
     return GateVerdict(passed=all(o.passed for o in objectives), objectives=objectives)
+
+
+def _regression_objectives(ref: Mapping[str, float], cand: Mapping[str, float], max_rise: float | None,
+                           max_drop: float | None, prefix: str, since: str) -> list[Objective]:
+    """The held-out perplexity rise and the QA soft-accuracy drop of `cand` relative to `ref` (a limit None: that
+    measure is not gated)."""
+    out = []
+    if max_rise is not None:
+        rise = cand["perplexity"] / ref["perplexity"] - 1.0
+        out.append(Objective(
+            f"{prefix}perplexity", rise, f"<= {max_rise:g}", rise <= max_rise,
+            f"held-out perplexity {ref['perplexity']:.3f} -> {cand['perplexity']:.3f} ({100 * rise:+.2f}%{since}, "
+            f"limit +{100 * max_rise:g}%)"))
+    if max_drop is not None:
+        drop = 1.0 - cand["qa_soft_accuracy"] / max(ref["qa_soft_accuracy"], 1e-9)
+        out.append(Objective(
+            f"{prefix}qa", drop, f"<= {max_drop:g}", drop <= max_drop,
+            f"QA soft accuracy {ref['qa_soft_accuracy']:.2f} -> {cand['qa_soft_accuracy']:.2f} ({-100 * drop:+.2f}%"
+            f"{since}, limit -{100 * max_drop:g}%)"))
+    return out

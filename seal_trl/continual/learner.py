@@ -104,6 +104,7 @@ class ContinualLearner:
         self._synced = False  # whether the in-memory model reflects `_loaded` yet
         self._scores: dict[str | None, dict[str, Any]] = {}
         self._anchor_texts: list[str] | None = None
+        self._base_regression: dict[str, Any] | None = None
 
     @property
     def model(self):
@@ -225,6 +226,21 @@ class ContinualLearner:
         return {"docs": {d: cache["docs"][keys[d]] for d in probes},
                 **({"regression": cache["regression"]} if "regression" in cache else {})}
 
+    def base_regression_scores(self) -> dict[str, Any]:
+        """The base model's regression scores (no promoted adapter): the reference of the gate's total budget.
+        Measured once per learner; with a promoted chain loaded, the chain is switched off for the measurement and
+        loaded again."""
+        if self._base_regression is None:
+            if self._loaded is None and "regression" in self._scores.get(None, {}):
+                self._base_regression = self._scores[None]["regression"]
+            else:
+                self.inner.set_promoted([], self.config.mode)
+                self.inner.reset_adapter(0)
+                self._base_regression = regression_scores(self.model, self.tokenizer, self.suite)
+                self._synced = False
+                self.sync()
+        return self._base_regression
+
     def _outputs(self, probe: DocumentProbe) -> CandidateOutputs:
         from ..inner.graders import greedy_answers
 
@@ -259,6 +275,8 @@ class ContinualLearner:
                 edits = [""]
             pool = [ex for r in earlier for ex in r["examples"]]
             before_view = _view(base, document.doc_id, earlier_probes)
+            if cfg.thresholds.has_total_budget and cfg.check_regression:
+                before_view["base_regression"] = self.base_regression_scores()
             attempts = []
             for attempt in range(cfg.gentler_retries + 1):
                 lr_scale = cfg.retry_lr_factor ** attempt
