@@ -188,3 +188,30 @@ def test_adapt_scores_the_report_half_before_and_after(tmp_path, tiny_model_dir,
     line = lines[next(i for i, x in enumerate(lines) if x.startswith("report half")) + 1]
     before, after = (float(v) for v in line.split(":")[1].split("(")[0].split("->"))
     assert before != after  # scored on the base model, then on the promoted one
+
+
+def test_adapt_with_a_total_regression_budget(tmp_path, tiny_model_dir, capsys):
+    """The budget flags reach the gate as objectives against the base model; with the regression suite off they are
+    refused before anything is created."""
+    doc = tmp_path / "a.txt"
+    doc.write_text("The river Velmora runs through Ostrand. It feeds three lakes. The capital is Harlow.")
+    reg = tmp_path / "reg"
+    budget = ["--max-total-perplexity-increase", "0.05", "--max-total-qa-drop", "0.03"]
+    assert main(["adapt", "--model", str(tiny_model_dir), "--documents", str(doc), "--registry", str(reg),
+                 *budget, "--no-regression", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "total regression budget" in err and "--no-regression" in err and len(err.strip().splitlines()) == 1
+    assert not reg.exists()
+    code = main(["adapt", "--model", str(tiny_model_dir), "--documents", str(doc), "--registry", str(reg), *budget,
+                 "--anchor-weight", "0", *FAST])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "- total_perplexity: " in out and "- total_qa: " in out
+    entry = json.loads((reg / "registry.json").read_text())["versions"]["v0001"]
+    thresholds = entry["metrics"]["config"]["thresholds"]
+    assert (thresholds["max_total_perplexity_increase"], thresholds["max_total_qa_drop"]) == (0.05, 0.03)
+    base = entry["metrics"]["before"]["base_regression"]
+    assert base == entry["metrics"]["before"]["regression"]  # nothing promoted yet: the base is the promoted model
+    total = next(o for o in entry["gate"]["objectives"] if o["name"] == "total_perplexity")
+    assert total["value"] == pytest.approx(entry["metrics"]["after"]["regression"]["perplexity"]
+                                           / base["perplexity"] - 1)
