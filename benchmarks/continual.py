@@ -161,6 +161,10 @@ def run_worker(name: str, args) -> None:
     for i, doc in enumerate(docs):
         if i < len(record["steps"]):
             continue
+        # the document on the model this step starts from: after minus this is the step's own gain
+        learner.sync()
+        learner.inner.reset_adapter(0)
+        before_own = score_probe(learner.model, tok, report_probes[doc.doc_id])
         t0 = time.perf_counter()
         report = learner.adapt(doc, self_edits=[edits[doc.doc_id]])
         metrics = registry.get(report.version)["metrics"]
@@ -177,7 +181,7 @@ def run_worker(name: str, args) -> None:
                 "rescale": metrics.get("rescale"), "reasons": report.verdict.reasons,
                 "objectives": [o.__dict__ for o in report.verdict.objectives],
                 "gate_view": {"before_new": report.before["new"], "after_new": report.after["new"]},
-                "seconds": time.perf_counter() - t0, "scores": scores, "general": general}
+                "seconds": time.perf_counter() - t0, "before_own": before_own, "scores": scores, "general": general}
         record["steps"].append(step)
         _write(record_path, record)
         print(f"[{name}] {i} {doc.doc_id}: promoted={report.promoted} scale={step['scale']} "
@@ -322,6 +326,7 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                      + ("" if closest["learning_ratio_judged"] else "; the learning ratio not judgeable, so learning_shown: 1 "
                         "where the arm's own learning is not shown positive")
                      + "). Ranking: " + ", ".join(f"{r['arm']} {r['excess']:.2f}" for r in closest["ranking"]) + ".")
+    lines += step_gain_lines(summary)
     for name in partial:
         p = partials[name]
         kls = [k for k in p["kl_to_promoted"] if k is not None]
@@ -345,6 +350,28 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
         from results_file import append_section
 
         append_section(lines)
+
+
+def step_gain_lines(summary) -> list[str]:
+    """The step's own gain per arm (after its step minus just before it, report halves), and each gated arm's ratio
+    to the naive arm's: a secondary view beside the goal, which is defined on learning against the base model."""
+    from continual_report import ARM_LABELS, _ci as _fmt_ci
+
+    rows = {name: row for name, row in summary.items() if "step_learning" in row}
+    if not rows:
+        return []
+    lines = ["", "Step gain (a document's report-half score right after its own step minus on the model the step "
+             "started from; learning above is against the base model, so it also carries what earlier promotions "
+             "changed):"]
+    for name, row in rows.items():
+        text = f"- {ARM_LABELS.get(name, name)}: {_fmt_ci(row['step_learning'])}"
+        ratio = row.get("step_learning_ratio")
+        if ratio:
+            text += (f"; {ratio['mean']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}] of naive's"
+                     + ("" if ratio["judgeable"] else " (not judgeable: naive's step gain not shown positive)")
+                     + "; minus naive, paired: " + _paired_text(row["step_learning_vs_naive"]))
+        lines.append(text + ".")
+    return lines
 
 
 def _goal_verdict(met: bool | None) -> str:

@@ -43,6 +43,14 @@ def learning(arm: Mapping[str, Any], metric: str) -> list[float]:
     return [s["scores"][s["doc"]][metric] - base[s["doc"]][metric] for s in arm["steps"]]
 
 
+def step_learning(arm: Mapping[str, Any], metric: str) -> list[float] | None:
+    """Per document, its report-half score right after its own step minus on the model that step started from (the
+    step's own gain, without what earlier promotions had changed); None when a step lacks `before_own`."""
+    if not all("before_own" in s for s in arm["steps"]):
+        return None
+    return [s["scores"][s["doc"]][metric] - s["before_own"][metric] for s in arm["steps"]]
+
+
 def forgetting(arm: Mapping[str, Any], metric: str) -> list[float]:
     """Per document but the last, its score right after its own step minus at the end of the stream."""
     steps = arm["steps"]
@@ -104,10 +112,20 @@ def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accurac
     out: dict[str, Any] = {}
     naive = learning(arms["naive"], metric) if "naive" in arms else None
     alone = learning(arms["isolated"], metric) if "isolated" in arms else None
+    naive_step = step_learning(arms["naive"], metric) if "naive" in arms else None
     for name, arm in arms.items():
         learned = learning(arm, metric)
         row: dict[str, Any] = {"learning": _mean_ci(learned), "learning_per_doc": learned,
                                "learning_accuracy": _mean_ci(learning(arm, "accuracy"))}
+        stepped = step_learning(arm, metric)
+        if stepped is not None:
+            row["step_learning"] = _mean_ci(stepped)
+            row["step_learning_per_doc"] = stepped
+            if naive_step is not None and name not in ("naive", "isolated"):
+                # a secondary reference, beside the goal (which stays defined on learning against the base model)
+                row["step_learning_ratio"] = ratio_ci(stepped, naive_step)
+                row["step_learning_ratio"]["judgeable"] = bool(_mean_ci(naive_step)["low"] > 0)
+                row["step_learning_vs_naive"] = _paired(stepped, naive_step)
         if name != "isolated":
             row["forgetting"] = _mean_ci(forgetting(arm, metric))
             row["forgetting_per_doc"] = forgetting(arm, metric)
@@ -149,10 +167,13 @@ def _versus(learned: Sequence[float], naive_learned: Sequence[float], forgot: Se
             naive_forgot: Sequence[float]) -> dict[str, Any]:
     """This arm minus the naive arm, paired per document: learning and forgetting (mean difference, bootstrap CI,
     wins/losses, n)."""
+    return {"learning": _paired(learned, naive_learned), "forgetting": _paired(forgot, naive_forgot)}
+
+
+def _paired(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
     from seal_trl.stats import paired_comparison
 
-    return {"learning": paired_comparison(learned, naive_learned).to_dict(),
-            "forgetting": paired_comparison(forgot, naive_forgot).to_dict()}
+    return paired_comparison(a, b).to_dict()
 
 
 def closest_to_goal(summary: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -1,0 +1,69 @@
+"""The continual benchmark's step gain: `before_own` as an arm records it, the same figure rebuilt from the arm's
+registry (benchmarks/continual_step_gain.py), and the report's step learning."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from continual_report import step_learning, summarise  # noqa: E402
+
+
+def _run(*args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+def test_the_backfilled_score_is_the_one_the_arm_recorded_before_each_step(tmp_path):
+    """A naive arm promotes every step, so step k starts from a different model each time: the registry rebuild must
+    load the version promoted after step k-1 (not step k's, nor the base) to reproduce the recorded score exactly."""
+    out = tmp_path / "run"
+    _run(str(ROOT / "benchmarks" / "continual.py"), "--model", "tiny", "--documents", "3", "--epochs", "2",
+         "--out", str(out), "--arms", "naive", "--jobs", "1", "--threads", "1", "--no-append")
+    path = out / "arm-naive.json"
+    recorded = json.loads(path.read_text())
+    assert [s["registry_promoted"] for s in recorded["steps"]] == ["v0001", "v0002", "v0003"]
+    assert recorded["steps"][0]["before_own"] == recorded["base"]["docs"][recorded["steps"][0]["doc"]]
+    stripped = {**recorded, "steps": [{k: v for k, v in s.items() if k != "before_own"} for s in recorded["steps"]]}
+    path.write_text(json.dumps(stripped))
+    _run(str(ROOT / "benchmarks" / "continual_step_gain.py"), "--out", str(out), "--arms", "naive", "--model", "tiny")
+    rebuilt = json.loads(path.read_text())
+    assert [s["before_own"] for s in rebuilt["steps"]] == [s["before_own"] for s in recorded["steps"]]
+    assert rebuilt["before_own_backfilled"]["steps"] == [0, 1, 2]
+    # the later steps start from a trained model, so the step gain differs from learning against the base
+    assert any(s["before_own"] != recorded["base"]["docs"][s["doc"]] for s in recorded["steps"][1:])
+
+
+def _arm(after, before_own, base):
+    ids = [f"d{k}" for k in range(len(after))]
+    doc = lambda x: {"soft_accuracy": x, "accuracy": 0.0, "loglik": -1.0}  # noqa: E731
+    steps = [{"doc": d, "promoted": True, "before_own": doc(before_own[k]),
+              "scores": {e: doc(after[j]) for j, e in enumerate(ids[: k + 1])},
+              "general": {"perplexity": 30.0, "qa_soft_accuracy": 50.0}} for k, d in enumerate(ids)]
+    return {"base": {"docs": {d: doc(base[k]) for k, d in enumerate(ids)},
+                     "general": {"perplexity": 30.0, "qa_soft_accuracy": 50.0}}, "steps": steps}
+
+
+def test_step_learning_is_after_minus_before_own_and_is_judged_against_naive():
+    # naive: damaged before each step (before_own below base), so it gains on the step but not against the base
+    naive = _arm(after=[10.0, 10.0, 10.0, 10.0], before_own=[10.0, 6.0, 5.0, 4.0], base=[10.0] * 4)
+    gated = _arm(after=[12.0, 12.0, 12.0, 12.0], before_own=[10.0, 10.0, 10.0, 10.0], base=[10.0] * 4)
+    assert step_learning(naive, "soft_accuracy") == [0.0, 4.0, 5.0, 6.0]
+    summary = summarise({"naive": naive, "rescale": gated})
+    assert summary["naive"]["learning"]["mean"] == 0.0 and summary["naive"]["step_learning"]["mean"] == 3.75
+    ratio = summary["rescale"]["step_learning_ratio"]
+    assert ratio["mean"] == pytest.approx(2.0 / 3.75) and ratio["judgeable"] is True
+    assert summary["rescale"]["step_learning_vs_naive"]["n"] == 4
+    # the goal is still judged on learning against the base: not judgeable here
+    assert summary["rescale"]["learning_ratio"]["judgeable"] is False
+    # an arm without before_own on every step has no step learning
+    del gated["steps"][2]["before_own"]
+    assert step_learning(gated, "soft_accuracy") is None
+    assert "step_learning" not in summarise({"naive": naive, "rescale": gated})["rescale"]
