@@ -264,8 +264,9 @@ def run_arms(args, out: Path, arms: list[str]) -> None:
 
 
 def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: Sequence[str] = ()) -> None:
-    from continual_report import (ARM_LABELS, GOAL, _ci as _fmt_ci, closest_to_goal, partial_summary, plot, summarise,
-                                  table)
+    from continual_report import (ARM_LABELS, GOAL, _ci as _fmt_ci, closest_to_goal, half_coverage, partial_summary,
+                                  plot, summarise, table)
+    from seal_trl.continual.stream import bundled_stream
 
     records = {a: json.loads((out / f"arm-{a}.json").read_text()) for a in arms}
     summary = summarise(records, args.metric)
@@ -273,14 +274,16 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                 for a in partial}
     not_run = [a for a in ARMS if a not in records and a not in partials]
     run = json.loads((out / "run.json").read_text())
+    self_edits = json.loads((out / "self_edits.json").read_text())
+    coverage = half_coverage([d.to_json() for d in bundled_stream(args.documents)], self_edits)
     smoke = args.model == "tiny" or args.no_append
     json_path = out / "continual_results.json" if smoke else HERE / "continual_results.json"
     png_path = out / "continual_forgetting.png" if smoke else HERE / "continual_forgetting.png"
     _write(json_path, {"commit": commit, "run": run, "args": vars(args), "summary": summary,
                        "closest_to_goal": closest_to_goal(summary), "partial": partials,
-                       "not_run": not_run,
+                       "not_run": not_run, "half_coverage": coverage,
                        "arms": records, "partial_arms": {a: json.loads((out / f"arm-{a}.json").read_text()) for a in partial},
-                       "self_edits": json.loads((out / "self_edits.json").read_text())})
+                       "self_edits": self_edits})
     plot(summary, png_path)
     seconds = {a: sum(s["seconds"] for s in r["steps"]) for a, r in records.items()}
     lines = ["", f"## Continual learning at scale: gate policies on {args.documents} documents (commit {commit})", "",
@@ -327,6 +330,10 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                         "where the arm's own learning is not shown positive")
                      + "). Ranking: " + ", ".join(f"{r['arm']} {r['excess']:.2f}" for r in closest["ranking"]) + ".")
     lines += step_gain_lines(summary)
+    gate, rep = coverage["gate"], coverage["report"]
+    lines += ["", f"The two halves: the shared self-edits restate {gate['in_self_edit']} of {gate['answers']} gate-half "
+              f"answers and {rep['in_self_edit']} of {rep['answers']} report-half answers; mean position in the text "
+              f"(0 start, 1 end) {gate['mean_position']:.2f} and {rep['mean_position']:.2f}."]
     for name in partial:
         p = partials[name]
         kls = [k for k in p["kl_to_promoted"] if k is not None]

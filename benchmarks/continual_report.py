@@ -51,6 +51,27 @@ def step_learning(arm: Mapping[str, Any], metric: str) -> list[float] | None:
     return [s["scores"][s["doc"]][metric] - s["before_own"][metric] for s in arm["steps"]]
 
 
+def half_coverage(documents: Sequence[Mapping[str, Any]], self_edits: Mapping[str, str]) -> dict[str, Any]:
+    """Whether the gate and report halves ask about comparable facts: per half, how many answers the shared
+    self-edits restate and where in the text the answers sit (0 = the start, 1 = the end). `documents` are JSON
+    documents (`doc_id`/`id`, `text`, `questions`, `report_questions`)."""
+    out = {}
+    for half in ("questions", "report_questions"):
+        positions, restated, n = [], 0, 0
+        for doc in documents:
+            text, edit = doc["text"].lower(), self_edits.get(doc.get("doc_id", doc.get("id")), "").lower()
+            for q in doc.get(half) or ():
+                answer = q["answers"][0].lower()
+                n += 1
+                restated += answer in edit
+                if answer in text:
+                    positions.append(text.find(answer) / max(len(text), 1))
+        out["gate" if half == "questions" else "report"] = {
+            "answers": n, "in_self_edit": restated,
+            "mean_position": float(np.mean(positions)) if positions else math.nan}
+    return out
+
+
 def forgetting(arm: Mapping[str, Any], metric: str) -> list[float]:
     """Per document but the last, its score right after its own step minus at the end of the stream."""
     steps = arm["steps"]

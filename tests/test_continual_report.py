@@ -154,3 +154,17 @@ def test_closest_to_goal_never_crowns_an_arm_that_learned_nothing():
     # reject learned (shown), perplexity +1% (within 2%); gate-only is within every limit but learned nothing
     assert closest["arm"] == "reject"
     assert next(r for r in closest["ranking"] if r["arm"] == "gate-only")["excess"] == pytest.approx(1.0)
+
+
+def test_half_coverage_counts_restated_answers_and_their_place_in_the_text():
+    from continual_report import half_coverage
+
+    doc = {"doc_id": "d0", "text": "Alpha is first. Beta is middle. Gamma is last.",
+           "questions": [{"question": "q1", "answers": ["Alpha"]}, {"question": "q2", "answers": ["Beta"]}],
+           "report_questions": [{"question": "q3", "answers": ["Gamma"]}]}
+    cov = half_coverage([doc], {"d0": "1. Alpha comes first.\n2. Gamma comes later."})
+    assert cov["gate"]["answers"] == 2 and cov["gate"]["in_self_edit"] == 1
+    assert cov["report"]["answers"] == 1 and cov["report"]["in_self_edit"] == 1
+    text = doc["text"].lower()
+    assert cov["gate"]["mean_position"] == pytest.approx((0 + text.find("beta") / len(text)) / 2)
+    assert cov["report"]["mean_position"] == pytest.approx(text.find("gamma") / len(text))
