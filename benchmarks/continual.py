@@ -113,7 +113,6 @@ def run_worker(name: str, args) -> None:
     from seal_trl.continual.learner import ContinualConfig, ContinualLearner
     from seal_trl.continual.regression import RegressionSuite, regression_scores
     from seal_trl.continual.registry import AdapterRegistry
-    from seal_trl.continual.stream import bundled_stream
     from seal_trl.inner.config import InnerLoopConfig
 
     sys.path.insert(0, str(HERE))
@@ -121,7 +120,7 @@ def run_worker(name: str, args) -> None:
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    docs = bundled_stream(args.documents)
+    docs = run_documents(out, args.documents)
     edits = json.loads((out / "self_edits.json").read_text())
     gate_suite, report_suite = split_suite(RegressionSuite.bundled())
     model, tok = load(args.model)
@@ -208,16 +207,30 @@ def _find(tree, key):
     return None
 
 
+def run_documents(out: Path, n: int) -> list:
+    """The documents this run learns, as the run first read them: `--out/documents.json`, written from the bundled
+    stream the first time, so a run resumed or reported after the bundled data changed still reads what it learned."""
+    from seal_trl.continual.documents import Document
+    from seal_trl.continual.stream import bundled_stream
+
+    path = out / "documents.json"
+    if not path.exists():
+        _write(path, [d.to_json() for d in bundled_stream(n)])
+    docs = [Document.from_json(d) for d in json.loads(path.read_text())]
+    if len(docs) != n:
+        sys.exit(f"{path} holds {len(docs)} documents, not --documents {n}")
+    return docs
+
+
 def write_self_edits(args, out: Path) -> None:
     """The same greedy self-edit per document for every arm, written once by the base model."""
     path = out / "self_edits.json"
     if path.exists():
         return
-    from seal_trl.continual.stream import bundled_stream
     from seal_trl.evaluation import generate_self_edits
     from seal_trl.tasks.knowledge import KnowledgeTask
 
-    docs = [d.for_learner() for d in bundled_stream(args.documents)]
+    docs = [d.for_learner() for d in run_documents(out, args.documents)]
     model, tok = load(args.model)
     task = KnowledgeTask(chat=bool(getattr(tok, "chat_template", None)))
     edits = generate_self_edits(model, tok, task, [d.as_context() for d in docs], max_new_tokens=args.max_new_tokens)
@@ -266,7 +279,6 @@ def run_arms(args, out: Path, arms: list[str]) -> None:
 def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: Sequence[str] = ()) -> None:
     from continual_report import (ARM_LABELS, GOAL, _ci as _fmt_ci, closest_to_goal, half_coverage, partial_summary,
                                   plot, summarise, table)
-    from seal_trl.continual.stream import bundled_stream
 
     records = {a: json.loads((out / f"arm-{a}.json").read_text()) for a in arms}
     summary = summarise(records, args.metric)
@@ -275,7 +287,7 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
     not_run = [a for a in ARMS if a not in records and a not in partials]
     run = json.loads((out / "run.json").read_text())
     self_edits = json.loads((out / "self_edits.json").read_text())
-    coverage = half_coverage([d.to_json() for d in bundled_stream(args.documents)], self_edits)
+    coverage = half_coverage([d.to_json() for d in run_documents(out, args.documents)], self_edits)
     smoke = args.model == "tiny" or args.no_append
     json_path = out / "continual_results.json" if smoke else HERE / "continual_results.json"
     png_path = out / "continual_forgetting.png" if smoke else HERE / "continual_forgetting.png"
@@ -431,6 +443,7 @@ def main() -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     start_run(args, out, commit)
+    run_documents(out, args.documents)  # pinned before any arm process reads it
     partial = [a for a in args.partial_arms.split(",") if a and (out / f"arm-{a}.json").exists()]  # started ones
     if not args.report_only:
         write_self_edits(args, out)

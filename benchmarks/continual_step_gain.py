@@ -30,13 +30,12 @@ def backfill(out: Path, arm: str, *, model_name: str, lora_r: int, threads: int)
     import torch
 
     sys.path.insert(0, str(HERE))
-    from continual import _write, load
+    from continual import _write, load, run_documents
     from results_file import commit as current_commit
 
     from seal_trl.continual.document_probes import labelled_probe, score_probe
     from seal_trl.continual.inner_loop import ContinualInnerLoop, adapter_scaling
     from seal_trl.continual.registry import AdapterRegistry
-    from seal_trl.continual.stream import bundled_stream
     from seal_trl.inner.config import InnerLoopConfig
 
     path = out / f"arm-{arm}.json"
@@ -45,7 +44,7 @@ def backfill(out: Path, arm: str, *, model_name: str, lora_r: int, threads: int)
     if not missing:
         return 0
     torch.set_num_threads(threads)
-    docs = {d.doc_id: d for d in bundled_stream()}
+    docs = {d.doc_id: d for d in run_documents(out, json.loads((out / "run.json").read_text())["settings"]["documents"])}
     registry = AdapterRegistry(out / f"registry-{arm}")
     model, tok = load(model_name)
     inner = ContinualInnerLoop(model, tok, InnerLoopConfig(lora_r=lora_r, lora_alpha=2 * lora_r))

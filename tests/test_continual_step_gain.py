@@ -67,3 +67,16 @@ def test_step_learning_is_after_minus_before_own_and_is_judged_against_naive():
     del gated["steps"][2]["before_own"]
     assert step_learning(gated, "soft_accuracy") is None
     assert "step_learning" not in summarise({"naive": naive, "rescale": gated})["rescale"]
+
+
+def test_a_run_reads_the_documents_it_pinned_not_the_bundled_file(tmp_path):
+    from continual import run_documents
+
+    first = run_documents(tmp_path, 2)
+    assert [d.doc_id for d in first] == ["stream-01", "stream-02"]
+    pinned = json.loads((tmp_path / "documents.json").read_text())
+    pinned[0]["report_questions"][0]["answers"] = ["changed since"]
+    (tmp_path / "documents.json").write_text(json.dumps(pinned))
+    assert run_documents(tmp_path, 2)[0].report_questions[0]["answers"] == ["changed since"]
+    with pytest.raises(SystemExit, match="not --documents 3"):
+        run_documents(tmp_path, 3)
