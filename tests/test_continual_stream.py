@@ -76,3 +76,24 @@ def test_bundled_stream_takes_the_first_n_and_refuses_n_out_of_range():
     for bad in (0, 25, -1, 2.0, True, "3"):
         with pytest.raises(ValueError, match="n must be an integer from 1 to 24"):
             bundled_stream(bad)
+
+
+def _positions(doc, questions):
+    text = doc.text.lower()
+    return [text.find(q["answers"][0].lower()) / len(text) for q in questions]
+
+
+def test_the_two_halves_ask_about_the_same_stretches_of_the_text():
+    """A short self-edit restates a document's opening facts most: a gate half that held the early facts and a report
+    half the late ones would score the self-edit on what it covers and report on what it skips. The halves
+    interleave along the text (in position order, neither half runs more than 2 answers ahead), their mean
+    positions differ by at most 0.02 of the text, and the earliest answer alternates between the halves."""
+    docs = bundled_stream()
+    for i, d in enumerate(docs):
+        gate, report = _positions(d, d.questions), _positions(d, d.report_questions)
+        assert abs(sum(gate) / 6 - sum(report) / 6) <= 0.02, d.doc_id
+        walk = 0
+        for _, side in sorted([(p, 1) for p in gate] + [(p, -1) for p in report]):
+            walk += side
+            assert abs(walk) <= 2, f"{d.doc_id}: one half runs {abs(walk)} answers ahead"
+        assert (min(gate) < min(report)) == (i % 2 == 0), f"{d.doc_id}: the earliest answer is on the wrong side"

@@ -3,7 +3,8 @@
 Each document (`seal_trl/data/continual_stream.json`, original text) has 12 questions whose answers are short spans
 of its text: 6 in `questions` (the gate half, which the learner probes with) and 6 in `report_questions` (the
 report half, about other facts, which the learner never reads; score it with `Document.report_view()`). The
-entities do not exist, so a base model can only guess, and what it learns from a document can be told apart from
+halves interleave along the text (tests/test_continual_stream.py), so a short self-edit that restates a document's
+opening covers both alike. The entities do not exist, so a base model can only guess, and what it learns from a document can be told apart from
 what it forgets of earlier ones.
 """
 
