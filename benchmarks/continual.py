@@ -215,6 +215,10 @@ def run_documents(out: Path, n: int) -> list:
 
     path = out / "documents.json"
     if not path.exists():
+        if any(out.glob("arm-*.json")):
+            sys.exit(f"{out} has arms but no documents.json (it started before runs pinned their documents): write it "
+                     "from the bundled stream at the commit in run.json, e.g. `git show <commit>:seal_trl/data/"
+                     "continual_stream.json`, as a list of documents with doc_id")
         _write(path, [d.to_json() for d in bundled_stream(n)])
     docs = [Document.from_json(d) for d in json.loads(path.read_text())]
     if len(docs) != n:
@@ -304,10 +308,10 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
              f"{args.epochs} epochs; one greedy self-edit per document (<= {args.max_new_tokens} tokens, "
              f"<= {args.max_lines} lines) shared by every arm; replay ratio {args.replay_ratio:g} and KL anchor weight "
              f"{args.anchor_weight:g} where on; rescale floor {args.rescale_floor:g} in {args.rescale_steps} bisection "
-             f"steps; KL limit {args.max_kl:g} nats/token (rescale-kl); total regression budget "
-             f"{100 * TOTAL_BUDGET:g}% against the base model (rescale-budget). Every figure is on report-half "
-             "questions and "
-             "the report half of the regression suite; the learner and its gate read only the gate halves. CIs: "
+             f"steps; KL limit {args.max_kl:g} nats/token (rescale-kl)"
+             + (f"; total regression budget {100 * TOTAL_BUDGET:g}% against the base model, on the gate half of the "
+                "regression suite (rescale-budget)" if "rescale-budget" in records else "")
+             + ". Every figure is on report-half questions and the report half of the regression suite; the learner and its gate read only the gate halves. CIs: "
              "95% percentile bootstrap over documents. Arm minutes (sum of steps) and the commit each arm ran at: "
              + ", ".join(f"{a} {s / 60:.1f} ({'/'.join(dict.fromkeys(records[a].get('commits', [records[a].get('commit', '?')])))})" for a, s in seconds.items()) + ".", ""]
     lines += table(summary)

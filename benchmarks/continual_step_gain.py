@@ -25,8 +25,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 HERE = Path(__file__).resolve().parent
 
 
-def backfill(out: Path, arm: str, *, model_name: str, lora_r: int, threads: int) -> int:
-    """Fill in `before_own` on every step of `arm` that lacks it; returns how many were filled."""
+def backfill(out: Path, arm: str, *, threads: int) -> int:
+    """Fill in `before_own` on every step of `arm` that lacks it (a finished arm only: a running worker would write
+    over it); returns how many were filled."""
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -40,14 +41,18 @@ def backfill(out: Path, arm: str, *, model_name: str, lora_r: int, threads: int)
 
     path = out / f"arm-{arm}.json"
     record = json.loads(path.read_text())
+    if not record.get("done"):
+        raise SystemExit(f"{path}: the arm has not finished; fill it in after its last step")
+    settings = json.loads((out / "run.json").read_text())["settings"]
     missing = [s for s in record["steps"] if "before_own" not in s]
     if not missing:
         return 0
     torch.set_num_threads(threads)
-    docs = {d.doc_id: d for d in run_documents(out, json.loads((out / "run.json").read_text())["settings"]["documents"])}
+    docs = {d.doc_id: d for d in run_documents(out, settings["documents"])}
     registry = AdapterRegistry(out / f"registry-{arm}")
-    model, tok = load(model_name)
-    inner = ContinualInnerLoop(model, tok, InnerLoopConfig(lora_r=lora_r, lora_alpha=2 * lora_r))
+    model, tok = load(settings["model"])
+    r = settings["lora_r"]
+    inner = ContinualInnerLoop(model, tok, InnerLoopConfig(lora_r=r, lora_alpha=2 * r))
     by_step = {s["step"]: s for s in record["steps"]}
     for step in missing:
         previous = by_step.get(step["step"] - 1)
@@ -60,21 +65,20 @@ def backfill(out: Path, arm: str, *, model_name: str, lora_r: int, threads: int)
         inner.set_promoted(chain, "merge")
         inner.reset_adapter(0)
         step["before_own"] = score_probe(inner.model, tok, labelled_probe(docs[step["doc"]].report_view()))
-    record["before_own_backfilled"] = {"commit": current_commit(), "steps": [s["step"] for s in missing]}
+    filled = record.get("before_own_backfilled", {}).get("steps", [])
+    record["before_own_backfilled"] = {"commit": current_commit(), "steps": sorted(filled + [s["step"] for s in missing])}
     _write(path, record)
     return len(missing)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="the continual run's directory")
+    p.add_argument("--out", required=True, help="the continual run's directory (its run.json gives the model)")
     p.add_argument("--arms", required=True, help="comma-separated arms to fill in")
-    p.add_argument("--model", default="embedded")
-    p.add_argument("--lora-r", type=int, default=32)
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     for arm in args.arms.split(","):
-        n = backfill(Path(args.out), arm, model_name=args.model, lora_r=args.lora_r, threads=args.threads)
+        n = backfill(Path(args.out), arm, threads=args.threads)
         print(f"{arm}: before_own filled in on {n} step(s)", flush=True)
 
 

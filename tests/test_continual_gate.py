@@ -172,6 +172,8 @@ def test_a_total_budget_refuses_what_per_step_limits_let_compound():
     assert only.passed and [o.name for o in only.objectives if o.name.startswith("total_")] == ["total_perplexity"]
     with pytest.raises(ValueError, match="base_regression"):
         evaluate_gate(scores(20, {"a": 60}), after, budget)
+    with pytest.raises(ValueError, match="candidate's `regression`"):  # no regression measured: not silently passed
+        evaluate_gate(before, {**after, "regression": None}, budget)
     with pytest.raises(ValueError, match="max_total_qa_drop"):
         GateThresholds(max_total_qa_drop=-0.1)
     with pytest.raises(ValueError, match="max_total_perplexity_increase"):

@@ -3,6 +3,7 @@ the gate never reads a document's report half."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import pytest
@@ -201,7 +202,7 @@ def test_the_gate_never_reads_a_report_question(tmp_path, tiny_model, tiny_token
 
 
 def test_a_total_budget_is_measured_against_the_base_model_and_leaves_the_promoted_model_loaded(
-        tmp_path, tiny_model_dir, tiny_tokenizer):
+        tmp_path, tiny_model_dir, tiny_tokenizer, caplog):
     from transformers import AutoModelForCausalLM
 
     from seal_trl.continual.regression import RegressionSuite, regression_scores
@@ -224,9 +225,26 @@ def test_a_total_budget_is_measured_against_the_base_model_and_leaves_the_promot
                                regression_suite=suite)
     assert learner.sync() == first.version
     promoted_logits = logits(learner, tiny_tokenizer)
+    # a measurement that fails half way (interrupted, out of memory) leaves the promoted chain loaded, not the base
+    import seal_trl.continual.learner as learner_module
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    real = learner_module.regression_scores
+    learner_module.regression_scores = interrupted
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            learner.base_regression_scores()
+    finally:
+        learner_module.regression_scores = real
+    assert torch.equal(logits(learner, tiny_tokenizer), promoted_logits)
     assert learner.base_regression_scores() == pytest.approx(base)
     assert torch.equal(logits(learner, tiny_tokenizer), promoted_logits)
-    report = learner.adapt(DOC_A, self_edits=[EDIT_A])
+    with caplog.at_level(logging.WARNING, logger="seal_trl.continual.learner"):
+        report = learner.adapt(DOC_A, self_edits=[EDIT_A])
+    over = promoted_regression["perplexity"] > base["perplexity"]  # the budget on perplexity is 0: any rise spends it
+    assert any("already over the total regression budget" in r.getMessage() for r in caplog.records) == over
     entry = learner.registry.get(report.version)
     assert entry["metrics"]["before"]["base_regression"] == pytest.approx(base)
     total = next(o for o in report.verdict.objectives if o.name == "total_perplexity")

@@ -33,7 +33,7 @@ def test_the_backfilled_score_is_the_one_the_arm_recorded_before_each_step(tmp_p
     assert recorded["steps"][0]["before_own"] == recorded["base"]["docs"][recorded["steps"][0]["doc"]]
     stripped = {**recorded, "steps": [{k: v for k, v in s.items() if k != "before_own"} for s in recorded["steps"]]}
     path.write_text(json.dumps(stripped))
-    _run(str(ROOT / "benchmarks" / "continual_step_gain.py"), "--out", str(out), "--arms", "naive", "--model", "tiny")
+    _run(str(ROOT / "benchmarks" / "continual_step_gain.py"), "--out", str(out), "--arms", "naive")
     rebuilt = json.loads(path.read_text())
     assert [s["before_own"] for s in rebuilt["steps"]] == [s["before_own"] for s in recorded["steps"]]
     assert rebuilt["before_own_backfilled"]["steps"] == [0, 1, 2]
@@ -80,3 +80,10 @@ def test_a_run_reads_the_documents_it_pinned_not_the_bundled_file(tmp_path):
     assert run_documents(tmp_path, 2)[0].report_questions[0]["answers"] == ["changed since"]
     with pytest.raises(SystemExit, match="not --documents 3"):
         run_documents(tmp_path, 3)
+    # a run that started before documents were pinned is not pinned to today's bundled file
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "arm-naive.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no documents.json"):
+        run_documents(older, 2)
+    assert not (older / "documents.json").exists()

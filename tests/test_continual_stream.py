@@ -80,7 +80,9 @@ def test_bundled_stream_takes_the_first_n_and_refuses_n_out_of_range():
 
 def _positions(doc, questions):
     text = doc.text.lower()
-    return [text.find(q["answers"][0].lower()) / len(text) for q in questions]
+    found = [text.find(q["answers"][0].lower()) for q in questions]
+    assert min(found) >= 0, doc.doc_id
+    return [f / len(text) for f in found]
 
 
 def test_the_two_halves_ask_about_the_same_stretches_of_the_text():

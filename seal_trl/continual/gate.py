@@ -37,7 +37,8 @@ class GateThresholds:
     limit on it would mean that no answer may flip. `max_kl_to_promoted` (nats per token, None = not gated; STABLE
     uses 0.7) limits the candidate's KL divergence from the promoted model on the new document's texts.
     `max_total_perplexity_increase` and `max_total_qa_drop` (relative, None = no budget) bound the regression
-    suite's change against the base model, summed over every promotion so far; the per-step limits still apply."""
+    suite's change against the base model (cumulative: whatever the promotions so far did, measured directly
+    against the model with none of them); the per-step limits still apply."""
 
     probe_metric: str = "soft_accuracy"
     min_new_gain: float = 0.0
@@ -171,14 +172,13 @@ def evaluate_gate(before: Mapping[str, Any], after: Mapping[str, Any], threshold
     rb, ra = before.get("regression"), after.get("regression")
     if rb and ra:
         objectives += _regression_objectives(rb, ra, t.max_perplexity_increase, t.max_qa_drop, "regression_", "")
-    if t.has_total_budget and ra:
+    if t.has_total_budget:
         base = before.get("base_regression")
-        if not base:
+        if not base or not ra:
             raise ValueError("GateThresholds has a total budget (max_total_perplexity_increase / max_total_qa_drop), "
-                             "but the scores have no `base_regression` (the base model's regression scores); measure "
-                             "them or leave the budget None")
-        objectives += _regression_objectives(base, ra, t.max_total_perplexity_increase, t.max_total_qa_drop, "total_",
-                                             " since the base model")
+                             "but the scores lack the candidate's `regression` or the base model's `base_regression`; "
+                             "measure them (check_regression=True) or leave the budget None")
+        objectives += total_budget_objectives(base, ra, t)
     if t.max_kl_to_promoted is not None:
         kl = after.get("kl_to_promoted")
         if not isinstance(kl, (int, float)) or isinstance(kl, bool):
@@ -192,6 +192,13 @@ def evaluate_gate(before: Mapping[str, Any], after: Mapping[str, Any], threshold
         objectives.append(Objective(f"constraint:{name}", 0.0 if reason else 1.0, "no violation", reason is None,
                                     reason or "ok"))
     return GateVerdict(passed=all(o.passed for o in objectives), objectives=objectives)
+
+
+def total_budget_objectives(base: Mapping[str, float], scores: Mapping[str, float], thresholds: GateThresholds
+                            ) -> list[Objective]:
+    """The total budget's objectives: regression `scores` against the base model's (`base`)."""
+    return _regression_objectives(base, scores, thresholds.max_total_perplexity_increase, thresholds.max_total_qa_drop,
+                                  "total_", " since the base model")
 
 
 def _regression_objectives(ref: Mapping[str, float], cand: Mapping[str, float], max_rise: float | None,

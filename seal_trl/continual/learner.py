@@ -24,7 +24,8 @@ from typing import Any
 
 from .anchor import write_anchor_texts
 from .config import ContinualConfig
-from .gate import CandidateOutputs, Constraint, GateVerdict, evaluate_gate, run_constraints
+from .gate import (CandidateOutputs, Constraint, GateVerdict, evaluate_gate, run_constraints,
+                   total_budget_objectives)
 from .document_probes import (DocumentProbe, drop_held_out, labelled_probe, score_probe, self_written_probe,
                          write_probe_text)
 from .divergence import mean_token_kl
@@ -234,11 +235,13 @@ class ContinualLearner:
             if self._loaded is None and "regression" in self._scores.get(None, {}):
                 self._base_regression = self._scores[None]["regression"]
             else:
-                self.inner.set_promoted([], self.config.mode)
-                self.inner.reset_adapter(0)
-                self._base_regression = regression_scores(self.model, self.tokenizer, self.suite)
-                self._synced = False
-                self.sync()
+                self._synced = False  # whatever happens below, the next sync loads the promoted chain again
+                try:
+                    self.inner.set_promoted([], self.config.mode)
+                    self.inner.reset_adapter(0)
+                    self._base_regression = regression_scores(self.model, self.tokenizer, self.suite)
+                finally:
+                    self.sync()
         return self._base_regression
 
     def _outputs(self, probe: DocumentProbe) -> CandidateOutputs:
@@ -277,6 +280,12 @@ class ContinualLearner:
             before_view = _view(base, document.doc_id, earlier_probes)
             if cfg.thresholds.has_total_budget and cfg.check_regression:
                 before_view["base_regression"] = self.base_regression_scores()
+                spent = [o.detail for o in total_budget_objectives(before_view["base_regression"],
+                                                                   before_view["regression"], cfg.thresholds)
+                         if not o.passed]
+                if spent:
+                    logger.warning("the promoted model is already over the total regression budget (%s): only a "
+                                   "candidate that wins ability back can be promoted", "; ".join(spent))
             attempts = []
             for attempt in range(cfg.gentler_retries + 1):
                 lr_scale = cfg.retry_lr_factor ** attempt
