@@ -62,16 +62,31 @@ def load(model_name: str):
 
 
 def split_suite(suite):
-    """(gate half, report half) of a regression suite: alternate QA items, and the held-out text's sentences cut in
-    two, so the gate and the report never read the same question or sentence."""
+    """(gate half, report half) of a regression suite: alternate QA items and alternate sentences of the held-out
+    text, so the gate and the report never read the same question or sentence and both halves cover every topic
+    (the text pairs its sentences by topic; cut in two, the halves were about different things)."""
     import re
 
     from seal_trl.continual.regression import RegressionSuite
 
     sentences = re.split(r"(?<=[.!?])\s+", suite.heldout_text)
-    half = len(sentences) // 2
-    return (RegressionSuite(" ".join(sentences[:half]), suite.qa[0::2]),
-            RegressionSuite(" ".join(sentences[half:]), suite.qa[1::2]))
+    return (RegressionSuite(" ".join(sentences[0::2]), suite.qa[0::2]),
+            RegressionSuite(" ".join(sentences[1::2]), suite.qa[1::2]))
+
+
+def run_suite(out: Path):
+    """The regression suite this run measures with, pinned like its documents (`--out/regression_suite.json`)."""
+    from importlib import resources
+
+    from seal_trl.continual.regression import RegressionSuite
+
+    path = out / "regression_suite.json"
+    if not path.exists():
+        if any(out.glob("arm-*.json")):
+            sys.exit(f"{out} has arms but no regression_suite.json (it started before runs pinned their suite): "
+                     "write it from the commit in run.json, `git show <commit>:seal_trl/data/regression_suite.json`")
+        path.write_text(resources.files("seal_trl.data").joinpath("regression_suite.json").read_text(encoding="utf-8"))
+    return RegressionSuite.from_file(path)
 
 
 def arm_config(name: str, args) -> dict:
@@ -111,7 +126,7 @@ def run_worker(name: str, args) -> None:
 
     from seal_trl.continual.document_probes import labelled_probe, score_probe
     from seal_trl.continual.learner import ContinualConfig, ContinualLearner
-    from seal_trl.continual.regression import RegressionSuite, regression_scores
+    from seal_trl.continual.regression import regression_scores
     from seal_trl.continual.registry import AdapterRegistry
     from seal_trl.inner.config import InnerLoopConfig
 
@@ -122,7 +137,7 @@ def run_worker(name: str, args) -> None:
     out = Path(args.out)
     docs = run_documents(out, args.documents)
     edits = json.loads((out / "self_edits.json").read_text())
-    gate_suite, report_suite = split_suite(RegressionSuite.bundled())
+    gate_suite, report_suite = split_suite(run_suite(out))
     model, tok = load(args.model)
     inner = InnerLoopConfig(lora_r=args.lora_r, lora_alpha=2 * args.lora_r, num_epochs=args.epochs,
                             learning_rate=args.lr, seed=args.seed)
@@ -447,7 +462,8 @@ def main() -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     start_run(args, out, commit)
-    run_documents(out, args.documents)  # pinned before any arm process reads it
+    run_documents(out, args.documents)  # pinned before any arm process reads them
+    run_suite(out)
     partial = [a for a in args.partial_arms.split(",") if a and (out / f"arm-{a}.json").exists()]  # started ones
     if not args.report_only:
         write_self_edits(args, out)

@@ -1,5 +1,6 @@
-"""The continual benchmark's step gain: `before_own` as an arm records it, the same figure rebuilt from the arm's
-registry (benchmarks/continual_step_gain.py), and the report's step learning."""
+"""The continual benchmark's step gain (`before_own` as an arm records it, the same figure rebuilt from the arm's
+registry by benchmarks/continual_step_gain.py, the report's step learning), and what a run pins: its documents and
+its regression suite, split into halves that share no sentence or question."""
 
 import json
 import os
@@ -87,3 +88,28 @@ def test_a_run_reads_the_documents_it_pinned_not_the_bundled_file(tmp_path):
     with pytest.raises(SystemExit, match="no documents.json"):
         run_documents(older, 2)
     assert not (older / "documents.json").exists()
+
+
+def test_the_regression_suite_is_pinned_and_split_into_interleaved_halves(tmp_path):
+    import re
+
+    from continual import run_suite, split_suite
+
+    from seal_trl.continual.regression import RegressionSuite
+
+    suite = run_suite(tmp_path)
+    assert suite == RegressionSuite.bundled() and (tmp_path / "regression_suite.json").exists()
+    gate, report = split_suite(suite)
+    sentences = re.split(r"(?<=[.!?])\s+", suite.heldout_text)
+    assert gate.heldout_text == " ".join(sentences[0::2]) and report.heldout_text == " ".join(sentences[1::2])
+    assert not set(gate.qa) & set(report.qa) and len(gate.qa) + len(report.qa) == len(suite.qa)
+    # both halves reach the end of the text (cut in two, the gate half held only the first topics)
+    assert sentences[-1] in (gate.heldout_text + report.heldout_text)
+    assert sentences[-2] in gate.heldout_text + report.heldout_text
+    assert {sentences[-1], sentences[-2]} - set(re.split(r"(?<=[.!?])\s+", gate.heldout_text)) == {
+        sentences[-1] if len(sentences) % 2 == 0 else sentences[-2]}
+    older = tmp_path / "older"
+    older.mkdir()
+    (older / "arm-naive.json").write_text("{}")
+    with pytest.raises(SystemExit, match="no regression_suite.json"):
+        run_suite(older)

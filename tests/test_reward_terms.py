@@ -2,6 +2,7 @@
 same inner run (seal_trl/reward_terms.py), in the sequential and the K-slot engines."""
 
 import math
+import re
 
 import pytest
 import torch
@@ -109,7 +110,9 @@ def test_weights_combine_as_documented(tiny_model_dir, tiny_tokenizer):
     def fails_too(outputs):
         return False
 
-    terms = RewardTerms(forgetting_weight=30.0, constraint_weight=0.5, constraints=[fails, fails_too])
+    # the suite's first 9 sentences: on them one of EDITS improves the tiny model's perplexity and one raises it
+    opening = RegressionSuite(" ".join(re.split(r"(?<=[.!?])\s+", SUITE.heldout_text)[:9]), SUITE.qa)
+    terms = RewardTerms(forgetting_weight=30.0, constraint_weight=0.5, constraints=[fails, fails_too], suite=opening)
     reward = SelfEditReward(KnowledgeTask(), make_loop(tiny_model_dir, tiny_tokenizer), progress=False, terms=terms)
     values = reward([""] * 2, EDITS, **columns(2))
     for value, gain, t in zip(values, gains, reward.last_terms, strict=True):
