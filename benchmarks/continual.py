@@ -375,6 +375,11 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                   + (f"; minus the naive arm's on the same documents {vs['mean_difference']:+.1f} "
                      f"[{vs['ci_low']:+.1f}, {vs['ci_high']:+.1f}], {vs['wins']}/{vs['losses']} wins/losses, "
                      f"n = {vs['n']}" if vs else "")
+                  + (f". After its last finished step, report-half held-out perplexity "
+                     f"{p['general_so_far']['perplexity_before']:.2f} -> {p['general_so_far']['perplexity_after']:.2f} "
+                     f"({100 * p['general_so_far']['perplexity_rise']:+.1f}%), QA soft accuracy "
+                     f"{p['general_so_far']['qa_soft_before']:.1f} -> {p['general_so_far']['qa_soft_after']:.1f}"
+                     if p.get("general_so_far") else "")
                   + f". Promoted {p['promoted']} of {p['steps']}, at scales "
                   f"{', '.join(f'{x:.3g}' for x in p['scales']) or '-'}; KL(promoted || candidate) on the new "
                   "documents' texts, nats/token: "
@@ -405,8 +410,8 @@ def step_gain_lines(summary) -> list[str]:
         text = f"- {ARM_LABELS.get(name, name)}: {_fmt_ci(row['step_learning'])}"
         ratio = row.get("step_learning_ratio")
         if ratio:
-            text += (f"; {ratio['mean']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}] of naive's"
-                     + ("" if ratio["judgeable"] else " (not judgeable: naive's step gain not shown positive)")
+            text += ((f"; {ratio['mean']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}] of naive's" if ratio["judgeable"]
+                      else "; the ratio to naive's is not judgeable (naive's step gain not shown positive)")
                      + "; minus naive, paired: " + _paired_text(row["step_learning_vs_naive"]))
         lines.append(text + ".")
     return lines

@@ -315,4 +315,7 @@ def partial_summary(arm: Mapping[str, Any], naive: Mapping[str, Any] | None, met
     if naive is not None:
         naive_learned = learning(naive, metric)[: len(steps)]
         out["learning_vs_naive"] = paired_comparison(learned, naive_learned).to_dict()
+    if steps and steps[-1].get("general"):
+        # general ability after the last finished step, against the base: what a budget arm is about
+        out["general_so_far"] = general_loss(arm)
     return out

@@ -88,6 +88,7 @@ def test_partial_summary_pairs_the_finished_steps_with_naive():
     vs = p["learning_vs_naive"]
     assert vs["n"] == 2 and vs["mean_difference"] == pytest.approx(-7.5) and vs["losses"] == 2
     assert p["seconds_per_step"] == pytest.approx(15.0)
+    assert p["general_so_far"] == general_loss(stopped)  # after the last finished step, against the base
 
 
 def test_paired_versus_naive_and_closest_to_goal():
