@@ -326,7 +326,8 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
              f"steps; KL limit {args.max_kl:g} nats/token (rescale-kl)"
              + (f"; total regression budget {100 * TOTAL_BUDGET:g}% against the base model, on the gate half of the "
                 "regression suite (rescale-budget)" if "rescale-budget" in records else "")
-             + ". Every figure is on report-half questions and the report half of the regression suite; the learner and its gate read only the gate halves. CIs: "
+             + ". Every figure is on report-half questions and the report half of the regression suite; the learner "
+             "and its gate read only the gate halves. CIs: "
              "95% percentile bootstrap over documents. Arm minutes (sum of steps) and the commit each arm ran at: "
              + ", ".join(f"{a} {s / 60:.1f} ({'/'.join(dict.fromkeys(records[a].get('commits', [records[a].get('commit', '?')])))})" for a, s in seconds.items()) + ".", ""]
     lines += table(summary)
