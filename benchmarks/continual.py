@@ -74,19 +74,27 @@ def split_suite(suite):
             RegressionSuite(" ".join(sentences[1::2]), suite.qa[1::2]))
 
 
+def _pinned(out: Path, name: str, write) -> Path:
+    """`--out/<name>`, written by `write(path)` when the run starts; a run that already has arms but not the file
+    started before runs pinned it, and is refused rather than pinned to today's bundled data."""
+    path = out / name
+    if not path.exists():
+        if any(out.glob("arm-*.json")):
+            sys.exit(f"{out} has arms but no {name} (it started before runs pinned it): write it from the bundled data "
+                     f"at the commit in run.json (`git show <commit>:seal_trl/data/...`)")
+        write(path)
+    return path
+
+
 def run_suite(out: Path):
     """The regression suite this run measures with, pinned like its documents (`--out/regression_suite.json`)."""
     from importlib import resources
 
     from seal_trl.continual.regression import RegressionSuite
 
-    path = out / "regression_suite.json"
-    if not path.exists():
-        if any(out.glob("arm-*.json")):
-            sys.exit(f"{out} has arms but no regression_suite.json (it started before runs pinned their suite): "
-                     "write it from the commit in run.json, `git show <commit>:seal_trl/data/regression_suite.json`")
-        path.write_text(resources.files("seal_trl.data").joinpath("regression_suite.json").read_text(encoding="utf-8"))
-    return RegressionSuite.from_file(path)
+    bundled = resources.files("seal_trl.data").joinpath("regression_suite.json")
+    return RegressionSuite.from_file(_pinned(out, "regression_suite.json",
+                                             lambda path: path.write_text(bundled.read_text(encoding="utf-8"))))
 
 
 def arm_config(name: str, args) -> dict:
@@ -228,13 +236,7 @@ def run_documents(out: Path, n: int) -> list:
     from seal_trl.continual.documents import Document
     from seal_trl.continual.stream import bundled_stream
 
-    path = out / "documents.json"
-    if not path.exists():
-        if any(out.glob("arm-*.json")):
-            sys.exit(f"{out} has arms but no documents.json (it started before runs pinned their documents): write it "
-                     "from the bundled stream at the commit in run.json, e.g. `git show <commit>:seal_trl/data/"
-                     "continual_stream.json`, as a list of documents with doc_id")
-        _write(path, [d.to_json() for d in bundled_stream(n)])
+    path = _pinned(out, "documents.json", lambda path: _write(path, [d.to_json() for d in bundled_stream(n)]))
     docs = [Document.from_json(d) for d in json.loads(path.read_text())]
     if len(docs) != n:
         sys.exit(f"{path} holds {len(docs)} documents, not --documents {n}")
