@@ -248,6 +248,8 @@ def test_separate_mode_loads_a_promoted_adapter_trained_on_other_modules(tmp_pat
     ({"rescale_steps": 2.0}, "ContinualConfig.rescale_steps"),
     ({"rescale_steps": 21}, "ContinualConfig.rescale_steps"),
     ({"thresholds": {"max_kl_to_promoted": -1}}, "GateThresholds.max_kl_to_promoted"),
+    ({"check_regression": "no"}, "ContinualConfig.check_regression"),
+    ({"check_regression": 0}, "ContinualConfig.check_regression"),
 ])
 def test_config_refuses_bad_fields_before_any_model_loads(bad, field):
     """Each of these was accepted and failed only later (after training, for a thresholds mapping), or silently

@@ -76,6 +76,9 @@ class ContinualConfig:
         if not isinstance(self.thresholds, GateThresholds):
             raise ValueError("ContinualConfig.thresholds must be a GateThresholds (or a mapping of its fields), got "
                              f"{type(self.thresholds).__name__}")
+        if not isinstance(self.check_regression, bool):
+            raise ValueError("ContinualConfig.check_regression must be true or false (a boolean, not a string such as "
+                             f"'no'), got {self.check_regression!r}")
         if self.thresholds.has_total_budget and not self.check_regression:
             raise ValueError("ContinualConfig.thresholds sets a total regression budget (max_total_perplexity_increase "
                              "/ max_total_qa_drop) but check_regression is False: turn the regression suite on "
