@@ -97,6 +97,20 @@ def run_suite(out: Path):
                                              lambda path: path.write_text(bundled.read_text(encoding="utf-8"))))
 
 
+def run_suite_halves(out: Path):
+    """(gate half, report half) of the run's suite, pinned as `--out/regression_halves.json` when the run starts, so
+    arms at different commits cannot split it differently."""
+    from seal_trl.continual.regression import RegressionSuite
+
+    def write(path: Path) -> None:
+        gate, report = split_suite(run_suite(out))
+        _write(path, {"gate": gate.to_json(), "report": report.to_json()})
+
+    halves = json.loads(_pinned(out, "regression_halves.json", write).read_text(encoding="utf-8"))
+    return tuple(RegressionSuite.from_json(halves[name], source=f"{out}/regression_halves.json {name}")
+                 for name in ("gate", "report"))
+
+
 def arm_config(name: str, args) -> dict:
     from seal_trl.continual.gate import GateThresholds
 
@@ -145,7 +159,7 @@ def run_worker(name: str, args) -> None:
     out = Path(args.out)
     docs = run_documents(out, args.documents)
     edits = json.loads((out / "self_edits.json").read_text())
-    gate_suite, report_suite = split_suite(run_suite(out))
+    gate_suite, report_suite = run_suite_halves(out)
     model, tok = load(args.model)
     inner = InnerLoopConfig(lora_r=args.lora_r, lora_alpha=2 * args.lora_r, num_epochs=args.epochs,
                             learning_rate=args.lr, seed=args.seed)
@@ -471,7 +485,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     start_run(args, out, commit)
     run_documents(out, args.documents)  # pinned before any arm process reads them
-    run_suite(out)
+    run_suite_halves(out)
     partial = [a for a in args.partial_arms.split(",") if a and (out / f"arm-{a}.json").exists()]  # started ones
     if not args.report_only:
         write_self_edits(args, out)

@@ -113,3 +113,24 @@ def test_the_regression_suite_is_pinned_and_split_into_interleaved_halves(tmp_pa
     (older / "arm-naive.json").write_text("{}")
     with pytest.raises(SystemExit, match="no regression_suite.json"):
         run_suite(older)
+
+
+def test_the_halves_are_pinned_so_a_later_split_cannot_change_a_run(tmp_path, monkeypatch):
+    import continual
+    from continual import run_suite, run_suite_halves, split_suite
+
+    from seal_trl.continual.regression import RegressionSuite
+
+    gate, report = run_suite_halves(tmp_path)
+    assert (gate, report) == split_suite(run_suite(tmp_path))
+    assert RegressionSuite.from_json(gate.to_json()) == gate
+    monkeypatch.setattr(continual, "split_suite", lambda suite: (suite, suite))  # a later commit's split
+    assert run_suite_halves(tmp_path) == (gate, report)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    assert run_suite_halves(fresh)[0] == RegressionSuite.bundled()  # a new run takes the split of its commit
+    (tmp_path / "older").mkdir()
+    (tmp_path / "older" / "arm-naive.json").write_text("{}")
+    (tmp_path / "older" / "regression_suite.json").write_text((tmp_path / "regression_suite.json").read_text())
+    with pytest.raises(SystemExit, match="no regression_halves.json"):
+        run_suite_halves(tmp_path / "older")

@@ -68,6 +68,11 @@ class RegressionSuite:
             raise RegressionSuiteError(f"{source}: field `qa` is empty")
         return cls(text.strip(), tuple(qa))
 
+    def to_json(self) -> dict:
+        """The file shape `from_json` reads."""
+        return {"heldout_text": self.heldout_text,
+                "qa": [{"question": q, "choices": list(choices), "answer": answer} for q, choices, answer in self.qa]}
+
 
 @torch.no_grad()
 def perplexity(model, tokenizer, text: str, *, window: int = 512) -> float:
