@@ -215,3 +215,39 @@ def test_adapt_with_a_total_regression_budget(tmp_path, tiny_model_dir, capsys):
     total = next(o for o in entry["gate"]["objectives"] if o["name"] == "total_perplexity")
     assert total["value"] == pytest.approx(entry["metrics"]["after"]["regression"]["perplexity"]
                                            / base["perplexity"] - 1)
+
+
+def test_adapt_with_your_own_regression_suite(tmp_path, tiny_model_dir, capsys):
+    """--regression-suite replaces the bundled suite in the gate (the registry records which suite it read); a bad
+    file or a contradiction with --no-regression is one line before anything is created."""
+    from seal_trl.continual.regression import RegressionSuite
+
+    doc = tmp_path / "a.txt"
+    doc.write_text("The river Velmora runs through Ostrand. It feeds three lakes. The capital is Harlow.")
+    reg = tmp_path / "reg"
+    base = ["adapt", "--model", str(tiny_model_dir), "--documents", str(doc), "--registry", str(reg),
+            "--anchor-weight", "0", *FAST]
+    bad_files = {"list.json": "[1, 2]", "noqa.json": json.dumps({"heldout_text": "Some text."}),
+                 "badanswer.json": json.dumps({"heldout_text": "Text.", "qa": [{"question": "Q?", "choices": ["a", "b"],
+                                                                               "answer": 2}]}),
+                 "notjson.json": "{heldout_text: 1}"}
+    expected = {"list.json": "must be a JSON object", "noqa.json": "field `qa` is empty",
+                "badanswer.json": "qa[0] needs", "notjson.json": "not valid JSON"}
+    for name, content in bad_files.items():
+        (tmp_path / name).write_text(content)
+        assert main([*base, "--regression-suite", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err
+        assert name in err and expected[name] in err and len(err.strip().splitlines()) == 1, err
+        assert not reg.exists()
+    mine = {"heldout_text": "Rivers carry water to the sea. Bread needs flour and water. A week has seven days.",
+            "qa": [{"question": "How many days has a week?", "choices": ["five", "seven", "ten"], "answer": 1},
+                   {"question": "What does bread need?", "choices": ["flour", "sand"], "answer": 0}]}
+    (tmp_path / "mine.json").write_text(json.dumps(mine))
+    assert main([*base, "--regression-suite", str(tmp_path / "mine.json"), "--no-regression"]) == 2
+    assert "contradict" in capsys.readouterr().err and not reg.exists()
+    code = main([*base, "--regression-suite", str(tmp_path / "mine.json")])
+    assert code == 0, capsys.readouterr()
+    entry = json.loads((reg / "registry.json").read_text())["versions"]["v0001"]
+    recorded = entry["metrics"]["config"]["regression_suite"]
+    assert recorded == RegressionSuite.from_json(mine).fingerprint() and recorded["qa"] == 2
+    assert recorded != RegressionSuite.bundled().fingerprint()

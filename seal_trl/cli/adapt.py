@@ -10,8 +10,8 @@ from ..continual.config import MAX_RESCALE_STEPS
 from ..continual.registry import MANIFEST, AdapterRegistry, RegistryError, check_new_registry_location
 from ..continual.registry_schema import printable
 from ..tasks.knowledge import STYLES
-from .flags import (check_adapter, inner_epochs, inner_learning_rate, inner_lora_r, integer, max_new_tokens, number,
-                    phrase)
+from .flags import (UsageError, check_adapter, inner_epochs, inner_learning_rate, inner_lora_r, integer, max_new_tokens,
+                    number, phrase)
 
 
 def add_continual_commands(sub) -> None:
@@ -69,6 +69,10 @@ def add_continual_commands(sub) -> None:
                        help="a budget for the whole stream: refuse candidates whose QA soft accuracy is more than this "
                             "below the base model's (relative; default: none)")
     adapt.add_argument("--no-regression", action="store_true", help="skip the regression suite objectives")
+    adapt.add_argument("--regression-suite", default=None, metavar="FILE",
+                       help="your own general set for the regression objectives: a JSON object with `heldout_text` "
+                            "and `qa` (questions with `choices` and the `answer` index), the shape of the bundled "
+                            "seal_trl/data/regression_suite.json (default: the bundled suite)")
     adapt.add_argument("--banned-phrase", action="append", default=[], type=phrase,
                        help="a constraint: refuse candidates whose answers contain this phrase (repeatable)")
     adapt.add_argument("--max-document-mb", type=number(0, 1000, exclusive=True), default=1.0,
@@ -112,6 +116,17 @@ def _read_anchor_texts(path: str, max_bytes: int) -> tuple[str, ...]:
     return texts
 
 
+def _read_regression_suite(args: argparse.Namespace):
+    """The suite of --regression-suite, checked before the model loads; None for the bundled one."""
+    if args.regression_suite is None:
+        return None
+    if args.no_regression:
+        raise UsageError("--regression-suite and --no-regression contradict each other: drop one")
+    from ..continual.regression import RegressionSuite
+
+    return RegressionSuite.from_file(args.regression_suite)
+
+
 def _existing_registry(args: argparse.Namespace) -> AdapterRegistry | None:
     """The registry at --registry, its manifest and base model checked now; None when the directory is new (or
     empty) and could become one."""
@@ -136,6 +151,7 @@ def run_adapt(args: argparse.Namespace) -> int:
                                chunk_chars=args.chunk_chars)
     anchor_texts = (_read_anchor_texts(args.anchor_text, int(args.max_document_mb * 1_000_000))
                     if args.anchor_text else ())
+    suite = _read_regression_suite(args)
     config = ContinualConfig(
         mode=args.mode, promotion=args.promotion, replay_ratio=args.replay_ratio,
         max_replay_examples=args.max_replay_examples, regularization=args.regularization,
@@ -165,7 +181,8 @@ def run_adapt(args: argparse.Namespace) -> int:
         registry = registry or AdapterRegistry(args.registry, create=True, base_model=_base_model_name(args),
                                                lock_timeout=args.lock_timeout)
         with registry.locked():
-            learner = ContinualLearner(model, tokenizer, registry, config, inner, constraints=constraints)
+            learner = ContinualLearner(model, tokenizer, registry, config, inner, constraints=constraints,
+                                       regression_suite=suite)
             print(f"{len(documents)} document(s); registry {registry.root} (promoted: {registry.promoted or 'base'})")
             report_before = score_report_halves(learner, documents)
             reports = learner.adapt_all(documents, progress=lambda r: print(r.summary(), flush=True))

@@ -324,7 +324,8 @@ class ContinualLearner:
                                   "regularization": cfg.regularization, "anchor_weight": cfg.anchor_weight,
                                   "anchor_texts": len(self._anchor_texts or ()),
                                   "gate_policy": cfg.gate_policy, "rescale_floor": cfg.rescale_floor,
-                                  "rescale_steps": cfg.rescale_steps, "thresholds": asdict(cfg.thresholds)}}
+                                  "rescale_steps": cfg.rescale_steps, "thresholds": asdict(cfg.thresholds),
+                                  "regression_suite": self.suite.fingerprint() if cfg.check_regression else None}}
             if cfg.gate_policy == "rescale":
                 metrics["rescale"] = {"scale": scale, "tried": tried}
             version = self.registry.add_version(

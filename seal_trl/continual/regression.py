@@ -5,10 +5,12 @@ Two fixed measurements, shipped with the package (`seal_trl/data/regression_suit
 - a small multiple-choice QA set of common knowledge: `qa_accuracy` (percent of questions whose correct
   choice has the highest mean token log-prob) and `qa_soft_accuracy` (the mean softmax weight of the correct
   choice, percent; continuous, so a small regression is visible before a question flips).
+A user's own suite (`RegressionSuite.from_file`, `seal-trl adapt --regression-suite`) has the same JSON shape.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -19,6 +21,10 @@ import torch
 
 from ..inner.graders import completion_logprobs
 from ..inner.tensors import encode_example, encode_text, token_logprobs
+
+
+#: A suite is a paragraph or a few pages and some questions; anything larger is not what this file is for.
+MAX_SUITE_BYTES = 16 * 2**20
 
 
 class RegressionSuiteError(ValueError):
@@ -39,15 +45,20 @@ class RegressionSuite:
 
     @classmethod
     def from_file(cls, path: str | Path) -> RegressionSuite:
-        path = Path(path)
-        try:
-            return cls.from_json(json.loads(path.read_text(encoding="utf-8")), source=str(path))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise RegressionSuiteError(f"{path}: cannot read the regression suite ({err})") from None
+        """A suite from a JSON file `{"heldout_text": "...", "qa": [{"question", "choices", "answer"}, ...]}`,
+        refused with one line that names the file and the field when it is anything else."""
+        from ..safe_json import read_json_file
+
+        data = read_json_file(path, max_bytes=MAX_SUITE_BYTES, error=RegressionSuiteError,
+                              hint=" (a regression suite is a JSON object with `heldout_text` and `qa`)")
+        return cls.from_json(data, source=str(path))
 
     @classmethod
     def from_json(cls, data: dict, *, source: str = "suite") -> RegressionSuite:
-        text = data.get("heldout_text") if isinstance(data, dict) else None
+        if not isinstance(data, dict):
+            raise RegressionSuiteError(f"{source}: a regression suite must be a JSON object with `heldout_text` and "
+                                       f"`qa`, not a {type(data).__name__}")
+        text = data.get("heldout_text")
         if not isinstance(text, str) or not text.strip():
             raise RegressionSuiteError(f"{source}: missing field `heldout_text`")
         items = data.get("qa") or []
@@ -72,6 +83,12 @@ class RegressionSuite:
         """The file shape `from_json` reads."""
         return {"heldout_text": self.heldout_text,
                 "qa": [{"question": q, "choices": list(choices), "answer": answer} for q, choices, answer in self.qa]}
+
+    def fingerprint(self) -> dict:
+        """What a registry records about the suite a gate read: its size and a hash of its content."""
+        content = json.dumps(self.to_json(), sort_keys=True, ensure_ascii=False).encode("utf-8")
+        return {"sha256": hashlib.sha256(content).hexdigest()[:16], "qa": len(self.qa),
+                "heldout_words": len(self.heldout_text.split())}
 
 
 @torch.no_grad()
