@@ -251,3 +251,10 @@ def test_adapt_with_your_own_regression_suite(tmp_path, tiny_model_dir, capsys):
     recorded = entry["metrics"]["config"]["regression_suite"]
     assert recorded == RegressionSuite.from_json(mine).fingerprint() and recorded["qa"] == 2
     assert recorded != RegressionSuite.bundled().fingerprint()
+    # a held-out text of one token would give every candidate perplexity 1.0: refused before any training
+    (tmp_path / "short.json").write_text(json.dumps({**mine, "heldout_text": "a"}))
+    assert main([*base, "--regression-suite", str(tmp_path / "short.json")]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "`heldout_text` is 1 token(s)" in errors[0]
+    assert json.loads((reg / "registry.json").read_text())["versions"].keys() == {"v0001"}

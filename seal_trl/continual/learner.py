@@ -100,6 +100,8 @@ class ContinualLearner:
         self.tokenizer = tokenizer
         self.constraints = list(constraints)
         self.suite = regression_suite or RegressionSuite.bundled()
+        if self.config.check_regression:
+            self.suite.check_measurable(tokenizer)
         self.inner = ContinualInnerLoop(model, tokenizer, inner_config, regularization=self.config.regularization)
         self._loaded: str | None = None
         self._synced = False  # whether the in-memory model reflects `_loaded` yet

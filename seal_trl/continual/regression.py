@@ -84,6 +84,14 @@ class RegressionSuite:
         return {"heldout_text": self.heldout_text,
                 "qa": [{"question": q, "choices": list(choices), "answer": answer} for q, choices, answer in self.qa]}
 
+    def check_measurable(self, tokenizer) -> None:
+        """Refuse a held-out text too short to have a perplexity (under 2 tokens, every candidate would score 1.0
+        and pass the regression objectives whatever it forgot)."""
+        tokens = len(encode_text(tokenizer, self.heldout_text))
+        if tokens < 2:
+            raise RegressionSuiteError(f"the regression suite's `heldout_text` is {tokens} token(s) long; perplexity "
+                                       "needs at least 2: give it a paragraph or more")
+
     def fingerprint(self) -> dict:
         """What a registry records about the suite a gate read: its size and a hash of its content."""
         content = json.dumps(self.to_json(), sort_keys=True, ensure_ascii=False).encode("utf-8")
