@@ -384,6 +384,9 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
               f"(0 start, 1 end) {gate['mean_position']:.2f} and {rep['mean_position']:.2f}."]
     for name in partial:
         p = partials[name]
+        if not p["steps"]:
+            lines += ["", f"{ARM_LABELS.get(name, name)}: started, but no document finished (no figure)."]
+            continue
         kls = [k for k in p["kl_to_promoted"] if k is not None]
         vs = p.get("learning_vs_naive")
         lines += ["", f"{ARM_LABELS.get(name, name)}: stopped after {p['steps']} of {args.documents} documents "
