@@ -378,6 +378,7 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                         "where the arm's own learning is not shown positive")
                      + "). Ranking: " + ", ".join(f"{r['arm']} {r['excess']:.2f}" for r in closest["ranking"]) + ".")
     lines += step_gain_lines(summary)
+    lines += gate_signal_lines(summary)
     gate, rep = coverage["gate"], coverage["report"]
     lines += ["", f"The two halves: the shared self-edits restate {gate['in_self_edit']} of {gate['answers']} gate-half "
               f"answers and {rep['in_self_edit']} of {rep['answers']} report-half answers; mean position in the text "
@@ -434,6 +435,23 @@ def step_gain_lines(summary) -> list[str]:
                       else "; the ratio to naive's is not judgeable (naive's step gain not shown positive)")
                      + "; minus naive, paired: " + _paired_text(row["step_learning_vs_naive"]))
         lines.append(text + ".")
+    return lines
+
+
+def gate_signal_lines(summary) -> list[str]:
+    """How well the gate half's gain predicts the report half's, for the arms that keep every candidate."""
+    from continual_report import ARM_LABELS, _ci as _fmt_ci
+
+    rows = {name: row["gate_signal"] for name, row in summary.items() if "gate_signal" in row}
+    if not rows:
+        return []
+    lines = ["", "The gate's signal (each step's gain on the gate half, as the gate scored the candidate, against its "
+             "gain on the report half; arms that keep every candidate):"]
+    for name, g in rows.items():
+        rho = g["spearman"]
+        lines.append(f"- {ARM_LABELS.get(name, name)}: gate half {_fmt_ci(g['gate_gain'])}, report half "
+                     f"{_fmt_ci(g['report_gain'])}; rank correlation across documents {rho['mean']:+.2f} "
+                     f"[{rho['low']:+.2f}, {rho['high']:+.2f}], n = {rho['n']}.")
     return lines
 
 

@@ -51,6 +51,35 @@ def step_learning(arm: Mapping[str, Any], metric: str) -> list[float] | None:
     return [s["scores"][s["doc"]][metric] - s["before_own"][metric] for s in arm["steps"]]
 
 
+def gate_signal(arm: Mapping[str, Any], metric: str, *, seed: int = 0, resamples: int = 2_000
+                ) -> dict[str, Any] | None:
+    """Whether the gate's learning signal predicts the report's: per document, the step's gain on the gate half (the
+    candidate, as the gate scored it) and on the report half (after the step minus `before_own`), and their rank
+    correlation with a bootstrap CI over documents. Only meaningful for an arm that keeps every candidate as trained
+    (naive, isolated): a gated arm's refused candidates have a gate-half gain and no report-half one. None when the
+    steps lack the records."""
+    steps = arm["steps"]
+    if len(steps) < 3 or not all("before_own" in s and "gate_view" in s for s in steps):
+        return None
+    gate = np.array([s["gate_view"]["after_new"][s["doc"]][metric] - s["gate_view"]["before_new"][s["doc"]][metric]
+                     for s in steps])
+    report = np.array([s["scores"][s["doc"]][metric] - s["before_own"][metric] for s in steps])
+
+    def spearman(idx: np.ndarray) -> float:
+        a, b = gate[idx].argsort().argsort(), report[idx].argsort().argsort()
+        if a.std() == 0 or b.std() == 0:
+            return math.nan
+        return float(np.corrcoef(a, b)[0, 1])
+
+    rng = np.random.default_rng(seed)
+    draws = np.array([spearman(rng.integers(0, len(steps), len(steps))) for _ in range(resamples)])
+    draws = draws[~np.isnan(draws)]
+    low, high = (np.percentile(draws, [2.5, 97.5]) if draws.size else (math.nan, math.nan))
+    return {"gate_gain": _mean_ci(gate.tolist()), "report_gain": _mean_ci(report.tolist()),
+            "spearman": {"mean": spearman(np.arange(len(steps))), "low": float(low), "high": float(high),
+                         "n": len(steps)}}
+
+
 def half_coverage(documents: Sequence[Mapping[str, Any]], self_edits: Mapping[str, str]) -> dict[str, Any]:
     """Whether the gate and report halves ask about comparable facts: per half, how many answers the shared
     self-edits restate and where in the text the answers sit (0 = the start, 1 = the end). `documents` are JSON
@@ -138,6 +167,10 @@ def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accurac
         learned = learning(arm, metric)
         row: dict[str, Any] = {"learning": _mean_ci(learned), "learning_per_doc": learned,
                                "learning_accuracy": _mean_ci(learning(arm, "accuracy"))}
+        if name in ("naive", "isolated"):
+            signal = gate_signal(arm, metric)
+            if signal is not None:
+                row["gate_signal"] = signal
         stepped = step_learning(arm, metric)
         if stepped is not None:
             row["step_learning"] = _mean_ci(stepped)

@@ -169,3 +169,28 @@ def test_half_coverage_counts_restated_answers_and_their_place_in_the_text():
     text = doc["text"].lower()
     assert cov["gate"]["mean_position"] == pytest.approx((0 + text.find("beta") / len(text)) / 2)
     assert cov["report"]["mean_position"] == pytest.approx(text.find("gamma") / len(text))
+
+
+def test_gate_signal_says_whether_the_gate_half_predicts_the_report_half():
+    from continual_report import gate_signal
+
+    def arm(gate_gains, report_gains):
+        steps = []
+        for k, (g, r) in enumerate(zip(gate_gains, report_gains)):
+            doc = f"d{k}"
+            steps.append({"doc": doc, "before_own": {"soft_accuracy": 10.0},
+                          "scores": {doc: {"soft_accuracy": 10.0 + r}},
+                          "gate_view": {"before_new": {doc: {"soft_accuracy": 20.0}},
+                                        "after_new": {doc: {"soft_accuracy": 20.0 + g}}}})
+        return {"steps": steps}
+
+    gains = [float(k) for k in range(12)]
+    same = gate_signal(arm(gains, [2 * g - 3 for g in gains]), "soft_accuracy")
+    assert same["spearman"]["mean"] == pytest.approx(1.0) and same["spearman"]["low"] > 0.9
+    assert same["gate_gain"]["mean"] == pytest.approx(5.5) and same["report_gain"]["mean"] == pytest.approx(8.0)
+    reversed_ = gate_signal(arm(gains, gains[::-1]), "soft_accuracy")
+    assert reversed_["spearman"]["mean"] == pytest.approx(-1.0) and reversed_["spearman"]["high"] < -0.9
+    assert gate_signal({"steps": arm(gains, gains)["steps"][:2]}, "soft_accuracy") is None
+    older = arm(gains, gains)
+    del older["steps"][0]["before_own"]  # an arm recorded before before_own existed
+    assert gate_signal(older, "soft_accuracy") is None
