@@ -63,7 +63,7 @@ def gate_signal(arm: Mapping[str, Any], metric: str, *, seed: int = 0, resamples
         return None
     gate = np.array([s["gate_view"]["after_new"][s["doc"]][metric] - s["gate_view"]["before_new"][s["doc"]][metric]
                      for s in steps])
-    report = np.array([s["scores"][s["doc"]][metric] - s["before_own"][metric] for s in steps])
+    report = np.array(step_learning(arm, metric))
 
     def spearman(idx: np.ndarray) -> float:
         a, b = gate[idx].argsort().argsort(), report[idx].argsort().argsort()
