@@ -322,7 +322,8 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
     not_run = [a for a in ARMS if a not in records and a not in partials]
     run = json.loads((out / "run.json").read_text())
     self_edits = json.loads((out / "self_edits.json").read_text())
-    coverage = half_coverage([d.to_json() for d in run_documents(out, args.documents)], self_edits)
+    documents = run_documents(out, args.documents)
+    coverage = half_coverage([d.to_json() for d in documents], self_edits)
     smoke = args.model == "tiny" or args.no_append
     json_path = out / "continual_results.json" if smoke else HERE / "continual_results.json"
     png_path = out / "continual_forgetting.png" if smoke else HERE / "continual_forgetting.png"
@@ -378,7 +379,7 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                         "where the arm's own learning is not shown positive")
                      + "). Ranking: " + ", ".join(f"{r['arm']} {r['excess']:.2f}" for r in closest["ranking"]) + ".")
     lines += step_gain_lines(summary)
-    lines += gate_signal_lines(summary)
+    lines += gate_signal_lines(summary, sum(len(d.report_questions) for d in documents) / max(len(documents), 1))
     gate, rep = coverage["gate"], coverage["report"]
     lines += ["", f"The two halves: the shared self-edits restate {gate['in_self_edit']} of {gate['answers']} gate-half "
               f"answers and {rep['in_self_edit']} of {rep['answers']} report-half answers; mean position in the text "
@@ -438,9 +439,10 @@ def step_gain_lines(summary) -> list[str]:
     return lines
 
 
-def gate_signal_lines(summary) -> list[str]:
-    """How well the gate half's gain predicts the report half's, for the arms that keep every candidate."""
-    from continual_report import ARM_LABELS, _ci as _fmt_ci
+def gate_signal_lines(summary, questions_per_half: float) -> list[str]:
+    """How well the gate half's gain predicts the report half's, for the arms that keep every candidate, and how many
+    questions a half would need for that signal to be reliable."""
+    from continual_report import ARM_LABELS, _ci as _fmt_ci, questions_for_reliability
 
     rows = {name: row["gate_signal"] for name, row in summary.items() if "gate_signal" in row}
     if not rows:
@@ -452,7 +454,21 @@ def gate_signal_lines(summary) -> list[str]:
         lines.append(f"- {ARM_LABELS.get(name, name)}: gate half {_fmt_ci(g['gate_gain'])}, report half "
                      f"{_fmt_ci(g['report_gain'])}; rank correlation across documents {rho['mean']:+.2f} "
                      f"[{rho['low']:+.2f}, {rho['high']:+.2f}], n = {rho['n']}.")
+    lines.append(f"- Read as the split-half reliability of halves of q = {questions_per_half:g} questions, a "
+                 "correlation r asks for 4 q (1 - r) / r questions per half for a reliability of 0.8 (Spearman-Brown): "
+                 + "; ".join(f"{ARM_LABELS.get(name, name)} {_questions_text(g['spearman'], questions_per_half)}"
+                             for name, g in rows.items()) + ".")
     return lines
+
+
+def _questions_text(rho, questions_per_half: float) -> str:
+    from continual_report import questions_for_reliability
+
+    def fmt(r: float) -> str:
+        q = questions_for_reliability(r, questions_per_half)
+        return "no finite number" if q is None else f"{q:.0f}"
+
+    return f"{fmt(rho['mean'])} (from {fmt(rho['high'])} at the CI's upper end to {fmt(rho['low'])} at its lower)"
 
 
 def _goal_verdict(met: bool | None) -> str:

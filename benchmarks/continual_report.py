@@ -80,6 +80,17 @@ def gate_signal(arm: Mapping[str, Any], metric: str, *, seed: int = 0, resamples
                          "n": len(steps)}}
 
 
+def questions_for_reliability(correlation: float, questions: float, target: float = 0.8) -> float | None:
+    """Questions per half for a split-half reliability of `target`, by the Spearman-Brown formula, from the
+    correlation between two halves of `questions` questions each; None where the correlation is not positive (no
+    number of questions is enough)."""
+    if not correlation > 0:
+        return None
+    if correlation >= target:
+        return float(questions)
+    return questions * target * (1 - correlation) / (correlation * (1 - target))
+
+
 def half_coverage(documents: Sequence[Mapping[str, Any]], self_edits: Mapping[str, str]) -> dict[str, Any]:
     """Whether the gate and report halves ask about comparable facts: per half, how many answers the shared
     self-edits restate and where in the text the answers sit (0 = the start, 1 = the end). `documents` are JSON

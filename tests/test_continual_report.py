@@ -194,3 +194,14 @@ def test_gate_signal_says_whether_the_gate_half_predicts_the_report_half():
     older = arm(gains, gains)
     del older["steps"][0]["before_own"]  # an arm recorded before before_own existed
     assert gate_signal(older, "soft_accuracy") is None
+
+
+def test_questions_for_reliability_follows_spearman_brown():
+    from continual_report import questions_for_reliability
+
+    # r = 0.5 between 6-question halves: 4x the questions gives 4 * 0.5 / (1 + 3 * 0.5) = 0.8
+    assert questions_for_reliability(0.5, 6) == pytest.approx(24.0)
+    assert questions_for_reliability(0.2, 6) == pytest.approx(96.0)
+    assert questions_for_reliability(0.9, 6) == 6.0  # already reliable enough
+    assert questions_for_reliability(0.0, 6) is None and questions_for_reliability(-0.3, 6) is None
+    assert questions_for_reliability(float("nan"), 6) is None
