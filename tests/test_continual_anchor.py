@@ -67,3 +67,12 @@ def test_config_checks_anchor_fields():
     with pytest.raises(ValueError, match="anchor_weight"):
         ContinualConfig(anchor_weight=-1)
     assert ContinualConfig(anchor_texts=("a", "  ")).anchor_texts == ("a",)
+
+
+def test_a_learner_refuses_anchor_texts_too_short_to_anchor_when_it_starts(tmp_path, tiny_model, tiny_tokenizer):
+    """Refused by the constructor, not at the first training step after the model and registry are set up; with
+    the anchor off the same texts are never read."""
+    with pytest.raises(ValueError, match="anchor_texts"):
+        make_learner(tmp_path / "on", tiny_model, tiny_tokenizer, anchor_texts=("a", "b"))
+    make_learner(tmp_path / "off", tiny_model, tiny_tokenizer, anchor_weight=0.0, anchor_texts=("a", "b"))
+    make_learner(tmp_path / "one", tiny_model, tiny_tokenizer, anchor_texts=("a", GENERAL[0]))

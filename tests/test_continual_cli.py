@@ -258,3 +258,34 @@ def test_adapt_with_your_own_regression_suite(tmp_path, tiny_model_dir, capsys):
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "`heldout_text` is 1 token(s)" in errors[0]
     assert json.loads((reg / "registry.json").read_text())["versions"].keys() == {"v0001"}
+
+
+def test_adapt_refuses_unusable_texts_before_creating_the_registry(tmp_path, tiny_model_dir, capsys):
+    """A suite or anchor text too short to measure, an anchor text with the anchor off, a penalty weight that would
+    overflow and an empty documents path: one line each, naming the file or flag, and no registry left behind (a
+    registry created first would be tied to the model of a command that never ran)."""
+    doc = tmp_path / "a.txt"
+    doc.write_text("The river Velmora runs through Ostrand. It feeds three lakes. The capital is Harlow.")
+    reg = tmp_path / "reg"
+    base = ["adapt", "--model", str(tiny_model_dir), "--registry", str(reg), *FAST]
+    suite = {"heldout_text": "a", "qa": [{"question": "How many days has a week?", "choices": ["five", "seven"],
+                                          "answer": 1}]}
+    (tmp_path / "short.json").write_text(json.dumps(suite))
+    (tmp_path / "anchor.txt").write_text("a\n\nb\n")
+    cases = [
+        (["--documents", str(doc), "--anchor-weight", "0", "--regression-suite", str(tmp_path / "short.json")],
+         ["short.json (--regression-suite)", "1 token(s)"]),
+        (["--documents", str(doc), "--anchor-text", str(tmp_path / "anchor.txt")],
+         ["anchor.txt (--anchor-text)", "2 tokens or longer"]),
+        (["--documents", str(doc), "--anchor-text", str(tmp_path / "anchor.txt"), "--anchor-weight", "0"],
+         ["--anchor-text with --anchor-weight 0"]),
+        (["--documents", str(doc), "--anchor-weight", "1e308"], ["--anchor-weight", "at most 10000"]),
+        (["--documents", str(doc), "--regularization", "1e6"], ["--regularization", "at most 10000"]),
+        (["--documents", ""], ["empty path in --documents"]),
+    ]
+    for extra, expected in cases:
+        code = main([*base, *extra])
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "error:" in line]
+        assert code == 2 and len(errors) == 1 and all(e in errors[0] for e in expected), (extra, err)
+        assert not reg.exists(), extra

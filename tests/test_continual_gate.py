@@ -178,3 +178,22 @@ def test_a_total_budget_refuses_what_per_step_limits_let_compound():
         GateThresholds(max_total_qa_drop=-0.1)
     with pytest.raises(ValueError, match="max_total_perplexity_increase"):
         GateThresholds(max_total_perplexity_increase=float("nan"))
+
+
+def test_a_diverged_model_scores_an_infinite_perplexity_and_is_refused(tiny_model, tiny_tokenizer):
+    """exp() of a mean NLL over ~709 overflows: a diverged candidate raised OverflowError (a traceback) instead of
+    being refused."""
+    import math
+
+    import torch
+
+    from seal_trl.continual.regression import RegressionSuite, perplexity, regression_scores
+
+    text = RegressionSuite.bundled().heldout_text[:400]
+    with torch.no_grad():
+        tiny_model.get_output_embeddings().weight.mul_(1e5)
+    assert perplexity(tiny_model, tiny_tokenizer, text) == math.inf
+    after = regression_scores(tiny_model, tiny_tokenizer)
+    before = {**scores(20, {}), "regression": {**after, "perplexity": 20.0}}
+    verdict = evaluate_gate(before, {**scores(60, {}), "regression": after})
+    assert not verdict.passed and any(r.startswith("regression_perplexity") for r in verdict.reasons)

@@ -250,6 +250,10 @@ def test_separate_mode_loads_a_promoted_adapter_trained_on_other_modules(tmp_pat
     ({"thresholds": {"max_kl_to_promoted": -1}}, "GateThresholds.max_kl_to_promoted"),
     ({"check_regression": "no"}, "ContinualConfig.check_regression"),
     ({"check_regression": 0}, "ContinualConfig.check_regression"),
+    ({"anchor_weight": 1e308}, "ContinualConfig.anchor_weight"),  # trained to a NaN loss blamed on the lr
+    ({"regularization": 20_000.0}, "ContinualConfig.regularization"),
+    ({"gate_policy": "rescale", "promotion": "always"}, "ContinualConfig.gate_policy"),
+    ({"gate_policy": "rescale", "promotion": "never"}, "ContinualConfig.gate_policy"),
 ])
 def test_config_refuses_bad_fields_before_any_model_loads(bad, field):
     """Each of these was accepted and failed only later (after training, for a thresholds mapping), or silently
@@ -286,3 +290,13 @@ def test_a_promoted_version_whose_config_lacks_its_scaling_says_roll_back(tmp_pa
     manifest.write_text(manifest.read_text().replace('"promoted": null', f'"promoted": "{version}"'))
     with pytest.raises(RegistryError, match=damaged):
         learner.sync()
+
+
+def test_a_nan_scored_self_edit_ranks_below_every_other():
+    from seal_trl.continual.learner import candidate_rank
+
+    nan, good = {"soft_accuracy": float("nan"), "loglik": -1.0}, {"soft_accuracy": 5.0, "loglik": -9.0}
+    ranked = max([nan, good], key=lambda s: candidate_rank(s, "soft_accuracy"))
+    assert ranked is good and candidate_rank(good, "soft_accuracy") > candidate_rank(nan, "soft_accuracy")
+    assert candidate_rank({"soft_accuracy": 5.0, "loglik": float("nan")}, "soft_accuracy") < \
+        candidate_rank(good, "soft_accuracy")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -418,16 +419,22 @@ def _damage_version(reg, version, damage):
     (vdir / "documents.json").write_text({"documents-list-of-empty": "[{}]", "documents-object": "{}",
                                           "documents-probe-answers-ints":
                                           json.dumps([dict(DOC_RECORD, probe={"kind": "x", "items": [
-                                              {"prompt": "p", "answers": [1]}]})])}[damage])
+                                              {"prompt": "p", "answers": [1]}]})]),
+                                          # a probe with no question would score nothing, an empty example train
+                                          # nothing: both were blamed on the next document's self-edit
+                                          "documents-probe-no-items":
+                                          json.dumps([dict(DOC_RECORD, probe={"kind": "x", "items": []})]),
+                                          "documents-empty-example": json.dumps([dict(DOC_RECORD, examples=["", "e"])]),
+                                          }[damage])
     return "documents.json"
 
 
-DOC_RECORD = {"document": {"doc_id": "d1", "title": "t", "text": "x"}, "probe": {"kind": "labelled", "items": []},
-              "examples": ["e"]}
+DOC_RECORD = {"document": {"doc_id": "d1", "title": "t", "text": "x"},
+              "probe": {"kind": "labelled", "items": [{"prompt": "p", "answers": ["x"]}]}, "examples": ["e"]}
 VERSION_DAMAGE = ["wrong-rank", "lora-a-without-b", "lora-b-without-a", "nan-adapter", "inf-adapter", "int-adapter",
                   "three-d-tensor", "foreign-tensor", "empty-adapter", "lora-alpha-1e999", "lora-alpha-nan",
                   "r-string", "r-zero", "r-bool", "config-a-list", "documents-list-of-empty", "documents-object",
-                  "documents-probe-answers-ints"]
+                  "documents-probe-answers-ints", "documents-probe-no-items", "documents-empty-example"]
 
 
 @pytest.mark.parametrize("damage", VERSION_DAMAGE)
@@ -461,3 +468,30 @@ def test_an_adapter_that_is_a_fifo_is_refused_not_waited_on(tmp_path):
     for action in (reg.promote, reg.load_adapter):
         with pytest.raises(RegistryError, match="not a regular file"):
             action(v1)
+
+
+def test_registry_writes_keep_the_permissions_a_shared_registry_needs(tmp_path):
+    """mkstemp/mkdtemp create 0600/0700: a manifest rewritten through them, or a version directory renamed from
+    one, would lock a group out of a registry it shares."""
+    umask = os.umask(0)
+    os.umask(umask)
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    manifest = reg.root / "registry.json"
+    assert stat.S_IMODE(manifest.stat().st_mode) == 0o666 & ~umask
+    os.chmod(manifest, 0o640)  # what the registry's owner chose is kept
+    v1 = reg.add_version(adapter(1), CONFIG, parent=None, documents=[{"doc_id": "d1"}], metrics={},
+                         verdict=verdict())
+    assert stat.S_IMODE(manifest.stat().st_mode) == 0o640
+    assert stat.S_IMODE((reg.root / "versions" / v1).stat().st_mode) == 0o777 & ~umask
+
+
+def test_a_manifest_temp_file_left_by_a_killed_creation_does_not_block_the_directory(tmp_path):
+    root = tmp_path / "reg"
+    root.mkdir()
+    (root / ".registry.json.abc123.tmp").write_text("{")
+    (root / ".lock").write_text("")
+    AdapterRegistry(root, create=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / ".notes.json.abc.tmp").write_text("{")
+    with pytest.raises(RegistryError, match="not empty"):
+        AdapterRegistry(tmp_path / "other", create=True)

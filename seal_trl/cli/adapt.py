@@ -6,7 +6,7 @@ import argparse
 import contextlib
 from pathlib import Path
 
-from ..continual.config import MAX_RESCALE_STEPS
+from ..continual.config import MAX_PENALTY_WEIGHT, MAX_RESCALE_STEPS
 from ..continual.registry import MANIFEST, AdapterRegistry, RegistryError, check_new_registry_location
 from ..continual.registry_schema import printable
 from ..tasks.knowledge import STYLES
@@ -27,9 +27,9 @@ def add_continual_commands(sub) -> None:
     adapt.add_argument("--promotion", choices=["gate", "always", "never"], default="gate")
     adapt.add_argument("--replay-ratio", type=number(0), default=1.0, help="earlier examples per new example")
     adapt.add_argument("--max-replay-examples", type=integer(0), default=16)
-    adapt.add_argument("--regularization", type=number(0), default=0.0,
+    adapt.add_argument("--regularization", type=number(0, MAX_PENALTY_WEIGHT), default=0.0,
                        help="L2 weight on the candidate's weight delta (pull toward the promoted weights)")
-    adapt.add_argument("--anchor-weight", type=number(0), default=5.0,
+    adapt.add_argument("--anchor-weight", type=number(0, MAX_PENALTY_WEIGHT), default=5.0,
                        help="weight of a KL anchor to the promoted model on general text at every step (0 = off)")
     adapt.add_argument("--anchor-text", default=None, metavar="FILE",
                        help="general texts for the anchor, one per paragraph (default: the model's own answers to "
@@ -127,6 +127,25 @@ def _read_regression_suite(args: argparse.Namespace):
     return RegressionSuite.from_file(args.regression_suite)
 
 
+def _check_texts_measurable(args: argparse.Namespace, tokenizer, suite, anchor_texts) -> None:
+    """The user's suite and anchor texts, tokenised: refused before a new registry is created (the learner would
+    refuse them only after)."""
+    from ..continual.anchor import check_anchor_texts
+    from ..continual.documents import DocumentError
+    from ..continual.regression import RegressionSuiteError
+
+    if suite is not None:
+        try:
+            suite.check_measurable(tokenizer)
+        except RegressionSuiteError as err:
+            raise RegressionSuiteError(f"{args.regression_suite} (--regression-suite): {err}") from None
+    if anchor_texts:
+        try:
+            check_anchor_texts(tokenizer, anchor_texts)
+        except ValueError as err:
+            raise DocumentError(f"{args.anchor_text} (--anchor-text): {err}") from None
+
+
 def _existing_registry(args: argparse.Namespace) -> AdapterRegistry | None:
     """The registry at --registry, its manifest and base model checked now; None when the directory is new (or
     empty) and could become one."""
@@ -149,6 +168,9 @@ def run_adapt(args: argparse.Namespace) -> int:
     check_adapter(args.policy_adapter, "--policy-adapter")
     documents = read_documents(args.documents, max_bytes=int(args.max_document_mb * 1_000_000),
                                chunk_chars=args.chunk_chars)
+    if args.anchor_text and args.anchor_weight == 0:
+        raise UsageError("--anchor-text with --anchor-weight 0: the anchor is off, so its texts would be ignored; drop "
+                         "one of them")
     anchor_texts = (_read_anchor_texts(args.anchor_text, int(args.max_document_mb * 1_000_000))
                     if args.anchor_text else ())
     suite = _read_regression_suite(args)
@@ -174,6 +196,7 @@ def run_adapt(args: argparse.Namespace) -> int:
         model, tokenizer = load_model_and_tokenizer(args.model)
         # a document whose title and text alone are over the inner limits would fail every adaptation
         check_passages_fit([d.as_context() for d in documents], tokenizer, inner.example_token_limit)
+        _check_texts_measurable(args, tokenizer, suite, anchor_texts)
         if args.policy_adapter:
             model = attach_adapter(model, args.policy_adapter, flag="--policy-adapter").merge_and_unload()
         # a new registry is created only now, so a model that fails to load leaves none behind (built on the wrong

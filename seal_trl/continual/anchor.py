@@ -34,6 +34,14 @@ GENERIC_PROMPTS = (
 )
 
 
+def check_anchor_texts(tokenizer, texts: Sequence[str]) -> None:
+    """Refuse anchor texts none of which is 2 tokens long: the anchor compares next-token distributions, so such
+    texts leave it nothing to hold (the learner would fail at its first step, after the model loaded)."""
+    if not any(len(encode_text(tokenizer, t, add_special_tokens=False)) >= 2 for t in texts):
+        raise ValueError(f"none of the {len(texts)} anchor text(s) is 2 tokens or longer (field `anchor_texts`): the "
+                         "KL anchor needs general text, a sentence or more per paragraph")
+
+
 def write_anchor_texts(model, tokenizer, prompts: Sequence[str] = GENERIC_PROMPTS, *, max_new_tokens: int = 64
                        ) -> list[str]:
     """Each generic prompt followed by the model's own greedy answer (chat template when the tokenizer has one):

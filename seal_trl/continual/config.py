@@ -11,6 +11,8 @@ from .gate import GateThresholds
 
 #: Bisection steps of the rescale policy at most: each is one more full gate evaluation.
 MAX_RESCALE_STEPS = 20
+#: The largest L2 (`regularization`) or KL anchor (`anchor_weight`) weight: the defaults are 0 and 5.
+MAX_PENALTY_WEIGHT = 10_000.0
 
 
 @dataclass
@@ -95,6 +97,14 @@ class ContinualConfig:
             value = getattr(self, name)
             if not is_finite_number(value) or value < 0:
                 raise ValueError(f"ContinualConfig.{name} must be a finite number >= 0, got {value!r}")
+        for name in ("regularization", "anchor_weight"):
+            if getattr(self, name) > MAX_PENALTY_WEIGHT:
+                raise ValueError(f"ContinualConfig.{name} must be at most {MAX_PENALTY_WEIGHT:g} (a weight this large "
+                                 "drowns the language-model loss and overflows in training), got "
+                                 f"{getattr(self, name)!r}")
+        if self.gate_policy == "rescale" and self.promotion != "gate":
+            raise ValueError(f"ContinualConfig.gate_policy 'rescale' shrinks candidates the gate refuses, but promotion "
+                             f"is {self.promotion!r} (no gate): set promotion to 'gate' or leave gate_policy 'reject'")
         if not is_finite_number(self.retry_lr_factor) or not 0 < self.retry_lr_factor <= 1:
             raise ValueError(f"ContinualConfig.retry_lr_factor must be in (0, 1], got {self.retry_lr_factor!r}")
         if not is_finite_number(self.rescale_floor) or not 0 < self.rescale_floor <= 1:

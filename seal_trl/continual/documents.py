@@ -246,6 +246,10 @@ def read_documents(paths: str | Path | Iterable[str | Path], *, max_bytes: int =
     """
     if isinstance(paths, (str, Path)):
         paths = [paths]
+    paths = list(paths)
+    if any(not str(p).strip() for p in paths):
+        raise DocumentError("an empty path in --documents (an empty string would read the working directory): "
+                            "name the files or directories")
     files: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():

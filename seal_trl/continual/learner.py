@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
-from .anchor import write_anchor_texts
+from .anchor import check_anchor_texts, write_anchor_texts
 from .config import ContinualConfig
 from .gate import (CandidateOutputs, Constraint, GateVerdict, evaluate_gate, run_constraints,
                    total_budget_objectives)
@@ -102,6 +103,8 @@ class ContinualLearner:
         self.suite = regression_suite or RegressionSuite.bundled()
         if self.config.check_regression:
             self.suite.check_measurable(tokenizer)
+        if self.config.anchor_weight > 0 and self.config.anchor_texts:
+            check_anchor_texts(tokenizer, self.config.anchor_texts)
         self.inner = ContinualInnerLoop(model, tokenizer, inner_config, regularization=self.config.regularization)
         self._loaded: str | None = None
         self._synced = False  # whether the in-memory model reflects `_loaded` yet
@@ -382,7 +385,7 @@ class ContinualLearner:
                 failures.append(f"self-edit {i}: {result.error_message}")
                 continue
             score = score_probe(self.model, self.tokenizer, probe)
-            key = (score[cfg.thresholds.probe_metric], score["loglik"])
+            key = candidate_rank(score, cfg.thresholds.probe_metric)
             if best is None or key > best["key"]:
                 best = {"key": key, "state": self.inner.adapter_state_dict(), "index": i, "edit": edit,
                         "new": new, "replay": replay, "edit_error": edit_error, "result": result}
@@ -409,6 +412,12 @@ class ContinualLearner:
         cfg["base_model_name_or_path"] = self.registry.base_model
         cfg["inference_mode"] = True
         return json.loads(json.dumps(cfg, default=lambda o: sorted(o) if isinstance(o, (set, frozenset)) else str(o)))
+
+
+def candidate_rank(score: Mapping[str, float], metric: str) -> tuple[float, float]:
+    """How a trained self-edit ranks against the others on the gate half: its probe metric, then its log-likelihood.
+    A NaN ranks lowest (compared as is, it is never greater, so a NaN first self-edit would block every later one)."""
+    return tuple(-math.inf if math.isnan(v) else float(v) for v in (score[metric], score["loglik"]))
 
 
 def _view(scores: Mapping[str, Any], doc_id: str, earlier: Sequence[str]) -> dict[str, Any]:

@@ -85,11 +85,32 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: done once, at import, not while threads may run
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _creation_mode(kind: int) -> int:
+    """`kind` (0o666 files, 0o777 directories) less the umask: what open()/mkdir() would give, where mkstemp/mkdtemp
+    give 0o600/0o700 (a registry shared by a group would lock the group out at its first write)."""
+    return kind & ~_UMASK
+
+
 def atomic_write_bytes(path: Path, data: bytes, *, hook: str | None = None) -> None:
-    """Write `data` to `path` so that readers see either the old file or the new one, never a torn one."""
+    """Write `data` to `path` so that readers see either the old file or the new one, never a torn one; the file
+    keeps the permissions it had (a new one gets the usual ones)."""
     path = Path(path)
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = _creation_mode(0o666)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, mode)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -109,8 +130,9 @@ def atomic_write_json(path: Path, data: Any, *, hook: str | None = None) -> None
 
 def _leftover_of_creation(path: Path) -> bool:
     """What a registry creation killed before its manifest was written leaves behind."""
-    return path.name in (".lock", ".lock.json") or (path.name == "versions" and path.is_dir()
-                                                      and not any(path.iterdir()))
+    return (path.name in (".lock", ".lock.json")
+            or (path.name.startswith(f".{MANIFEST}.") and path.name.endswith(".tmp"))  # killed before its replace
+            or (path.name == "versions" and path.is_dir() and not any(path.iterdir())))
 
 
 def check_new_registry_location(root: str | os.PathLike) -> None:
@@ -335,6 +357,7 @@ class AdapterRegistry:
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
             _fsync_dir(tmp)
+            os.chmod(tmp, _creation_mode(0o777))
             _at("version_files_written")
             os.replace(tmp, versions_dir / name)
             _fsync_dir(versions_dir)

@@ -116,7 +116,7 @@ class _ProbeItem(_Strict):
 
 class _Probe(_Strict):
     kind: str
-    items: list[_ProbeItem]
+    items: list[_ProbeItem] = Field(min_length=1)
     context_id: str | None = None
     distractors: list[str] = []
     held_out: list[str] = []
@@ -127,7 +127,7 @@ class DocumentRecord(_Strict):
 
     document: _Document
     probe: _Probe
-    examples: list[str]
+    examples: list[Annotated[str, Field(min_length=1)]]
 
 
 _DOCUMENTS = TypeAdapter(list[DocumentRecord])

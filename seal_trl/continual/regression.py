@@ -99,6 +99,10 @@ class RegressionSuite:
                 "heldout_words": len(self.heldout_text.split())}
 
 
+#: exp() of more overflows a float: a model that diverged this far scores an infinite perplexity (refused by the gate).
+MAX_LOG_PERPLEXITY = 709.0
+
+
 @torch.no_grad()
 def perplexity(model, tokenizer, text: str, *, window: int = 512) -> float:
     """exp(mean next-token NLL) of `text`, in non-overlapping windows of `window` tokens."""
@@ -112,7 +116,8 @@ def perplexity(model, tokenizer, text: str, *, window: int = 512) -> float:
         logp, mask = token_logprobs(model(input_ids=chunk).logits, chunk)
         total -= float(logp.sum())
         count += int(mask.sum())
-    return math.exp(total / max(count, 1))
+    mean_nll = total / max(count, 1)
+    return math.inf if mean_nll > MAX_LOG_PERPLEXITY else math.exp(mean_nll)
 
 
 @torch.no_grad()
