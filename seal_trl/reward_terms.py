@@ -108,10 +108,7 @@ class RewardTerms:
     def measure_general(self, model, tokenizer, probe=None) -> dict[str, float]:
         """`{"general": value}`: the held-out text's perplexity, or the QA set's soft accuracy (percent)."""
         if self.general_metric == "perplexity":
-            try:
-                value = perplexity(model, tokenizer, self.suite.heldout_text)
-            except OverflowError:  # exp of a diverged model's NLL: the run fails as not finite
-                value = math.inf
+            value = perplexity(model, tokenizer, self.suite.heldout_text)  # inf for a diverged model: not finite
         else:
             value = qa_scores(model, tokenizer, self.suite)[1]
         return {"general": value}
