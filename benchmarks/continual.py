@@ -357,7 +357,9 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
         ratio = row.get("learning_ratio", {})
         ratio_text = (f"learning {ratio.get('mean', float('nan')):.2f} of naive's (goal >= {GOAL['learning_ratio']:.2f})"
                       if ratio.get("judgeable") else "learning ratio not judgeable (the naive arm's learning is not "
-                      "shown to be positive)")
+                      "shown to be positive)" + ("" if g.get("own_learning_shown") or name == "naive" else
+                                                  f"; its own learning {_fmt_ci(row['learning'])} is not shown "
+                                                  "positive either"))
         loss = 100 * (g["general_loss_over"] + GOAL["general_loss"])
         iso = row.get("learning_ratio_isolated")
         if iso:
@@ -420,7 +422,7 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
 def step_gain_lines(summary) -> list[str]:
     """The step's own gain per arm (after its step minus just before it, report halves), and each gated arm's ratio
     to the naive arm's: a secondary view beside the goal, which is defined on learning against the base model."""
-    from continual_report import ARM_LABELS, _ci as _fmt_ci
+    from continual_report import ARM_LABELS, _ci as _fmt_ci, _mean_ci
 
     rows = {name: row for name, row in summary.items() if "step_learning" in row}
     if not rows:
@@ -430,6 +432,10 @@ def step_gain_lines(summary) -> list[str]:
              "changed):"]
     for name, row in rows.items():
         text = f"- {ARM_LABELS.get(name, name)}: {_fmt_ci(row['step_learning'])}"
+        plast = row.get("plasticity_step")
+        if plast:
+            text += (f"; minus the same document learned alone {_fmt_ci(_mean_ci(plast['d']))}, slope over the stream "
+                     f"{plast['slope']:+.2f} [{plast['slope_low']:+.2f}, {plast['slope_high']:+.2f}] points per document")
         ratio = row.get("step_learning_ratio")
         if ratio:
             text += ((f"; {ratio['mean']:.2f} [{ratio['low']:.2f}, {ratio['high']:.2f}] of naive's" if ratio["judgeable"]
@@ -466,14 +472,15 @@ def _questions_text(rho, questions_per_half: float) -> str:
 
     def fmt(r: float) -> str:
         q = questions_for_reliability(r, questions_per_half)
-        return "no finite number" if q is None else f"{q:.0f}"
+        return "undefined" if r != r else "no finite number" if q is None else f"{q:.0f}"
 
     return f"{fmt(rho['mean'])} (from {fmt(rho['high'])} at the CI's upper end to {fmt(rho['low'])} at its lower)"
 
 
 def _goal_verdict(met: bool | None) -> str:
     if met is None:
-        return "forgetting and general loss within the limits, the learning criterion not judgeable"
+        return ("forgetting and general loss within the limits, its own learning shown, the learning ratio not "
+                "judgeable")
     return "met" if met else "not met"
 
 

@@ -66,7 +66,7 @@ def gate_signal(arm: Mapping[str, Any], metric: str, *, seed: int = 0, resamples
     report = np.array(step_learning(arm, metric))
 
     def spearman(idx: np.ndarray) -> float:
-        a, b = gate[idx].argsort().argsort(), report[idx].argsort().argsort()
+        a, b = _average_ranks(gate[idx]), _average_ranks(report[idx])
         if a.std() == 0 or b.std() == 0:
             return math.nan
         return float(np.corrcoef(a, b)[0, 1])
@@ -80,14 +80,22 @@ def gate_signal(arm: Mapping[str, Any], metric: str, *, seed: int = 0, resamples
                          "n": len(steps)}}
 
 
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks with ties given their average rank (a bootstrap resample repeats documents: their ties must not be
+    broken by position)."""
+    ranks = np.empty(len(x))
+    ranks[x.argsort(kind="stable")] = np.arange(len(x))
+    _, group = np.unique(x, return_inverse=True)
+    return (np.bincount(group, weights=ranks) / np.bincount(group))[group]
+
+
 def questions_for_reliability(correlation: float, questions: float, target: float = 0.8) -> float | None:
     """Questions per half for a split-half reliability of `target`, by the Spearman-Brown formula, from the
-    correlation between two halves of `questions` questions each; None where the correlation is not positive (no
-    number of questions is enough)."""
+    correlation between two halves of `questions` questions each (fewer than `questions` when the halves are already
+    more reliable than `target`); None where the correlation is not positive or NaN (no number of questions is
+    enough, or nothing to say). It reads the halves as parallel forms: the same kind of facts, asked alike."""
     if not correlation > 0:
         return None
-    if correlation >= target:
-        return float(questions)
     return questions * target * (1 - correlation) / (correlation * (1 - target))
 
 
@@ -167,9 +175,21 @@ def plasticity(arm_learning: Sequence[float], alone: Sequence[float], *, seed: i
             "first_third": _mean_ci(d[:third].tolist(), seed), "last_third": _mean_ci(d[-third:].tolist(), seed)}
 
 
+def _check_same_documents(arms) -> None:
+    """Arms are compared document by document in step order: every arm must have learned the same documents in the
+    same order (a partial arm a prefix of it), or the pairs would silently mismatch."""
+    orders = [[s["doc"] for s in arm["steps"]] for arm in arms]
+    longest = max(orders, key=len, default=[])
+    for order in orders:
+        if order != longest[: len(order)]:
+            raise ValueError(f"the arms learned different documents or orders ({order[:3]}... against "
+                             f"{longest[:3]}...): they cannot be paired; rerun them on the same pinned documents")
+
+
 def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accuracy") -> dict[str, Any]:
     """Every arm's learning, forgetting (both metrics), general loss, ratio to the naive arm's learning, plasticity
     against the isolated arm, and its distance to the goal."""
+    _check_same_documents(arms.values())
     out: dict[str, Any] = {}
     naive = learning(arms["naive"], metric) if "naive" in arms else None
     alone = learning(arms["isolated"], metric) if "isolated" in arms else None
@@ -186,6 +206,9 @@ def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accurac
         if stepped is not None:
             row["step_learning"] = _mean_ci(stepped)
             row["step_learning_per_doc"] = stepped
+            if alone is not None and name != "isolated":
+                # plasticity without the drift earlier promotions caused on the document before its own step
+                row["plasticity_step"] = plasticity(stepped, alone)
             if naive_step is not None and name not in ("naive", "isolated"):
                 # a secondary reference, beside the goal (which stays defined on learning against the base model)
                 row["step_learning_ratio"] = ratio_ci(stepped, naive_step)
@@ -219,11 +242,15 @@ def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accurac
                                "mean", math.nan),
                            "general_loss_over": loss - GOAL["general_loss"]}
             others_met = row["goal"]["forgetting_over"] <= 0 and row["goal"]["general_loss_over"] <= 0
-            judgeable = row.get("learning_ratio", {}).get("judgeable", False) or name == "naive"
-            # True/False where every criterion can be judged; None when forgetting and general loss hold but the
-            # learning criterion cannot be judged (the naive arm's learning not shown positive)
-            row["goal"]["met"] = ((others_met and row["goal"]["learning_ratio_short"] <= 0) if judgeable
-                                  else (None if others_met else False))
+            row["goal"]["own_learning_shown"] = bool(row["learning"]["low"] > 0)
+            # True/False where every criterion can be judged. Without a learning reference (the naive arm's learning
+            # not shown positive) the rule of `closest_to_goal`: an arm whose own learning is not shown positive does
+            # not meet the goal (refusing everything would meet it for free); None only when forgetting and general
+            # loss hold and the arm's learning is shown, so that only "80% of naive's" cannot be judged.
+            if row.get("learning_ratio", {}).get("judgeable", False):
+                row["goal"]["met"] = others_met and row["goal"]["learning_ratio_short"] <= 0
+            else:
+                row["goal"]["met"] = None if others_met and row["goal"]["own_learning_shown"] else False
         out[name] = row
     return out
 
@@ -285,7 +312,9 @@ def table(summary: Mapping[str, Any], metric_name: str = "soft accuracy") -> lis
             lines.append(f"| {label} | {_ci(row['learning'])} | | | | | | |")
             continue
         g = row["general"]
-        ratio = _ci(row["learning_ratio"], "{:.2f}") if "learning_ratio" in row else ""
+        ratio = row.get("learning_ratio")
+        ratio = ("" if ratio is None else _ci(ratio, "{:.2f}") if ratio.get("judgeable", True)
+                 else "not judgeable (naive's learning not shown)")
         plast = row.get("plasticity")
         slope = (f"{plast['slope']:+.2f} [{plast['slope_low']:+.2f}, {plast['slope_high']:+.2f}]" if plast else "")
         lines.append(f"| {label} | {_ci(row['learning'])} | {_ci(row['forgetting'])} | {ratio} | "
@@ -350,6 +379,7 @@ def partial_summary(arm: Mapping[str, Any], naive: Mapping[str, Any] | None, met
     from seal_trl.stats import paired_comparison
 
     steps = arm["steps"]
+    _check_same_documents([arm] + ([naive] if naive is not None else []))
     learned = learning(arm, metric)
     out: dict[str, Any] = {"steps": len(steps), "learning": _mean_ci(learned),
                            "promoted": sum(bool(s.get("promoted")) for s in steps),

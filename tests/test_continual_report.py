@@ -4,6 +4,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -121,8 +122,13 @@ def test_learning_ratio_not_judged_when_naive_learns_nothing():
     closest = closest_to_goal(s)
     assert not closest["learning_ratio_judged"] and "learning_ratio" not in closest["parts"]
     assert closest["parts"]["learning_shown"] == 1.0  # reject learned nothing: not at the goal for free
-    # forgetting and general loss hold, the learning criterion cannot be judged: neither met nor not met
-    assert s["reject"]["goal"]["met"] is None
+    # forgetting and general loss hold but reject's own learning is not shown: not met, as the ranking says
+    assert s["reject"]["goal"]["met"] is False and s["naive"]["goal"]["met"] is False
+    reject_row = next(line for line in table(s) if line.startswith("| replay + anchor + gate, reject"))
+    assert "not judgeable" in reject_row  # not a ratio CI that looks like a result
+    # an arm that does learn, within the other limits: only "80% of naive's" cannot be judged
+    learns = summarise({**arms, "reject": _arm([25, 30, 35], [25, 30, 35], [20, 20, 20])})
+    assert learns["reject"]["goal"]["own_learning_shown"] and learns["reject"]["goal"]["met"] is None
     worse = summarise({**arms, "reject": _arm([20, 20, 20], [10, 10, 20], [20, 20, 20])})
     assert worse["reject"]["goal"]["met"] is False  # forgetting 10 points is over the limit whatever learning says
 
@@ -202,6 +208,50 @@ def test_questions_for_reliability_follows_spearman_brown():
     # r = 0.5 between 6-question halves: 4x the questions gives 4 * 0.5 / (1 + 3 * 0.5) = 0.8
     assert questions_for_reliability(0.5, 6) == pytest.approx(24.0)
     assert questions_for_reliability(0.2, 6) == pytest.approx(96.0)
-    assert questions_for_reliability(0.9, 6) == 6.0  # already reliable enough
+    assert questions_for_reliability(0.9, 6) == pytest.approx(6 * 4 * 0.1 / 0.9)  # fewer than 6 would do
     assert questions_for_reliability(0.0, 6) is None and questions_for_reliability(-0.3, 6) is None
     assert questions_for_reliability(float("nan"), 6) is None
+
+
+def test_plasticity_on_the_step_gain_leaves_out_drift_before_the_step():
+    """Learning against the base model carries what earlier promotions did to a document before its own step; the
+    step-gain plasticity compares only the step's own gain with learning the document alone."""
+    stream = _arm([20, 20, 20, 20], [20, 20, 20, 20], [20, 20, 20, 20])
+    for k, step in enumerate(stream["steps"]):  # each document had drifted down 2k points before its step...
+        step["before_own"] = {"soft_accuracy": 20.0 - 2 * k}
+        step["scores"][step["doc"]]["soft_accuracy"] = 25.0 - 2 * k  # ...and the step then gains 5, as alone
+    alone = _arm([25, 25, 25, 25], [25, 25, 25, 25], [20, 20, 20, 20])
+    s = summarise({"naive": stream, "isolated": alone})["naive"]
+    assert s["plasticity"]["slope"] == pytest.approx(-2.0)  # against the base: the drift reads as lost plasticity
+    assert s["plasticity_step"]["slope"] == pytest.approx(0.0) and s["plasticity_step"]["d"] == [0.0] * 4
+
+
+def test_arms_that_learned_other_documents_are_refused_not_paired():
+    from continual_report import partial_summary
+
+    naive = _arm([40, 50, 60], [20, 30, 60], [20, 20, 20])
+    other = _arm([40, 50, 60], [20, 30, 60], [20, 20, 20])
+    other["steps"][0]["doc"], other["steps"][1]["doc"] = "d1", "d0"
+    for step in naive["steps"] + other["steps"]:
+        step["seconds"] = 1.0
+    with pytest.raises(ValueError, match="cannot be paired"):
+        summarise({"naive": naive, "reject": other})
+    with pytest.raises(ValueError, match="cannot be paired"):
+        partial_summary({**other, "steps": other["steps"][:2]}, naive)
+    assert partial_summary({**naive, "steps": naive["steps"][:2]}, naive)["steps"] == 2  # a prefix is fine
+
+
+def test_spearman_gives_tied_values_their_average_rank():
+    from continual_report import _average_ranks
+
+    assert _average_ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
+    from continual_report import gate_signal
+
+    steps = []
+    for k, (g, r) in enumerate(zip([1.0, 1.0, 2.0, 3.0], [2.0, 1.0, 3.0, 4.0])):
+        doc = f"d{k}"
+        steps.append({"doc": doc, "before_own": {"soft_accuracy": 10.0}, "scores": {doc: {"soft_accuracy": 10.0 + r}},
+                      "gate_view": {"before_new": {doc: {"soft_accuracy": 20.0}},
+                                    "after_new": {doc: {"soft_accuracy": 20.0 + g}}}})
+    # tied gate gains share a rank: 4.5 / sqrt(4.5 * 5), where ranking the tie by position would give 0.8
+    assert gate_signal({"steps": steps}, "soft_accuracy")["spearman"]["mean"] == pytest.approx(4.5 / math.sqrt(22.5))
