@@ -153,6 +153,43 @@ def test_killed_while_adding_a_version_loses_nothing(tmp_path, hook):
     assert_same(after.load_adapter(v), adapter(3))
 
 
+@pytest.mark.parametrize("hook", ["version_renamed", "manifest_temp_written", "manifest_replaced"])
+def test_a_version_added_and_promoted_in_one_write_is_both_or_neither(tmp_path, hook):
+    """Added then promoted in two writes, an interruption between them left a gate-passed version committed but
+    not promoted (the next run learned its document again)."""
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    v1 = add(reg, 1)
+    reg.promote(v1)
+    before = reg.manifest()
+    done = worker("crash-add-promote", reg.root, hook)
+    assert done.returncode == -9, done.stderr
+    after = AdapterRegistry(reg.root)
+    if hook == "manifest_replaced":
+        new = after.promoted
+        assert new != v1 and after.get(new)["parent"] == v1 and after.get(new)["promoted_at"]
+        assert after.manifest()["log"][-1]["version"] == new
+        assert_same(after.load_adapter(new), adapter(99))
+    else:
+        assert after.manifest() == before
+
+
+def test_add_and_promote_checks_what_promote_checks_before_writing(tmp_path):
+    reg = AdapterRegistry(tmp_path / "reg", create=True)
+    v1 = add(reg, 1)
+    reg.promote(v1)
+    before = reg.manifest()
+    refused = {"passed": False, "objectives": [], "reasons": ["regression_perplexity: +9%"]}
+    with pytest.raises(RegistryError, match="promoted only with a reason"):
+        reg.add_version(adapter(2), CONFIG, parent=v1, documents=[], metrics={}, verdict=refused, promote=True)
+    nan = {**adapter(2), "m.q_proj.lora_A.weight": torch.full((2, 8), float("nan"))}
+    with pytest.raises(RegistryError, match="nothing was changed"):
+        reg.add_version(nan, CONFIG, parent=v1, documents=[], metrics={}, verdict=verdict(), promote=True)
+    assert reg.manifest() == before and sorted(p.name for p in (reg.root / "versions").iterdir()) == [v1]
+    v2 = reg.add_version(adapter(2), CONFIG, parent=v1, documents=[], metrics={}, verdict=refused, promote=True,
+                         reason="promotion=always")
+    assert reg.promoted == v2 and reg.manifest()["log"][-1]["reason"] == "promotion=always"
+
+
 def test_a_second_run_fails_clearly_or_waits_for_the_lock(tmp_path):
     reg = AdapterRegistry(tmp_path / "reg", create=True)
     ready = tmp_path / "ready"

@@ -333,16 +333,15 @@ class ContinualLearner:
                                   "regression_suite": self.suite.fingerprint() if cfg.check_regression else None}}
             if cfg.gate_policy == "rescale":
                 metrics["rescale"] = {"scale": scale, "tried": tried}
+            promote = cfg.promotion == "always" or (cfg.promotion == "gate" and verdict.passed)
             version = self.registry.add_version(
                 judged["state"], self._adapter_config(), parent=parent,
                 documents=[{"doc_id": document.doc_id, "title": document.title, "sha256": document.sha256,
                             "probe": probe.kind, "source": document.source}],
                 metrics=metrics, verdict=verdict.to_json(),
-                files={"documents.json": [record], "self_edit.txt": best["edit"]})
-            promote = cfg.promotion == "always" or (cfg.promotion == "gate" and verdict.passed)
+                files={"documents.json": [record], "self_edit.txt": best["edit"]}, promote=promote,
+                reason="" if verdict.passed else "promotion=always (naive sequential merge)")
             if promote:
-                reason = "" if verdict.passed else "promotion=always (naive sequential merge)"
-                self.registry.promote(version, reason=reason)
                 self._scores[version] = {"docs": {_probe_key(d, probes[d]): v for d, v in after["docs"].items()},
                                          **({"regression": after["regression"]} if "regression" in after else {})}
                 self.sync()

@@ -336,14 +336,19 @@ class AdapterRegistry:
 
     def add_version(self, adapter: Mapping[str, torch.Tensor], adapter_config: Mapping[str, Any], *,
                     parent: str | None, documents: Sequence[Mapping[str, Any]], metrics: Mapping[str, Any],
-                    verdict: Mapping[str, Any], files: Mapping[str, Any] | None = None) -> str:
-        """Commit a new (not yet promoted) version and return its name."""
+                    verdict: Mapping[str, Any], files: Mapping[str, Any] | None = None, promote: bool = False,
+                    reason: str = "") -> str:
+        """Commit a new version and return its name. With `promote`, it is committed and promoted in one manifest
+        write, so an interruption leaves neither (never a committed, gate-passed version left unpromoted); the
+        checks `promote()` makes (the gate or a `reason`, a loadable chain) are made first, on the tensors given."""
         from safetensors.torch import save_file
 
         with self.locked():
             manifest = self.manifest()
             if parent is not None and parent not in manifest["versions"]:
                 raise RegistryError(f"parent version {parent!r} does not exist in {self.root}")
+            if promote:
+                self._check_promotable(adapter, adapter_config, parent, verdict, reason)
             versions_dir = self.root / "versions"
             for stale in versions_dir.glob(".tmp-*"):  # leftovers of a crashed write: never committed
                 shutil.rmtree(stale, ignore_errors=True)
@@ -366,9 +371,23 @@ class AdapterRegistry:
                 "parent": parent, "created": _now(), "documents": list(documents), "metrics": dict(metrics),
                 "gate": dict(verdict), "promoted_at": [],
             }
+            if promote:
+                _point_to(manifest, name, "promote", reason)
             atomic_write_json(self.root / MANIFEST, manifest, hook="manifest_temp_written")
             _at("manifest_replaced")
             return name
+
+    def _check_promotable(self, adapter: Mapping[str, torch.Tensor], adapter_config: Mapping[str, Any],
+                          parent: str | None, verdict: Mapping[str, Any], reason: str) -> None:
+        """What `promote()` checks, for a version not written yet: nothing is written when one fails."""
+        if verdict.get("passed") is not True and not reason:
+            raise RegistryError(f"a version that did not pass the gate ({'; '.join(verdict.get('reasons', []))}) "
+                                "is promoted only with a reason")
+        problem = validate_adapter_config(dict(adapter_config)) or adapter_problem(adapter, adapter_config["r"])
+        if problem is not None:
+            raise RegistryError(f"cannot commit and promote this adapter: {problem} (nothing was changed)")
+        if parent is not None:
+            self.check_files(parent, "promote on top of")
 
     def _set_promoted(self, version: str | None, action: str, reason: str = "") -> dict[str, Any]:
         with self.locked():
@@ -377,14 +396,7 @@ class AdapterRegistry:
                 self.get(version)  # raises the clear error
             if version is not None:
                 self.check_files(version, action)
-            previous = manifest["promoted"]
-            manifest["promoted"] = version
-            entry = {"action": action, "version": version, "from": previous, "time": _now()}
-            if reason:
-                entry["reason"] = reason
-            manifest["log"].append(entry)
-            if version is not None and action == "promote":
-                manifest["versions"][version]["promoted_at"].append(entry["time"])
+            entry = _point_to(manifest, version, action, reason)
             atomic_write_json(self.root / MANIFEST, manifest, hook="manifest_temp_written")
             _at("manifest_replaced")
             return entry
@@ -466,6 +478,18 @@ class AdapterRegistry:
 
 
 _VERSION_NAME = re.compile(VERSION_PATTERN, re.ASCII)
+
+
+def _point_to(manifest: dict[str, Any], version: str | None, action: str, reason: str = "") -> dict[str, Any]:
+    """Move the manifest's promoted pointer to `version` (in memory) and log it; returns the log entry."""
+    entry = {"action": action, "version": version, "from": manifest["promoted"], "time": _now()}
+    if reason:
+        entry["reason"] = reason
+    manifest["promoted"] = version
+    manifest["log"].append(entry)
+    if version is not None and action == "promote":
+        manifest["versions"][version]["promoted_at"].append(entry["time"])
+    return entry
 
 
 def adapter_problem(tensors: Mapping[str, torch.Tensor], rank: int) -> str | None:

@@ -2,6 +2,7 @@
 
 usage: registry_worker.py crash REGISTRY VERSION_TO_PROMOTE HOOK   (SIGKILL itself at HOOK during a promotion)
        registry_worker.py crash-add REGISTRY HOOK                  (SIGKILL itself at HOOK while adding a version)
+       registry_worker.py crash-add-promote REGISTRY HOOK          (the same, adding and promoting in one write)
        registry_worker.py hold REGISTRY READY_FILE SECONDS        (hold the lock, touch READY_FILE, sleep, touch READY_FILE.released)
        registry_worker.py add REGISTRY N TAG                      (add N versions, waiting for the lock)
 """
@@ -41,10 +42,11 @@ def main():
         registry = AdapterRegistry(root)
         reg_mod.set_write_hook(_kill_at(sys.argv[4]))
         registry.promote(sys.argv[3])
-    elif action == "crash-add":
+    elif action in ("crash-add", "crash-add-promote"):
         registry = AdapterRegistry(root)
         reg_mod.set_write_hook(_kill_at(sys.argv[3]))
-        registry.add_version(_adapter(99), CONFIG, parent=registry.promoted, documents=[], metrics={}, verdict=PASSED)
+        registry.add_version(_adapter(99), CONFIG, parent=registry.promoted, documents=[], metrics={}, verdict=PASSED,
+                             promote=action == "crash-add-promote")
     elif action == "hold":
         registry = AdapterRegistry(root)
         with registry.locked():
