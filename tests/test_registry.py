@@ -137,15 +137,21 @@ def test_killed_mid_promotion_leaves_a_valid_registry(tmp_path, hook):
     after.rollback(v1) if after.promoted != v1 else after.promote(v2)  # and it keeps working
 
 
-@pytest.mark.parametrize("hook", ["version_renamed", "manifest_temp_written"])
-def test_killed_while_adding_a_version_loses_nothing(tmp_path, hook):
+def _killed_adding_on_top_of_v1(tmp_path, action: str, hook: str):
+    """A registry with v1 promoted, a worker SIGKILLed at `hook` while adding a version: (v1, the manifest before,
+    the registry reopened after)."""
     reg = AdapterRegistry(tmp_path / "reg", create=True)
     v1 = add(reg, 1)
     reg.promote(v1)
     before = reg.manifest()
-    done = worker("crash-add", reg.root, hook)
+    done = worker(action, reg.root, hook)
     assert done.returncode == -9, done.stderr
-    after = AdapterRegistry(reg.root)
+    return v1, before, AdapterRegistry(reg.root)
+
+
+@pytest.mark.parametrize("hook", ["version_renamed", "manifest_temp_written"])
+def test_killed_while_adding_a_version_loses_nothing(tmp_path, hook):
+    v1, before, after = _killed_adding_on_top_of_v1(tmp_path, "crash-add", hook)
     assert after.manifest() == before  # the half-written version was never committed
     v = add(after, 3, parent=v1)  # the next write cleans up and skips any orphan's number
     assert v != v1 and after.get(v)["parent"] == v1
@@ -157,13 +163,7 @@ def test_killed_while_adding_a_version_loses_nothing(tmp_path, hook):
 def test_a_version_added_and_promoted_in_one_write_is_both_or_neither(tmp_path, hook):
     """Added then promoted in two writes, an interruption between them left a gate-passed version committed but
     not promoted (the next run learned its document again)."""
-    reg = AdapterRegistry(tmp_path / "reg", create=True)
-    v1 = add(reg, 1)
-    reg.promote(v1)
-    before = reg.manifest()
-    done = worker("crash-add-promote", reg.root, hook)
-    assert done.returncode == -9, done.stderr
-    after = AdapterRegistry(reg.root)
+    v1, before, after = _killed_adding_on_top_of_v1(tmp_path, "crash-add-promote", hook)
     if hook == "manifest_replaced":
         new = after.promoted
         assert new != v1 and after.get(new)["parent"] == v1 and after.get(new)["promoted_at"]
