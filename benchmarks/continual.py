@@ -382,6 +382,7 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                      + "). Ranking: " + ", ".join(f"{r['arm']} {r['excess']:.2f}" for r in closest["ranking"]) + ".")
     lines += step_gain_lines(summary)
     lines += gate_signal_lines(summary, sum(len(d.report_questions) for d in documents) / max(len(documents), 1))
+    lines += general_signal_lines(summary)
     gate, rep = coverage["gate"], coverage["report"]
     lines += ["", f"The two halves: the shared self-edits restate {gate['in_self_edit']} of {gate['answers']} gate-half "
               f"answers and {rep['in_self_edit']} of {rep['answers']} report-half answers; mean position in the text "
@@ -464,6 +465,22 @@ def gate_signal_lines(summary, questions_per_half: float) -> list[str]:
                  "correlation r asks for 4 q (1 - r) / r questions per half for a reliability of 0.8 (Spearman-Brown): "
                  + "; ".join(f"{ARM_LABELS.get(name, name)} {_questions_text(g['spearman'], questions_per_half)}"
                              for name, g in rows.items()) + ".")
+    return lines
+
+
+def general_signal_lines(summary) -> list[str]:
+    """How well the regression suite's gate half predicted its report half, step by promoted step."""
+    from continual_report import ARM_LABELS, _ci as _fmt_ci
+
+    rows = {name: row["general_signal"] for name, row in summary.items() if "general_signal" in row}
+    if not rows:
+        return []
+    lines = ["", "The regression suite's two halves, per promoted step (held-out perplexity change in percent: what "
+             "the gate read on its half, and what the step did to the report half):"]
+    for name, g in rows.items():
+        lines.append(f"- {ARM_LABELS.get(name, name)}: gate half {_fmt_ci(g['gate'])}, report half "
+                     f"{_fmt_ci(g['report'])}, report minus gate {_fmt_ci(g['report_minus_gate'])}, largest gap "
+                     f"{g['largest_gap']:+.1f}, n = {g['n']} promoted steps.")
     return lines
 
 

@@ -137,6 +137,31 @@ def general_loss(arm: Mapping[str, Any]) -> dict[str, float]:
             "qa_soft_before": before["qa_soft_accuracy"], "qa_soft_after": after["qa_soft_accuracy"]}
 
 
+def general_signal(arm: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Whether the regression suite's gate half tells what its report half shows: per promoted step, the held-out
+    perplexity change the gate read (candidate against the promoted model, gate half, percent) and the change the
+    step made on the report half (after it against after the step before, percent); the report-minus-gate difference
+    paired over those steps, and the largest gap. None with fewer than 3 promoted steps or steps lacking the records."""
+    previous = arm["base"]["general"]["perplexity"]
+    gate, report = [], []
+    for s in arm["steps"]:
+        if not s.get("general"):
+            return None
+        current = s["general"]["perplexity"]
+        if s.get("promoted"):
+            read = next((o.get("value") for o in s.get("objectives", ()) if o.get("name") == "regression_perplexity"),
+                        None)
+            if read is not None:
+                gate.append(100 * read)
+                report.append(100 * (current / previous - 1))
+        previous = current
+    if len(gate) < 3:
+        return None
+    gaps = [r - g for g, r in zip(gate, report)]
+    return {"gate": _mean_ci(gate), "report": _mean_ci(report), "report_minus_gate": _mean_ci(gaps),
+            "largest_gap": max(gaps, key=abs), "n": len(gate)}
+
+
 def ratio_ci(a: Sequence[float], b: Sequence[float], *, seed: int = 0, resamples: int = 10_000
              ) -> dict[str, float]:
     """mean(a) / mean(b) over paired documents, with a paired percentile-bootstrap interval."""
@@ -219,6 +244,9 @@ def summarise(arms: Mapping[str, Mapping[str, Any]], metric: str = "soft_accurac
             row["forgetting_per_doc"] = forgetting(arm, metric)
             row["forgetting_accuracy"] = _mean_ci(forgetting(arm, "accuracy"))
             row["general"] = general_loss(arm)
+            signal = general_signal(arm)
+            if signal is not None:
+                row["general_signal"] = signal
             row["promoted"] = sum(bool(s.get("promoted")) for s in arm["steps"])
             scales = [s.get("scale", 1.0) for s in arm["steps"] if s.get("promoted")]
             row["mean_promoted_scale"] = float(np.mean(scales)) if scales else math.nan

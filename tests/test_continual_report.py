@@ -255,3 +255,20 @@ def test_spearman_gives_tied_values_their_average_rank():
                                     "after_new": {doc: {"soft_accuracy": 20.0 + g}}}})
     # tied gate gains share a rank: 4.5 / sqrt(4.5 * 5), where ranking the tie by position would give 0.8
     assert gate_signal({"steps": steps}, "soft_accuracy")["spearman"]["mean"] == pytest.approx(4.5 / math.sqrt(22.5))
+
+
+def test_general_signal_compares_what_the_gate_read_with_what_the_report_half_shows():
+    from continual_report import general_signal
+
+    arm = _arm([20] * 4, [20] * 4, [20] * 4)
+    report_ppl = [33.0, 33.0, 34.65, 31.185]  # +10%, refused (unchanged), +5%, -10% on the report half
+    for step, ppl, promoted, read in zip(arm["steps"], report_ppl, [True, False, True, True], [0.08, 0.5, 0.05, -0.1]):
+        step["general"]["perplexity"] = ppl
+        step["promoted"] = promoted
+        step["objectives"] = [{"name": "regression_perplexity", "value": read, "passed": True}]
+    g = general_signal(arm)  # base 30.0
+    assert g["n"] == 3 and g["gate"]["mean"] == pytest.approx((8 + 5 - 10) / 3)
+    assert g["report"]["mean"] == pytest.approx((10 + 5 - 10) / 3)
+    assert g["report_minus_gate"]["mean"] == pytest.approx(2 / 3) and g["largest_gap"] == pytest.approx(2.0)
+    arm["steps"][0]["promoted"] = arm["steps"][2]["promoted"] = False
+    assert general_signal(arm) is None  # fewer than 3 promoted steps
