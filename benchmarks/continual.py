@@ -382,7 +382,7 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                      + "). Ranking: " + ", ".join(f"{r['arm']} {r['excess']:.2f}" for r in closest["ranking"]) + ".")
     lines += step_gain_lines(summary)
     lines += gate_signal_lines(summary, sum(len(d.report_questions) for d in documents) / max(len(documents), 1))
-    lines += general_signal_lines(summary)
+    lines += general_signal_lines(summary, partials)
     gate, rep = coverage["gate"], coverage["report"]
     lines += ["", f"The two halves: the shared self-edits restate {gate['in_self_edit']} of {gate['answers']} gate-half "
               f"answers and {rep['in_self_edit']} of {rep['answers']} report-half answers; mean position in the text "
@@ -449,7 +449,7 @@ def step_gain_lines(summary) -> list[str]:
 def gate_signal_lines(summary, questions_per_half: float) -> list[str]:
     """How well the gate half's gain predicts the report half's, for the arms that keep every candidate, and how many
     questions a half would need for that signal to be reliable."""
-    from continual_report import ARM_LABELS, _ci as _fmt_ci, questions_for_reliability
+    from continual_report import ARM_LABELS, _ci as _fmt_ci
 
     rows = {name: row["gate_signal"] for name, row in summary.items() if "gate_signal" in row}
     if not rows:
@@ -468,17 +468,20 @@ def gate_signal_lines(summary, questions_per_half: float) -> list[str]:
     return lines
 
 
-def general_signal_lines(summary) -> list[str]:
-    """How well the regression suite's gate half predicted its report half, step by promoted step."""
+def general_signal_lines(summary, partials=None) -> list[str]:
+    """How well the regression suite's gate half predicted its report half, step by promoted step (an arm stopped
+    early on its finished steps)."""
     from continual_report import ARM_LABELS, _ci as _fmt_ci
 
-    rows = {name: row["general_signal"] for name, row in summary.items() if "general_signal" in row}
+    rows = {name: row["general_signal"] for name, row in {**summary, **(partials or {})}.items()
+            if "general_signal" in row}
     if not rows:
         return []
     lines = ["", "The regression suite's two halves, per promoted step (held-out perplexity change in percent: what "
              "the gate read on its half, and what the step did to the report half):"]
     for name, g in rows.items():
-        lines.append(f"- {ARM_LABELS.get(name, name)}: gate half {_fmt_ci(g['gate'])}, report half "
+        lines.append(f"- {ARM_LABELS.get(name, name)}{' (stopped early)' if name in (partials or {}) else ''}: "
+                     f"gate half {_fmt_ci(g['gate'])}, report half "
                      f"{_fmt_ci(g['report'])}, report minus gate {_fmt_ci(g['report_minus_gate'])}, largest gap "
                      f"{g['largest_gap']:+.1f}, n = {g['n']} promoted steps.")
     return lines

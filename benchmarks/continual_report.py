@@ -420,4 +420,7 @@ def partial_summary(arm: Mapping[str, Any], naive: Mapping[str, Any] | None, met
     if steps and steps[-1].get("general"):
         # general ability after the last finished step, against the base: what a budget arm is about
         out["general_so_far"] = general_loss(arm)
+        signal = general_signal(arm)
+        if signal is not None:
+            out["general_signal"] = signal
     return out
