@@ -21,7 +21,9 @@ Arms (all from scratch in every invocation; `--arms` picks):
 Arms run as separate processes (`--jobs` at a time, `--threads` each), write their steps to `--out` as they go, and
 resume there after an interruption (same commit and settings only). The table, the JSON (benchmarks/continual_results.json)
 and the chart (benchmarks/continual_forgetting.png) are written by the invocation that finishes the last arm, with
-the commit in them.
+the commit in them. The JSON also holds what the run pinned and every arm's steps: a run directory lost with its
+machine is rebuilt from it by `--restore-from` (finished arms kept; an arm stopped early reruns from scratch, its
+registry of adapters is not in the JSON).
 
     PYTHONPATH=. python benchmarks/continual.py --out runs/continual --jobs 2      # embedded SmolLM2-135M, 2 cores
     PYTHONPATH=. python benchmarks/continual.py --model tiny --documents 3 --out /tmp/c   # a smoke run (not appended)
@@ -111,6 +113,41 @@ def run_suite_halves(out: Path):
                  for name in ("gate", "report"))
 
 
+PINNED = ("documents.json", "regression_suite.json", "regression_halves.json")
+
+
+def restore_run(results_path: Path, out: Path) -> list[str]:
+    """Rebuild a run directory lost with its machine from the JSON its report wrote (`run`, `self_edits`, `pinned`,
+    `arms`): the settings, the shared self-edits, the pinned documents and suite halves, and every finished arm, so the
+    report and any arm not yet finished can run there again. An arm stopped early is not restored (its registry of
+    promoted adapters is not in the JSON, so it cannot resume): it reruns from scratch. Returns notes to print."""
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        sys.exit(f"--restore-from {results_path}: cannot read it ({err}); pass the continual_results.json a report wrote")
+    missing = [key for key in ("run", "self_edits", "pinned", "arms") if key not in results]
+    if missing:
+        sys.exit(f"--restore-from {results_path}: it has no {', '.join(missing)} (written by a report before runs "
+                 "could be restored); rebuild the run directory by hand or rerun its arms")
+    absent = [name for name in PINNED if name not in results["pinned"]]
+    if absent:
+        sys.exit(f"--restore-from {results_path}: its pinned files lack {', '.join(absent)}")
+    if out.exists() and any(out.iterdir()):
+        sys.exit(f"--restore-from: {out} is not empty; pass a new or empty --out (a restore never overwrites a run)")
+    out.mkdir(parents=True, exist_ok=True)
+    _write(out / "run.json", results["run"])
+    _write(out / "self_edits.json", results["self_edits"])
+    for name in PINNED:
+        _write(out / name, results["pinned"][name])
+    for arm, record in results["arms"].items():
+        if arm not in ARMS:
+            sys.exit(f"--restore-from {results_path}: unknown arm {arm!r} in it; choose from {', '.join(ARMS)}")
+        _write(out / f"arm-{arm}.json", record)
+    return [f"{arm}: stopped after {len(record['steps'])} of {results['run']['settings']['documents']} documents when "
+            "reported; its registry is not in the JSON, so it reruns from scratch" for arm, record in
+            results.get("partial_arms", {}).items()]
+
+
 def arm_config(name: str, args) -> dict:
     from seal_trl.continual.gate import GateThresholds
 
@@ -157,6 +194,11 @@ def run_worker(name: str, args) -> None:
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    record_path = out / f"arm-{name}.json"
+    record = json.loads(record_path.read_text()) if record_path.exists() else None
+    if record is not None and record["steps"] and not (out / f"registry-{name}").exists():
+        sys.exit(f"{record_path} has {len(record['steps'])} steps but {out}/registry-{name} is missing (a restored or "
+                 f"copied run): delete {record_path} to rerun {name} from scratch")
     docs = run_documents(out, args.documents)
     edits = json.loads((out / "self_edits.json").read_text())
     gate_suite, report_suite = run_suite_halves(out)
@@ -164,8 +206,6 @@ def run_worker(name: str, args) -> None:
     inner = InnerLoopConfig(lora_r=args.lora_r, lora_alpha=2 * args.lora_r, num_epochs=args.epochs,
                             learning_rate=args.lr, seed=args.seed)
     config = ContinualConfig(seed=args.seed, max_self_edit_lines=args.max_lines, **arm_config(name, args))
-    record_path = out / f"arm-{name}.json"
-    record = json.loads(record_path.read_text()) if record_path.exists() else None
     registry_dir = out / f"registry-{name}"
     if record is None and registry_dir.exists():
         shutil.rmtree(registry_dir)
@@ -331,7 +371,8 @@ def report(args, out: Path, arms: list[str], commit: str, wall: float, partial: 
                        "closest_to_goal": closest_to_goal(summary), "partial": partials,
                        "not_run": not_run, "half_coverage": coverage,
                        "arms": records, "partial_arms": {a: json.loads((out / f"arm-{a}.json").read_text()) for a in partial},
-                       "self_edits": self_edits})
+                       "self_edits": self_edits,
+                       "pinned": {name: json.loads((out / name).read_text(encoding="utf-8")) for name in PINNED}})
     plot(summary, png_path)
     seconds = {a: sum(s["seconds"] for s in r["steps"]) for a, r in records.items()}
     lines = ["", f"## Continual learning at scale: gate policies on {args.documents} documents (commit {commit})", "",
@@ -529,6 +570,9 @@ def main() -> None:
     p.add_argument("--report-only", action="store_true",
                    help="run no arm: report --arms (finished) and --partial-arms (stopped early) as they are")
     p.add_argument("--partial-arms", default="", help="with --report-only: arms reported on their finished steps")
+    p.add_argument("--restore-from", default=None, metavar="JSON",
+                   help="first rebuild an empty --out from a report's continual_results.json (its settings, self-edits, "
+                        "pinned data and finished arms), e.g. after the run directory was lost with its machine")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     out = Path(args.out)
@@ -546,6 +590,9 @@ def main() -> None:
     start = time.perf_counter()
     if args.fresh and out.exists():
         shutil.rmtree(out)
+    if args.restore_from is not None:
+        for note in restore_run(Path(args.restore_from), out):
+            print(f"note: {note}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     start_run(args, out, commit)
     run_documents(out, args.documents)  # pinned before any arm process reads them
