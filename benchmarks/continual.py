@@ -125,27 +125,33 @@ def restore_run(results_path: Path, out: Path) -> list[str]:
         results = json.loads(results_path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         sys.exit(f"--restore-from {results_path}: cannot read it ({err}); pass the continual_results.json a report wrote")
+    if not isinstance(results, dict):
+        sys.exit(f"--restore-from {results_path}: not a report's JSON object")
     missing = [key for key in ("run", "self_edits", "pinned", "arms") if key not in results]
     if missing:
         sys.exit(f"--restore-from {results_path}: it has no {', '.join(missing)} (written by a report before runs "
                  "could be restored); rebuild the run directory by hand or rerun its arms")
-    absent = [name for name in PINNED if name not in results["pinned"]]
-    if absent:
-        sys.exit(f"--restore-from {results_path}: its pinned files lack {', '.join(absent)}")
+    try:  # everything checked before anything is written
+        files = {"run.json": results["run"], "self_edits.json": results["self_edits"],
+                 **{name: results["pinned"][name] for name in PINNED}}
+        unknown = sorted(set(results["arms"]) - set(ARMS))
+        files |= {f"arm-{arm}.json": record for arm, record in results["arms"].items() if arm in ARMS}
+        not_done = [arm for arm, record in results["arms"].items() if not record.get("done")]
+        notes = [f"{arm}: stopped after {len(record['steps'])} of {results['run']['settings']['documents']} documents "
+                 "when reported; its registry is not in the JSON, so it reruns from scratch"
+                 for arm, record in results.get("partial_arms", {}).items()]
+    except (KeyError, TypeError, AttributeError) as err:
+        sys.exit(f"--restore-from {results_path}: malformed ({type(err).__name__}: {err}); pass the "
+                 "continual_results.json a report wrote, unedited")
+    if unknown or not_done:
+        sys.exit(f"--restore-from {results_path}: its finished arms include "
+                 f"{', '.join(map(repr, unknown + not_done))}, unknown or not finished; arms: {', '.join(ARMS)}")
     if out.exists() and any(out.iterdir()):
         sys.exit(f"--restore-from: {out} is not empty; pass a new or empty --out (a restore never overwrites a run)")
     out.mkdir(parents=True, exist_ok=True)
-    _write(out / "run.json", results["run"])
-    _write(out / "self_edits.json", results["self_edits"])
-    for name in PINNED:
-        _write(out / name, results["pinned"][name])
-    for arm, record in results["arms"].items():
-        if arm not in ARMS:
-            sys.exit(f"--restore-from {results_path}: unknown arm {arm!r} in it; choose from {', '.join(ARMS)}")
-        _write(out / f"arm-{arm}.json", record)
-    return [f"{arm}: stopped after {len(record['steps'])} of {results['run']['settings']['documents']} documents when "
-            "reported; its registry is not in the JSON, so it reruns from scratch" for arm, record in
-            results.get("partial_arms", {}).items()]
+    for name, data in files.items():
+        _write(out / name, data)
+    return notes
 
 
 def arm_config(name: str, args) -> dict:

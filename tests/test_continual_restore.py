@@ -79,3 +79,15 @@ def test_a_restore_never_overwrites_and_needs_a_json_that_carries_the_run(finish
     (tmp_path / "broken.json").write_text("{")
     with pytest.raises(SystemExit, match="cannot read it"):
         restore_run(tmp_path / "broken.json", tmp_path / "empty")
+    results = json.loads(source.read_text())
+    naive = results["arms"]["naive"]
+    hostile = {"a list": [], "arms as a list": {**results, "arms": [naive]},
+               "a pinned file missing": {**results, "pinned": {"documents.json": []}},
+               "settings missing": {**results, "run": {}, "partial_arms": {"reject": naive}},
+               "an arm named like a path": {**results, "arms": {"../../naive": naive}},
+               "an unfinished arm among the finished": {**results, "arms": {"naive": {**naive, "done": False}}}}
+    for what, data in hostile.items():
+        (tmp_path / "hostile.json").write_text(json.dumps(data))
+        with pytest.raises(SystemExit, match="--restore-from .*hostile.json: "):
+            restore_run(tmp_path / "hostile.json", tmp_path / "empty")
+        assert not (tmp_path / "empty").exists(), what
