@@ -135,7 +135,7 @@ def restore_run(results_path: Path, out: Path) -> list[str]:
         files = {"run.json": results["run"], "self_edits.json": results["self_edits"],
                  **{name: results["pinned"][name] for name in PINNED}}
         unknown = sorted(set(results["arms"]) - set(ARMS))
-        files |= {f"arm-{arm}.json": record for arm, record in results["arms"].items() if arm in ARMS}
+        files |= {f"arm-{arm}.json": record for arm, record in results["arms"].items()}
         not_done = [arm for arm, record in results["arms"].items() if not record.get("done")]
         notes = [f"{arm}: stopped after {len(record['steps'])} of {results['run']['settings']['documents']} documents "
                  "when reported; its registry is not in the JSON, so it reruns from scratch"
