@@ -76,3 +76,48 @@ def test_a_learner_refuses_anchor_texts_too_short_to_anchor_when_it_starts(tmp_p
         make_learner(tmp_path / "on", tiny_model, tiny_tokenizer, anchor_texts=("a", "b"))
     make_learner(tmp_path / "off", tiny_model, tiny_tokenizer, anchor_weight=0.0, anchor_texts=("a", "b"))
     make_learner(tmp_path / "one", tiny_model, tiny_tokenizer, anchor_texts=("a", GENERAL[0]))
+
+
+def _content_words(question: str) -> set[str]:
+    import re
+
+    stop = {"what", "which", "how", "many", "is", "are", "there", "the", "a", "an", "in", "of", "do", "does", "you",
+            "we", "to", "on", "at", "from", "into", "our", "your", "called", "call", "usually", "most", "by", "with",
+            "it", "for", "be", "and", "or", "give", "write", "explain", "describe", "about", "why", "people", "have",
+            "has", "often"}
+    words = (w for w in re.findall(r"[a-z]+", question.lower()) if w not in stop)
+    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words}  # plurals read as their singular
+
+
+def test_the_default_anchor_asks_none_of_the_regression_suites_questions():
+    """The anchor holds the model's answers to its prompts where they were: a prompt that is one of the suite's
+    questions (or a rewording of it) would hold the very answers the gate's QA check reads for forgetting."""
+    from seal_trl.continual.anchor import GENERIC_PROMPTS
+    from seal_trl.continual.regression import RegressionSuite
+
+    suite = [item[0] for item in RegressionSuite.bundled().qa]
+    clashes = []
+    for prompt in GENERIC_PROMPTS:
+        mine = _content_words(prompt)
+        for question in suite:
+            shared = mine & _content_words(question)
+            if len(shared) >= 2 or (shared and len(shared) == len(_content_words(question))):
+                clashes.append((prompt, question))
+    assert not clashes
+    # the check itself catches a reworded question
+    assert _content_words("What do caterpillars turn into?") == _content_words("What does a caterpillar turn into?")
+
+
+def test_a_learner_refuses_an_anchor_that_asks_the_suites_questions(tmp_path, tiny_model, tiny_tokenizer):
+    from seal_trl.continual.anchor import check_anchor_apart
+    from seal_trl.continual.regression import RegressionSuite
+
+    suite = RegressionSuite.bundled()
+    asked = suite.qa[1][0]
+    texts = ["Rivers run to the sea.", f"Quiz time. {asked.upper()}  The answer is seven."]
+    with pytest.raises(ValueError, match="anchor text 2 asks the regression suite's question"):
+        make_learner(tmp_path, tiny_model, tiny_tokenizer, anchor_weight=1.0, anchor_texts=texts,
+                     check_regression=True)
+    # no regression check: nothing for the anchor to bias
+    make_learner(tmp_path / "off", tiny_model, tiny_tokenizer, anchor_weight=1.0, anchor_texts=texts)
+    check_anchor_apart(["Why? Because."], ["Why?"])  # too short a question to match anything

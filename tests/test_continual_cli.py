@@ -272,6 +272,10 @@ def test_adapt_refuses_unusable_texts_before_creating_the_registry(tmp_path, tin
                                           "answer": 1}]}
     (tmp_path / "short.json").write_text(json.dumps(suite))
     (tmp_path / "anchor.txt").write_text("a\n\nb\n")
+    # the anchor would hold the answers the gate reads: the bundled suite asks this, the default anchor asks that
+    (tmp_path / "asks.txt").write_text("Rivers run to the sea.\n\nHow many days are there in a week? Seven.\n")
+    (tmp_path / "clash.json").write_text(json.dumps({"heldout_text": "Rivers run to the sea. Bread needs flour.", "qa": [
+        {"question": "Which bird is often a symbol of peace?", "choices": ["dove", "crow"], "answer": 0}]}))
     cases = [
         (["--documents", str(doc), "--anchor-weight", "0", "--regression-suite", str(tmp_path / "short.json")],
          ["short.json (--regression-suite)", "1 token(s)"]),
@@ -282,6 +286,10 @@ def test_adapt_refuses_unusable_texts_before_creating_the_registry(tmp_path, tin
         (["--documents", str(doc), "--anchor-weight", "1e308"], ["--anchor-weight", "at most 10000"]),
         (["--documents", str(doc), "--regularization", "1e6"], ["--regularization", "at most 10000"]),
         (["--documents", ""], ["empty path in --documents"]),
+        (["--documents", str(doc), "--anchor-text", str(tmp_path / "asks.txt")],
+         ["asks.txt (--anchor-text)", "anchor text 2 asks the regression suite's question"]),
+        (["--documents", str(doc), "--regression-suite", str(tmp_path / "clash.json")],
+         ["clash.json (--regression-suite), against the default anchor's prompts", "symbol of peace"]),
     ]
     for extra, expected in cases:
         code = main([*base, *extra])

@@ -146,6 +146,23 @@ def _check_texts_measurable(args: argparse.Namespace, tokenizer, suite, anchor_t
             raise DocumentError(f"{args.anchor_text} (--anchor-text): {err}") from None
 
 
+def _check_anchor_apart(args: argparse.Namespace, suite, anchor_texts) -> None:
+    """The anchor (the user's texts, or the prompts the model answers) asks none of the gate's suite questions."""
+    from ..continual.anchor import GENERIC_PROMPTS, check_anchor_apart
+    from ..continual.documents import DocumentError
+    from ..continual.regression import RegressionSuite, RegressionSuiteError
+
+    if args.anchor_weight == 0 or args.no_regression:
+        return
+    try:
+        check_anchor_apart(anchor_texts or GENERIC_PROMPTS, [item[0] for item in (suite or RegressionSuite.bundled()).qa])
+    except ValueError as err:
+        if anchor_texts:
+            raise DocumentError(f"{args.anchor_text} (--anchor-text): {err}") from None
+        raise RegressionSuiteError(f"{args.regression_suite} (--regression-suite), against the default anchor's "
+                                   f"prompts: {err}") from None
+
+
 def _existing_registry(args: argparse.Namespace) -> AdapterRegistry | None:
     """The registry at --registry, its manifest and base model checked now; None when the directory is new (or
     empty) and could become one."""
@@ -174,6 +191,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     anchor_texts = (_read_anchor_texts(args.anchor_text, int(args.max_document_mb * 1_000_000))
                     if args.anchor_text else ())
     suite = _read_regression_suite(args)
+    _check_anchor_apart(args, suite, anchor_texts)
     config = ContinualConfig(
         mode=args.mode, promotion=args.promotion, replay_ratio=args.replay_ratio,
         max_replay_examples=args.max_replay_examples, regularization=args.regularization,

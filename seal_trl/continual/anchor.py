@@ -5,7 +5,8 @@ fine-tune on a few sentences also moves its predictions on everyday text (the ga
 as a perplexity rise). The anchor adds `weight * KL(reference || current)`, averaged over the tokens of a few
 general texts, to every training step. The reference distributions are computed once, from the model as it is
 before the fine-tune (the promoted model). With no texts given, the model writes its own from generic prompts,
-so the anchor needs no data; its prompts are not the regression suite's text or questions.
+so the anchor needs no data; its prompts ask none of the bundled regression suite's questions (a test checks it:
+the anchor holds its prompts' answers where they were, so a shared question would hold what the gate reads).
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ GENERIC_PROMPTS = (
     "Give three tips for keeping a kitchen tidy.",
     "Write a short paragraph about why people keep diaries.",
     "Explain what a library does for the people who live near it.",
-    "Describe how bread is made, step by step.",
-    "How many hours are there in a day?",
+    "Describe how a letter travels from its sender to the person who reads it.",
+    "How many strings does a standard guitar have?",
     "What is the tallest animal in the world?",
     "Which metal is most used in electrical wires?",
-    "What do caterpillars turn into?",
-    "How many months are there in a year?",
+    "Which bird is often a symbol of peace?",
+    "How many pieces does each player start with in chess?",
     "What is the main ingredient of guacamole?",
 )
 
@@ -40,6 +41,25 @@ def check_anchor_texts(tokenizer, texts: Sequence[str]) -> None:
     if not any(len(encode_text(tokenizer, t, add_special_tokens=False)) >= 2 for t in texts):
         raise ValueError(f"none of the {len(texts)} anchor text(s) is 2 tokens or longer (field `anchor_texts`): the "
                          "KL anchor needs general text, a sentence or more per paragraph")
+
+
+def check_anchor_apart(texts: Sequence[str], questions: Sequence[str]) -> None:
+    """Refuse anchor texts (or the prompts the model answers to write them) that ask one of the regression suite's
+    questions: the anchor holds the model's answer to it where it was, and the gate's QA check reads that answer for
+    forgetting. Questions under 3 words are too generic to match."""
+    def norm(text: str) -> str:
+        return " ".join(text.lower().replace("?", " ").split())
+
+    normalized = [norm(t) for t in texts]
+    for question in questions:
+        asked = norm(question)
+        if len(asked.split()) < 3:
+            continue
+        for k, text in enumerate(normalized):
+            if asked in text:
+                raise ValueError(f"anchor text {k + 1} asks the regression suite's question {question!r} (field "
+                                 "`anchor_texts`): the anchor would hold the answer the gate reads for forgetting; "
+                                 "drop it from the anchor texts or from the suite")
 
 
 def write_anchor_texts(model, tokenizer, prompts: Sequence[str] = GENERIC_PROMPTS, *, max_new_tokens: int = 64
