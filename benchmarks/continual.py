@@ -22,8 +22,8 @@ Arms run as separate processes (`--jobs` at a time, `--threads` each), write the
 resume there after an interruption (same commit and settings only). The table, the JSON (benchmarks/continual_results.json)
 and the chart (benchmarks/continual_forgetting.png) are written by the invocation that finishes the last arm, with
 the commit in them. The JSON also holds what the run pinned and every arm's steps: a run directory lost with its
-machine is rebuilt from it by `--restore-from` (finished arms kept; an arm stopped early reruns from scratch, its
-registry of adapters is not in the JSON).
+machine is rebuilt from it by `--restore-from` (every arm restored for the report; an arm stopped early reruns from
+scratch when run, its registry of adapters is not in the JSON).
 
     PYTHONPATH=. python benchmarks/continual.py --out runs/continual --jobs 2      # embedded SmolLM2-135M, 2 cores
     PYTHONPATH=. python benchmarks/continual.py --model tiny --documents 3 --out /tmp/c   # a smoke run (not appended)
@@ -116,41 +116,134 @@ def run_suite_halves(out: Path):
 PINNED = ("documents.json", "regression_suite.json", "regression_halves.json")
 
 
-def restore_run(results_path: Path, out: Path) -> list[str]:
-    """Rebuild a run directory lost with its machine from the JSON its report wrote (`run`, `self_edits`, `pinned`,
-    `arms`): the settings, the shared self-edits, the pinned documents and suite halves, and every finished arm, so the
-    report and any arm not yet finished can run there again. An arm stopped early is not restored (its registry of
-    promoted adapters is not in the JSON, so it cannot resume): it reruns from scratch. Returns notes to print."""
-    try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        sys.exit(f"--restore-from {results_path}: cannot read it ({err}); pass the continual_results.json a report wrote")
+#: What every arm step records (the worker writes these; a restore refuses a step without them).
+STEP_KEYS = frozenset({"step", "doc", "version", "promoted", "registry_promoted", "scale", "kl_to_promoted", "rescale",
+                       "reasons", "objectives", "gate_view", "seconds", "before_own", "scores", "general"})
+
+
+def _short(value, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "...'"
+
+
+def _restored_files(results, settings: dict | None) -> tuple[dict, list[str]]:
+    """The files a run directory holds, from a report's JSON, each field checked so a bad one is named here rather
+    than failing the report or an arm later. Raises ValueError naming the field."""
+    from continual_report import partial_summary, summarise
+
+    from seal_trl.continual.documents import Document
+    from seal_trl.continual.regression import RegressionSuite, RegressionSuiteError
+
     if not isinstance(results, dict):
-        sys.exit(f"--restore-from {results_path}: not a report's JSON object")
+        raise ValueError("not a report's JSON object")
     missing = [key for key in ("run", "self_edits", "pinned", "arms") if key not in results]
     if missing:
-        sys.exit(f"--restore-from {results_path}: it has no {', '.join(missing)} (written by a report before runs "
-                 "could be restored); rebuild the run directory by hand or rerun its arms")
-    try:  # everything checked before anything is written
-        files = {"run.json": results["run"], "self_edits.json": results["self_edits"],
-                 **{name: results["pinned"][name] for name in PINNED}}
-        unknown = sorted(set(results["arms"]) - set(ARMS))
-        files |= {f"arm-{arm}.json": record for arm, record in results["arms"].items()}
-        not_done = [arm for arm, record in results["arms"].items() if not record.get("done")]
-        notes = [f"{arm}: stopped after {len(record['steps'])} of {results['run']['settings']['documents']} documents "
-                 "when reported; its registry is not in the JSON, so it reruns from scratch"
-                 for arm, record in results.get("partial_arms", {}).items()]
+        raise ValueError(f"it has no {', '.join(missing)} (written by a report before runs could be restored); "
+                         "rebuild the run directory by hand or rerun its arms")
+    run = results["run"]
+    if not isinstance(run, dict) or not isinstance(run.get("settings"), dict) or set(run["settings"]) != set(RUN_KEYS):
+        raise ValueError(f"`run.settings` must be an object with {', '.join(RUN_KEYS)}")
+    if settings is not None and run["settings"] != settings:
+        differ = [f"--{k.replace('_', '-')} {run['settings'][k]} (this command: {settings[k]})"
+                  for k in RUN_KEYS if run["settings"][k] != settings[k]]
+        raise ValueError(f"the run was made with {'; '.join(differ)}: pass the run's flags")
+    n = run["settings"]["documents"]
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"`run.settings.documents` must be a positive integer, not {_short(n)}")
+    pinned = results["pinned"]
+    if not isinstance(pinned, dict) or set(PINNED) - set(pinned):
+        raise ValueError(f"`pinned` must be an object with {', '.join(PINNED)}")
+    documents = pinned["documents.json"]
+    if not isinstance(documents, list) or len(documents) != n:
+        raise ValueError(f"`pinned.documents.json` must list the run's {n} documents")
+    try:
+        doc_ids = [Document.from_json(d).doc_id for d in documents]
+        RegressionSuite.from_json(pinned["regression_suite.json"], source="`pinned.regression_suite.json`")
+        halves = pinned["regression_halves.json"]
+        for half in ("gate", "report"):
+            RegressionSuite.from_json(halves[half], source=f"`pinned.regression_halves.json.{half}`")
+    except RegressionSuiteError as err:
+        raise ValueError(str(err)) from None
     except (KeyError, TypeError, AttributeError) as err:
-        sys.exit(f"--restore-from {results_path}: malformed ({type(err).__name__}: {err}); pass the "
-                 "continual_results.json a report wrote, unedited")
-    if unknown or not_done:
-        sys.exit(f"--restore-from {results_path}: its finished arms include "
-                 f"{', '.join(map(repr, unknown + not_done))}, unknown or not finished; arms: {', '.join(ARMS)}")
-    if out.exists() and any(out.iterdir()):
-        sys.exit(f"--restore-from: {out} is not empty; pass a new or empty --out (a restore never overwrites a run)")
-    out.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        _write(out / name, data)
+        raise ValueError(f"a pinned document or suite half is malformed ({type(err).__name__}: {err})") from None
+    edits = results["self_edits"]
+    if not isinstance(edits, dict) or not all(isinstance(edits.get(d), str) for d in doc_ids):
+        raise ValueError("`self_edits` must map every pinned document's id to its self-edit text")
+    finished, partial = results["arms"], results.get("partial_arms") or {}
+    for field, records in (("arms", finished), ("partial_arms", partial)):
+        if not isinstance(records, dict):
+            raise ValueError(f"`{field}` must be an object of arm records by name")
+        for arm, record in records.items():
+            where = f"`{field}.{_short(arm)}`"
+            if arm not in ARMS:
+                raise ValueError(f"{where}: not an arm; arms: {', '.join(ARMS)}")
+            if not isinstance(record, dict) or not isinstance(record.get("steps"), list) \
+                    or not isinstance(record.get("base"), dict):
+                raise ValueError(f"{where} must be an arm record with `base` and `steps`")
+            if (record.get("done") is True) != (field == "arms") or (len(record["steps"]) == n) != (field == "arms"):
+                raise ValueError(f"{where}: " + ("a finished arm has `done: true` and a step per document"
+                                                 if field == "arms" else "an arm stopped early has fewer steps and no "
+                                                 "`done: true`") + f" ({len(record['steps'])} steps, {n} documents)")
+            for i, step in enumerate(record["steps"]):
+                if not isinstance(step, dict) or STEP_KEYS - set(step):
+                    raise ValueError(f"{where}.steps[{i}] must record {', '.join(sorted(STEP_KEYS))}")
+                if step["doc"] != doc_ids[i]:
+                    raise ValueError(f"{where}.steps[{i}] learned {_short(step['doc'])}, the pinned documents put "
+                                     f"{doc_ids[i]!r} there")
+    both = sorted(set(finished) & set(partial))
+    if both:
+        raise ValueError(f"{', '.join(both)} both finished and stopped early")
+    try:  # what the report computes, so a record it cannot read is refused now
+        metric = run["settings"]["metric"]
+        summarise(finished, metric)
+        for record in partial.values():
+            partial_summary(record, finished.get("naive"), metric)
+    except Exception as err:  # noqa: BLE001 (any failure means the records are not a report's)
+        raise ValueError(f"the arm records do not report ({type(err).__name__}: {_short(str(err), 200)})") from None
+    files = {"run.json": run, "self_edits.json": edits, **{name: pinned[name] for name in PINNED}}
+    files |= {f"arm-{arm}.json": record for arm, record in finished.items()}
+    files |= {f"arm-{arm}.json": {**record, "restored_without_registry": True} for arm, record in partial.items()}
+    notes = [f"{arm}: stopped after {len(record['steps'])} of {n} documents when reported; restored for the report "
+             "(--partial-arms), and its registry is not in the JSON, so running it starts it from scratch"
+             for arm, record in partial.items()]
+    return files, notes
+
+
+def restore_run(results_path: Path, out: Path, settings: dict | None = None) -> list[str]:
+    """Rebuild a run directory lost with its machine from the JSON its report wrote (`run`, `self_edits`, `pinned`,
+    `arms`, `partial_arms`): the settings, the shared self-edits, the pinned documents and suite halves, and every
+    arm, so the report and any arm not yet finished can run there again. Everything is checked first (against this
+    command's `settings` too, when given), and the directory appears whole or not at all. An arm stopped early is
+    restored for the report only: its registry of promoted adapters is not in the JSON, so running it starts it
+    from scratch. Returns notes to print."""
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        sys.exit(f"--restore-from {results_path}: cannot read it ({_short(str(err), 200)}); pass the "
+                 "continual_results.json a report wrote")
+    try:
+        files, notes = _restored_files(results, settings)
+    except ValueError as err:
+        sys.exit(f"--restore-from {results_path}: {err}")
+    if out.is_symlink() and not out.exists():
+        sys.exit(f"--out {out}: a symlink to nothing; pass a new or empty directory")
+    target = out.resolve() if out.exists() else out
+    if target.exists() and (not target.is_dir() or any(target.iterdir())):
+        sys.exit(f"--out {out}: {'not a directory' if not target.is_dir() else 'not empty'}; pass a new or empty "
+                 "directory (a restore never overwrites a run)")
+    staging = target.parent / f".{target.name}.restoring"
+    try:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        for name, data in files.items():
+            _write(staging / name, data)
+        if target.exists():
+            target.rmdir()
+        staging.rename(target)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        sys.exit(f"--out {out}: cannot write the restored run there ({err.strerror or err}); pass a writable, new or "
+                 "empty directory")
     return notes
 
 
@@ -202,6 +295,9 @@ def run_worker(name: str, args) -> None:
     out = Path(args.out)
     record_path = out / f"arm-{name}.json"
     record = json.loads(record_path.read_text()) if record_path.exists() else None
+    if record is not None and record.get("restored_without_registry"):
+        print(f"[{name}] restored from a report without its registry: starting from scratch", flush=True)
+        record = None
     if record is not None and record["steps"] and not (out / f"registry-{name}").exists():
         sys.exit(f"{record_path} has {len(record['steps'])} steps but {out}/registry-{name} is missing (a restored or "
                  f"copied run): delete {record_path} to rerun {name} from scratch")
@@ -594,16 +690,22 @@ def main() -> None:
 
     commit = current_commit()
     start = time.perf_counter()
+    if args.fresh and args.restore_from is not None:
+        sys.exit("--fresh with --restore-from: --fresh deletes --out, a restore needs it new or empty; drop --fresh "
+                 "or pass another --out")
     if args.fresh and out.exists():
         shutil.rmtree(out)
     if args.restore_from is not None:
-        for note in restore_run(Path(args.restore_from), out):
+        for note in restore_run(Path(args.restore_from), out, {k: getattr(args, k) for k in RUN_KEYS}):
             print(f"note: {note}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     start_run(args, out, commit)
     run_documents(out, args.documents)  # pinned before any arm process reads them
     run_suite_halves(out)
     partial = [a for a in args.partial_arms.split(",") if a and (out / f"arm-{a}.json").exists()]  # started ones
+    for arm in sorted(set(a for a in args.partial_arms.split(",") if a) - set(partial)):
+        print(f"note: --partial-arms {arm}: {out} has no arm-{arm}.json (never started here): reported as not run",
+              flush=True)
     if not args.report_only:
         write_self_edits(args, out)
         run_arms(args, out, arms)

@@ -104,7 +104,7 @@ def test_the_default_anchor_asks_none_of_the_regression_suites_questions():
             if len(shared) >= 2 or (shared and len(shared) == len(_content_words(question))):
                 clashes.append((prompt, question))
     assert not clashes
-    # the check itself catches a reworded question
+    # this test's comparison reads a rewording as the same question (the learner's check does not: it matches words)
     assert _content_words("What do caterpillars turn into?") == _content_words("What does a caterpillar turn into?")
 
 
@@ -115,9 +115,32 @@ def test_a_learner_refuses_an_anchor_that_asks_the_suites_questions(tmp_path, ti
     suite = RegressionSuite.bundled()
     asked = suite.qa[1][0]
     texts = ["Rivers run to the sea.", f"Quiz time. {asked.upper()}  The answer is seven."]
-    with pytest.raises(ValueError, match="anchor text 2 asks the regression suite's question"):
+    with pytest.raises(ValueError, match="anchor text 2 \\(field `anchor_texts`\\) asks the regression suite's question"):
         make_learner(tmp_path, tiny_model, tiny_tokenizer, anchor_weight=1.0, anchor_texts=texts,
                      check_regression=True)
     # no regression check: nothing for the anchor to bias
     make_learner(tmp_path / "off", tiny_model, tiny_tokenizer, anchor_weight=1.0, anchor_texts=texts)
     check_anchor_apart(["Why? Because."], ["Why?"])  # too short a question to match anything
+
+
+def test_the_anchor_check_matches_whole_words_whatever_the_spelling():
+    """A suite question is found in an anchor text through case, spacing, punctuation, full-width letters and
+    invisible characters; a text that only contains its words inside longer ones is not refused."""
+    from seal_trl.continual.anchor import AnchorClash, check_anchor_apart
+
+    questions = ["What is the opposite of up?", "Which fruit is long, curved and yellow?"]
+    caught = ["Quiz: WHAT   is the\nopposite of up ?!", "Which fruit is long curved and yellow", "which fruit is long , "
+              "curved and yellow.", "\uff37\uff48\uff41\uff54 is the opposite of up\uff1f", "What is the oppo\u00adsite "
+              "of u\u200bp?"]
+    for text in caught:
+        with pytest.raises(AnchorClash, match="anchor text 2 .* asks the regression suite's question") as clash:
+            check_anchor_apart(["Rivers run to the sea.", text], questions)
+        assert clash.value.index == 1 and clash.value.text == text, text
+    for text in ["What is the opposite of upstairs?", "What is the opposite of uptown?", "Which fruit is long, curved"]:
+        check_anchor_apart([text], questions)
+    with pytest.raises(AnchorClash, match="the default anchor prompt 'What is the tallest animal in the world\\?' asks"):
+        check_anchor_apart(None, ["What is the tallest animal in the world?"])
+    with pytest.raises(TypeError, match="list of strings"):
+        check_anchor_apart("What is the opposite of up?", questions)
+    with pytest.raises(TypeError, match="questions must be strings"):
+        check_anchor_apart(["Rivers."], [None])

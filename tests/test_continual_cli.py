@@ -287,9 +287,10 @@ def test_adapt_refuses_unusable_texts_before_creating_the_registry(tmp_path, tin
         (["--documents", str(doc), "--regularization", "1e6"], ["--regularization", "at most 10000"]),
         (["--documents", ""], ["empty path in --documents"]),
         (["--documents", str(doc), "--anchor-text", str(tmp_path / "asks.txt")],
-         ["asks.txt (--anchor-text)", "anchor text 2 asks the regression suite's question"]),
+         ["asks.txt (--anchor-text)", "paragraph 2 asks the question", "of the bundled suite", "drop the paragraph"]),
         (["--documents", str(doc), "--regression-suite", str(tmp_path / "clash.json")],
-         ["clash.json (--regression-suite), against the default anchor's prompts", "symbol of peace"]),
+         ["clash.json (--regression-suite): its question 'Which bird is often a symbol of peace?' is asked by the "
+          "default anchor prompt", "--anchor-weight 0"]),
     ]
     for extra, expected in cases:
         code = main([*base, *extra])

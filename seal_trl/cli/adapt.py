@@ -148,19 +148,24 @@ def _check_texts_measurable(args: argparse.Namespace, tokenizer, suite, anchor_t
 
 def _check_anchor_apart(args: argparse.Namespace, suite, anchor_texts) -> None:
     """The anchor (the user's texts, or the prompts the model answers) asks none of the gate's suite questions."""
-    from ..continual.anchor import GENERIC_PROMPTS, check_anchor_apart
+    from ..continual.anchor import AnchorClash, check_anchor_apart
     from ..continual.documents import DocumentError
     from ..continual.regression import RegressionSuite, RegressionSuiteError
 
     if args.anchor_weight == 0 or args.no_regression:
         return
+    suite_flag = f"{args.regression_suite} (--regression-suite)" if args.regression_suite else "the bundled suite"
     try:
-        check_anchor_apart(anchor_texts or GENERIC_PROMPTS, [item[0] for item in (suite or RegressionSuite.bundled()).qa])
-    except ValueError as err:
+        check_anchor_apart(anchor_texts or None, [item[0] for item in (suite or RegressionSuite.bundled()).qa])
+    except AnchorClash as clash:
         if anchor_texts:
-            raise DocumentError(f"{args.anchor_text} (--anchor-text): {err}") from None
-        raise RegressionSuiteError(f"{args.regression_suite} (--regression-suite), against the default anchor's "
-                                   f"prompts: {err}") from None
+            raise DocumentError(f"{args.anchor_text} (--anchor-text): paragraph {clash.index + 1} asks the question "
+                                f"{clash.question!r} of {suite_flag}: the anchor would hold the answer the gate reads "
+                                "for forgetting; drop the paragraph, or the question from the suite") from None
+        raise RegressionSuiteError(f"{suite_flag}: its question {clash.question!r} is asked by the default anchor "
+                                   f"prompt {clash.text!r}: the anchor would hold the answer the gate reads for "
+                                   "forgetting; drop the question from the suite, pass --anchor-text with your own "
+                                   "general text, or --anchor-weight 0") from None
 
 
 def _existing_registry(args: argparse.Namespace) -> AdapterRegistry | None:

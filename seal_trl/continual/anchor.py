@@ -11,6 +11,8 @@ the anchor holds its prompts' answers where they were, so a shared question woul
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from collections.abc import Sequence
 
 import torch
@@ -43,23 +45,46 @@ def check_anchor_texts(tokenizer, texts: Sequence[str]) -> None:
                          "KL anchor needs general text, a sentence or more per paragraph")
 
 
-def check_anchor_apart(texts: Sequence[str], questions: Sequence[str]) -> None:
-    """Refuse anchor texts (or the prompts the model answers to write them) that ask one of the regression suite's
-    questions: the anchor holds the model's answer to it where it was, and the gate's QA check reads that answer for
-    forgetting. Questions under 3 words are too generic to match."""
-    def norm(text: str) -> str:
-        return " ".join(text.lower().replace("?", " ").split())
+class AnchorClash(ValueError):
+    """An anchor text (or a default prompt) that asks one of the regression suite's questions."""
 
-    normalized = [norm(t) for t in texts]
+    def __init__(self, index: int, text: str, question: str, default_prompts: bool):
+        self.index, self.text, self.question, self.default_prompts = index, text, question, default_prompts
+        where = (f"the default anchor prompt {text!r}" if default_prompts
+                 else f"anchor text {index + 1} (field `anchor_texts`)")
+        fix = ("drop the question from the suite, give your own anchor texts, or set the anchor weight to 0"
+               if default_prompts else "drop it from the anchor texts or from the suite")
+        super().__init__(f"{where} asks the regression suite's question {question!r}: the anchor would hold the "
+                         f"answer the gate reads for forgetting; {fix}")
+
+
+def _words(text: str) -> str:
+    """`text` as space-padded lower-case words, so containment means whole words in order: compatibility forms
+    folded (full-width letters), invisible format characters (zero-width space, soft hyphen) dropped, punctuation
+    read as a word break."""
+    folded = "".join(ch for ch in unicodedata.normalize("NFKC", text) if unicodedata.category(ch) != "Cf")
+    return " " + " ".join(re.findall(r"\w+", folded.casefold())) + " "
+
+
+def check_anchor_apart(texts: Sequence[str] | None, questions: Sequence[str]) -> None:
+    """Raise `AnchorClash` if an anchor text asks one of the regression suite's `questions` (texts None: the
+    default prompts the model answers to write its own): the anchor holds the model's answer where it was, and the
+    gate's QA check reads that answer for forgetting. Whole words in order, whatever the case, spacing or
+    punctuation; questions under 3 words are too generic to match. A rewording is not caught."""
+    default_prompts = texts is None
+    texts = GENERIC_PROMPTS if texts is None else texts
+    if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+        raise TypeError("anchor texts must be a list of strings (field `anchor_texts`)")
+    if not all(isinstance(q, str) for q in questions):
+        raise TypeError("the regression suite's questions must be strings")
+    words = [_words(t) for t in texts]
     for question in questions:
-        asked = norm(question)
+        asked = _words(question)
         if len(asked.split()) < 3:
             continue
-        for k, text in enumerate(normalized):
+        for k, text in enumerate(words):
             if asked in text:
-                raise ValueError(f"anchor text {k + 1} asks the regression suite's question {question!r} (field "
-                                 "`anchor_texts`): the anchor would hold the answer the gate reads for forgetting; "
-                                 "drop it from the anchor texts or from the suite")
+                raise AnchorClash(k, texts[k], question, default_prompts)
 
 
 def write_anchor_texts(model, tokenizer, prompts: Sequence[str] = GENERIC_PROMPTS, *, max_new_tokens: int = 64

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from functools import partial
 from typing import Any
 
-from .anchor import GENERIC_PROMPTS, check_anchor_apart, check_anchor_texts, write_anchor_texts
+from .anchor import check_anchor_apart, check_anchor_texts, write_anchor_texts
 from .config import ContinualConfig
 from .gate import (CandidateOutputs, Constraint, GateVerdict, evaluate_gate, run_constraints,
                    total_budget_objectives)
@@ -106,7 +106,7 @@ class ContinualLearner:
         if self.config.anchor_weight > 0 and self.config.anchor_texts:
             check_anchor_texts(tokenizer, self.config.anchor_texts)
         if self.config.anchor_weight > 0 and self.config.check_regression:
-            check_anchor_apart(self.config.anchor_texts or GENERIC_PROMPTS, [item[0] for item in self.suite.qa])
+            check_anchor_apart(self.config.anchor_texts or None, [item[0] for item in self.suite.qa])
         self.inner = ContinualInnerLoop(model, tokenizer, inner_config, regularization=self.config.regularization)
         self._loaded: str | None = None
         self._synced = False  # whether the in-memory model reflects `_loaded` yet
