@@ -24,8 +24,7 @@ import torch
 
 from .documents import Document
 from ..generation import generate_text
-from ..inner.graders import completion_logprobs
-from ..inner.tensors import encode_example
+from ..inner.shared_prompt import shared_prompt_logprobs
 from ..probes import Probe, ProbeItem, knowledge_prompt
 from ..tasks.knowledge import qa_pairs
 
@@ -177,9 +176,9 @@ def drop_held_out(lines: Sequence[str], held_out: Sequence[str]) -> list[str]:
     return out
 
 
-@torch.no_grad()
-def score_probe(model, tokenizer, probe: DocumentProbe, *, batch_size: int = 16) -> dict[str, float]:
-    """`accuracy`, `soft_accuracy` (percent) and `loglik` of `model` as it is (adapters and all) on `probe`."""
+def probe_candidates(probe: DocumentProbe) -> tuple[list[str], list[list[str]], list[list[bool]]]:
+    """Per question: its prompt, the completions it ranks (its own gold answers, then every other question's first
+    gold answer and the distractors, each with a leading space) and which of them are gold."""
     items = probe.probe.items
     pool: list[str] = []
     for item in items:
@@ -189,18 +188,21 @@ def score_probe(model, tokenizer, probe: DocumentProbe, *, batch_size: int = 16)
     for d in probe.distractors:
         if d not in pool:
             pool.append(d)
-    rows, owner = [], []  # (item index, candidate text, is gold)
-    for i, item in enumerate(items):
-        cands = list(dict.fromkeys([*item.answers, *[c for c in pool if c not in item.answers]]))
-        for c in cands:
-            rows.append(encode_example(tokenizer, item.prompt, " " + c.strip(), loss_on_prompt=False, add_eos=False))
-            owner.append((i, c in item.answers))
-    values = completion_logprobs(model, tokenizer, rows, batch_size=batch_size)
+    candidates = [list(dict.fromkeys([*item.answers, *[c for c in pool if c not in item.answers]])) for item in items]
+    return ([item.prompt for item in items], [[" " + c.strip() for c in cands] for cands in candidates],
+            [[c in item.answers for c in cands] for item, cands in zip(items, candidates)])
+
+
+@torch.no_grad()
+def score_probe(model, tokenizer, probe: DocumentProbe, *, max_rows: int = 64) -> dict[str, float]:
+    """`accuracy`, `soft_accuracy` (percent) and `loglik` of `model` as it is (adapters and all) on `probe`. Each
+    question's prompt is encoded once for all its candidate answers (`shared_prompt_logprobs`)."""
+    items = probe.probe.items
+    prompts, candidates, golds = probe_candidates(probe)
+    per_item = shared_prompt_logprobs(model, tokenizer, prompts, candidates, max_rows=max_rows)
     correct, soft, loglik = 0.0, 0.0, 0.0
-    for i in range(len(items)):
-        ks = [k for k, (j, _) in enumerate(owner) if j == i]
-        gold = torch.tensor([owner[k][1] for k in ks])
-        v = values[ks]
+    for is_gold, v in zip(golds, per_item):
+        gold = torch.tensor(is_gold)
         best_gold, best_other = v[gold].max(), (v[~gold].max() if (~gold).any() else torch.tensor(float("-inf")))
         correct += float(best_gold > best_other)
         soft += float(torch.softmax(v, 0)[gold].sum())

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import torch
 
-from ..inner.graders import completion_logprobs
-from ..inner.tensors import encode_example, encode_text, token_logprobs
+from ..inner.shared_prompt import shared_prompt_logprobs
+from ..inner.tensors import encode_text, token_logprobs
 
 
 #: A suite is a paragraph or a few pages and some questions; anything larger is not what this file is for.
@@ -121,19 +121,13 @@ def perplexity(model, tokenizer, text: str, *, window: int = 512) -> float:
 
 
 @torch.no_grad()
-def qa_scores(model, tokenizer, suite: RegressionSuite, *, batch_size: int = 32) -> tuple[float, float]:
-    """(accuracy, soft accuracy) in percent on the suite's multiple-choice questions."""
-    rows, owner = [], []
-    for i, (question, choices, _) in enumerate(suite.qa):
-        prompt = f"Question: {question}\nAnswer:"
-        for c in choices:
-            rows.append(encode_example(tokenizer, prompt, " " + c, loss_on_prompt=False, add_eos=False))
-            owner.append(i)
-    values = completion_logprobs(model, tokenizer, rows, batch_size=batch_size)
-    correct, soft, k = 0.0, 0.0, 0
-    for i, (_, choices, answer) in enumerate(suite.qa):
-        v = values[k:k + len(choices)]
-        k += len(choices)
+def qa_scores(model, tokenizer, suite: RegressionSuite, *, max_rows: int = 64) -> tuple[float, float]:
+    """(accuracy, soft accuracy) in percent on the suite's multiple-choice questions (each question's prompt
+    encoded once for its choices)."""
+    per_question = shared_prompt_logprobs(model, tokenizer, [f"Question: {q}\nAnswer:" for q, _, _ in suite.qa],
+                                          [[" " + c for c in choices] for _, choices, _ in suite.qa], max_rows=max_rows)
+    correct, soft = 0.0, 0.0
+    for (_, _, answer), v in zip(suite.qa, per_question):
         correct += float(int(v.argmax()) == answer)
         soft += float(torch.softmax(v, 0)[answer])
     n = len(suite.qa)

@@ -123,23 +123,29 @@ def next_token_mask(labels: torch.Tensor) -> torch.Tensor:
 
 
 def labelled_logits(model, labels: torch.Tensor, **inputs) -> torch.Tensor:
-    """The model's logits at the `next_token_mask(labels)` positions only, flattened row-major to (N, vocab).
+    """The model's logits at the `next_token_mask(labels)` positions only, flattened row-major to (N, vocab)."""
+    return forward_keeping(model, next_token_mask(labels), **inputs)[1]
+
+
+def forward_keeping(model, keep: torch.Tensor, **inputs) -> tuple[Any, torch.Tensor]:
+    """The model's output and its logits at the boolean `keep` positions only, flattened row-major to (N, vocab).
 
     The vocabulary projection runs on those N positions, not on all B x T (transformers' `logits_to_keep` with
     a boolean mask), so unlabelled prompt tokens and padding cost no vocabulary-wide logits or log-softmax. A
-    model whose forward does not take such a mask gets the full logits, masked after."""
-    keep = next_token_mask(labels)
+    model whose forward does not take such a mask gets the full logits, masked after (and is remembered as such:
+    `model._seal_masked_logits`)."""
     if getattr(model, "_seal_masked_logits", True):
         try:
-            logits = model(**inputs, logits_to_keep=keep).logits
-            if logits.dim() == 2 and logits.shape[0] == int(keep.sum()):
-                return logits
+            out = model(**inputs, logits_to_keep=keep)
+            if out.logits.dim() == 2 and out.logits.shape[0] == int(keep.sum()):
+                return out, out.logits
         except torch.OutOfMemoryError:
             raise
         except (TypeError, IndexError, RuntimeError):  # this model or transformers version takes no such mask
             pass
         model._seal_masked_logits = False  # remembered: the fallback below from now on
-    return model(**inputs).logits[keep]
+    out = model(**inputs)
+    return out, out.logits[keep]
 
 
 def labelled_targets(labels: torch.Tensor) -> torch.Tensor:
