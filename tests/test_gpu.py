@@ -53,3 +53,18 @@ def test_grouped_mm_bf16_batched_equals_sequential(tiny_model_dir, tiny_tokenize
     for one, many in zip(sequential, together, strict=True):
         assert one.ok and many.ok and one.steps == many.steps
         assert many.reward == pytest.approx(one.reward, abs=0.05 + 0.05 * abs(one.reward))
+
+
+@pytest.mark.parametrize("four_bit", [False, True])
+def test_shared_prompt_scoring_on_cuda(tiny_model_dir, tiny_tokenizer, four_bit):
+    from test_shared_prompt import COMPLETIONS, PROMPTS, _reference
+    from transformers import BitsAndBytesConfig
+
+    from seal_trl.inner.shared_prompt import shared_prompt_logprobs
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16) if four_bit else None
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16, quantization_config=quant,
+                                                 device_map={"": 0}).eval()
+    got = shared_prompt_logprobs(model, tiny_tokenizer, PROMPTS, COMPLETIONS, max_rows=4)
+    for g, w in zip(got, _reference(model, tiny_tokenizer, PROMPTS, COMPLETIONS), strict=True):
+        torch.testing.assert_close(g, w, atol=0.05, rtol=0.02)  # bf16 rounding: the cache path sums in another order
