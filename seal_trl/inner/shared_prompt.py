@@ -5,6 +5,13 @@ candidate re-encodes the whole prompt (a topic line and a question: most of each
 is run once, its key/value cache is copied to one row per candidate, and only the candidates' own tokens go
 through the model again. The token ids are exactly those of `encode_example(prompt, " answer")`, so the scores
 match `completion_logprobs` up to floating-point rounding.
+
+Only prompts of the same token length share a forward pass: with no padding inside the prompt batch, a position in
+the cache is the token's true position, which sliding-window, chunked and ALiBi attention read from the cache index.
+Caches that hold anything but plain keys and values (recurrent SSM state, quantized layers) are not copied: such
+models are scored row by row, as are models whose forward returns no cache. Rotary embeddings that change with
+the sequence length (longrope, dynamic NTK) use the lengths of the pass a token runs in, as cached generation does:
+a row that crosses the original context length can differ from row-by-row scoring by about 1e-3 (a tiny Phi-3).
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from .graders import _device_of, _pad_id, completion_logprobs
 from .tensors import encode_example, encode_text, forward_keeping
@@ -21,8 +29,9 @@ from .tensors import encode_example, encode_text, forward_keeping
 def shared_prompt_logprobs(model, tokenizer, prompts: Sequence[str], completions: Sequence[Sequence[str]], *,
                            max_rows: int = 64) -> list[torch.Tensor]:
     """For each prompt, the mean token log-prob of each of its completions under `model` as it is (one tensor per
-    prompt, in the order given). Prompts are batched so that a forward pass holds at most `max_rows` completions
-    (a prompt with more goes alone). Models that return no key/value cache are scored row by row instead."""
+    prompt, in the order given; empty for a prompt with no completions). Prompts of one token length are batched so
+    that a forward pass holds at most `max_rows` completions (a prompt with more goes alone). Models without a plain
+    key/value cache are scored row by row instead."""
     if len(prompts) != len(completions):
         raise ValueError(f"shared_prompt_logprobs: {len(prompts)} prompts but {len(completions)} completion lists")
     if not prompts:
@@ -34,25 +43,46 @@ def shared_prompt_logprobs(model, tokenizer, prompts: Sequence[str], completions
     if any(not ids for cs in completion_ids for ids in cs):
         raise ValueError("shared_prompt_logprobs: a completion encodes to no tokens; give every candidate some text")
     out: list[torch.Tensor] = [torch.empty(0)] * len(prompts)
-    for group in _groups([len(cs) for cs in completions], max_rows):
+    masked_logits = model.__dict__.get("_seal_masked_logits")
+    for group in _groups([len(p) for p in prompt_ids], [len(cs) for cs in completions], max_rows):
         scored = _score_group(model, tokenizer, [prompt_ids[i] for i in group], [completion_ids[i] for i in group])
-        if scored is None:  # no cache from this model: the plain path, once, for everything
+        if scored is None:  # no usable cache from this model: the plain path, once, for everything
+            _restore_flag(model, masked_logits)
             return _row_by_row(model, tokenizer, prompts, completions)
         for i, values in zip(group, scored):
             out[i] = values
     return out
 
 
-def _groups(sizes: Sequence[int], max_rows: int) -> list[list[int]]:
-    groups: list[list[int]] = [[]]
-    rows = 0
-    for i, n in enumerate(sizes):
-        if groups[-1] and rows + n > max_rows:
-            groups.append([])
-            rows = 0
-        groups[-1].append(i)
-        rows += n
+def _groups(lengths: Sequence[int], sizes: Sequence[int], max_rows: int) -> list[list[int]]:
+    """Indices of prompts with completions, by prompt length, each group at most `max_rows` completions."""
+    by_length: dict[int, list[int]] = {}
+    for i, (length, n) in enumerate(zip(lengths, sizes)):
+        if n:
+            by_length.setdefault(length, []).append(i)
+    groups: list[list[int]] = []
+    for indices in by_length.values():
+        rows = max_rows + 1
+        for i in indices:
+            if rows + sizes[i] > max_rows:
+                groups.append([])
+                rows = 0
+            groups[-1].append(i)
+            rows += sizes[i]
     return groups
+
+
+def _restore_flag(model, value: bool | None) -> None:
+    """Undo `forward_keeping`'s mark when the try that set it was ours (a cache we could not use, not the mask)."""
+    if value is None:
+        model.__dict__.pop("_seal_masked_logits", None)
+    else:
+        model._seal_masked_logits = value
+
+
+def _plain_key_value(cache) -> bool:
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in layers)
 
 
 def _score_group(model, tokenizer, prompt_ids: list[list[int]], completion_ids: list[list[list[int]]]
@@ -68,7 +98,7 @@ def _score_group(model, tokenizer, prompt_ids: list[list[int]], completion_ids: 
     except TypeError:  # a forward that takes no `use_cache`
         return None
     cache = getattr(prompt_out, "cache", None)
-    if cache is None or not hasattr(cache, "batch_select_indices"):
+    if cache is None or not hasattr(cache, "batch_select_indices") or not _plain_key_value(cache):
         return None
     first = torch.log_softmax(first_logits.float(), -1)  # row r: what follows prompt r
     del prompt_out
